@@ -1,0 +1,12 @@
+"""multisense: multimodal language models beyond the projector.
+
+    import multisense as ms
+    ms.nn.PerceiverResampler(dim=1024)            # [B, M, F, S, D] -> [B, M, R, D]
+    model = ms.FlamingoModel.from_lm(lm, vision_encoder=clip, tokenizer=tok, cross_attn_every=4)
+"""
+
+from . import encoders, nn
+from .models import FlamingoCache, FlamingoConfig, FlamingoModel
+
+__version__ = "0.1.0"
+__all__ = ["encoders", "nn", "FlamingoCache", "FlamingoConfig", "FlamingoModel", "__version__"]

@@ -1,0 +1,1 @@
+"""Attaching to Hugging Face language models: layer tables and hook-based injection."""

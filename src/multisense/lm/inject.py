@@ -1,0 +1,39 @@
+"""Attach new computation before chosen decoder layers of a Hugging Face LM, without
+renaming or touching its weights.
+
+Forward pre-hooks rewrite the `hidden_states` a layer receives, so the LM's own module tree,
+state-dict keys and code paths (KV cache, generate, attention kernels) stay exactly as
+shipped; removing the handles restores the original model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+HiddenFn = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def hook_before_layers(layers: nn.ModuleList, layer_ids: list[int], fn: HiddenFn) -> list[RemovableHandle]:
+    """Before layer `layer_ids[i]` runs, replace its hidden states h by fn(i, h)."""
+
+    def make_hook(i: int):
+        def hook(module, args, kwargs):
+            if args:
+                new = fn(i, args[0])
+                return (new, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(i, kwargs["hidden_states"])}
+
+        return hook
+
+    return [layers[j].register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, j in enumerate(layer_ids)]
+
+
+def cross_attn_layer_ids(num_layers: int, every: int) -> list[int]:
+    """Layers that get a gated block in front: every n-th, counting so the last layer has one."""
+    if every < 1:
+        raise ValueError(f"cross_attn_every: expected a positive integer, got {every}")
+    return [i for i in range(num_layers) if (i + 1) % every == 0]

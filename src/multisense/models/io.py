@@ -1,0 +1,82 @@
+"""The one save/load of multisense: `config.json` + `model.safetensors` of the trainable weights.
+
+Frozen backbones are not copied into a checkpoint; their identity (where they load from,
+their type and a fingerprint of their weights) is recorded so a checkpoint is never silently
+applied to another backbone. Files are written under a temporary name and renamed into
+place, so an interrupted save never leaves a half-written checkpoint. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A cheap identity of a module's weights: every name, shape and dtype, plus up to 256 evenly
+    spaced values of each tensor (hashing all of a 7B model's bytes would take minutes)."""
+    h = hashlib.sha256()
+    for name, p in module.state_dict().items():
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)]
+        h.update(sample.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _replace_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write config.json and model.safetensors into `directory` (created if missing)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    # weights first: a directory whose config.json exists always has matching weights beside it
+    _replace_atomically(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _replace_atomically(directory / CONFIG_NAME, lambda p: p.write_text(text))
+    return directory
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory}: no {name}; expected a directory written by save_pretrained")
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    try:
+        tensors = load_file(str(directory / WEIGHTS_NAME))
+    except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
+        raise ValueError(f"{directory / WEIGHTS_NAME}: corrupt or truncated safetensors file ({err})") from err
+    return config, tensors
+
+
+def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], expected: list[str], where: str) -> None:
+    """Copy `tensors` into `module`, requiring exactly the names in `expected`."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{where}: checkpoint does not fit the model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    own = module.state_dict()
+    for name, t in tensors.items():
+        if own[name].shape != t.shape:
+            raise ValueError(f"{where}: {name} has shape {list(t.shape)} in the checkpoint, "
+                             f"{list(own[name].shape)} in the model")
+    module.load_state_dict(tensors, strict=False)

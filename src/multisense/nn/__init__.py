@@ -1,0 +1,13 @@
+"""Building blocks: one attention, one mask builder, gates, feed-forward, resampler, gated blocks."""
+
+from .attention import Attention, attend
+from .feedforward import FeedForward
+from .gated_xattn import GatedCrossAttentionBlock
+from .gates import TanhGate
+from .masks import MediaRouting, check_media_counts, media_index, media_visibility, prefix_lm_mask
+from .posemb import FrameEmbedding
+from .resampler import PerceiverResampler
+
+__all__ = ["Attention", "attend", "FeedForward", "GatedCrossAttentionBlock", "TanhGate", "MediaRouting",
+           "check_media_counts", "media_index", "media_visibility", "prefix_lm_mask", "FrameEmbedding",
+           "PerceiverResampler"]

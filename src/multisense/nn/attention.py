@@ -1,0 +1,75 @@
+"""The one attention of multisense: multi-head scaled dot-product attention on
+`torch.nn.functional.scaled_dot_product_attention`, as self-, cross- or latent attention.
+
+Shape letters: ... any leading dims, N queries, K keys, H heads, Dh head width, D width.
+Masks are boolean, True where a query may look at a key. A query row with no allowed key
+returns exactly zero (Flamingo: a token that precedes every image sees nothing), never a
+uniform average and never NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[..., N, H*Dh] -> [..., H, N, Dh]"""
+    return t.unflatten(-1, (heads, -1)).transpose(-2, -3)
+
+
+def merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """[..., H, N, Dh] -> [..., N, H*Dh]"""
+    return t.transpose(-2, -3).flatten(-2)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) v with q [..., H, N, Dh], k, v [..., H, K, Dh].
+
+    `mask` broadcasts to [..., H, N, K]. Rows with no allowed key are opened to every key
+    (so SDPA sees a finite softmax) and their output is then set to exactly zero.
+    """
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    sees_any = mask.any(dim=-1, keepdim=True)  # [..., N, 1]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~sees_any)
+    return out.masked_fill(~sees_any, 0.0)
+
+
+class Attention(nn.Module):
+    """Multi-head attention without biases (the Flamingo/Perceiver layout).
+
+    Args:
+        dim: width of the queries' input and of the output.
+        dim_context: width of the keys'/values' input (defaults to `dim`).
+        heads, dim_head: number of heads and their width; inner width is heads * dim_head.
+        qk_norm: LayerNorm on each head's queries and keys (stabilises large models).
+    """
+
+    def __init__(self, dim: int, *, dim_context: int | None = None, heads: int = 8, dim_head: int = 64,
+                 qk_norm: bool = False):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim_context or dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.q_norm = nn.LayerNorm(dim_head) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(dim_head) if qk_norm else nn.Identity()
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., N, D] -> [..., H, N, Dh]"""
+        return self.q_norm(split_heads(self.to_q(x), self.heads))
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[..., K, Dc] -> k, v each [..., H, K, Dh] (one matmul for both)."""
+        k, v = self.to_kv(context).chunk(2, dim=-1)
+        return self.k_norm(split_heads(k, self.heads)), split_heads(v, self.heads)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x [..., N, D] attends to `context` [..., K, Dc] (itself if None) or to precomputed `kv`."""
+        q = self.queries(x)
+        k, v = kv if kv is not None else self.keys_values(x if context is None else context)
+        return self.to_out(merge_heads(attend(q, k, v, mask)))

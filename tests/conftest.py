@@ -1,0 +1,73 @@
+"""Tiny Hugging Face models built from configs (no downloads) shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+VOCAB = 64
+
+TINY_LMS = {
+    "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128,
+                                                      vocab_size=VOCAB, bos_token_id=1, eos_token_id=2)),
+    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                        num_attention_heads=4, num_key_value_heads=2,
+                                                        vocab_size=VOCAB, max_position_embeddings=128,
+                                                        bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                        num_attention_heads=4, num_key_value_heads=2,
+                                                        vocab_size=VOCAB, max_position_embeddings=128,
+                                                        bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64,
+                                                               num_hidden_layers=2, num_attention_heads=4,
+                                                               vocab_size=VOCAB, max_position_embeddings=128,
+                                                               bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    "opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                                  num_attention_heads=4, vocab_size=VOCAB, word_embed_proj_dim=32,
+                                                  max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+                                                  pad_token_id=0)),
+}
+
+
+def tiny_lm(arch: str = "gpt2", seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return TINY_LMS[arch]().eval()
+
+
+def tiny_vision(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = tf.CLIPVisionConfig(image_size=16, patch_size=4, hidden_size=24, num_hidden_layers=1,
+                              num_attention_heads=2, intermediate_size=48)
+    return tf.CLIPVisionModel(cfg).eval()
+
+
+def tiny_flamingo(arch: str = "gpt2", *, media_token_id: int = VOCAB - 1, gates: float | None = None, **overrides):
+    """A FlamingoModel on a tiny LM and CLIP vision tower; `gates` opens every tanh gate to that alpha."""
+    import multisense as ms
+
+    kw = dict(num_latents=4, resampler_depth=1, resampler_heads=2, resampler_dim_head=8, xattn_heads=2,
+              xattn_dim_head=8, ff_mult=2)
+    kw.update(overrides)
+    torch.manual_seed(1)
+    model = ms.FlamingoModel.from_lm(tiny_lm(arch), tiny_vision(), media_token_id=media_token_id, **kw)
+    if gates is not None:
+        for block in model.gated_layers:
+            block.attn_gate.alpha.data.fill_(gates)
+            block.ff_gate.alpha.data.fill_(gates)
+    return model
+
+
+def interleaved_ids(batch: int, length: int, marker_positions: list[list[int]], seed: int = 0,
+                    marker: int = VOCAB - 1) -> torch.Tensor:
+    """Random text ids (never the marker, never special ids 0-2) with markers at the given positions."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, marker, (batch, length), generator=g)
+    for b, positions in enumerate(marker_positions):
+        ids[b, positions] = marker
+    return ids
+
+
+@pytest.fixture(params=sorted(TINY_LMS))
+def arch(request) -> str:
+    return request.param

@@ -1,0 +1,188 @@
+import json
+
+import pytest
+import torch
+
+import multisense as ms
+from tests.conftest import VOCAB, interleaved_ids, tiny_flamingo, tiny_lm, tiny_vision
+
+MARKER = VOCAB - 1
+MODES = ["immediate", "all_previous", "window:2"]
+
+
+def pixels(batch, media, frames=1, seed=0):
+    return torch.randn(batch, media, frames, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_closed_gates_equal_the_frozen_lm_bit_for_bit(arch):
+    """Text only, and text with images whose marker is an ordinary token of the LM."""
+    model = tiny_flamingo(arch, media_token_id=7)
+    lm = tiny_lm(arch)  # an untouched copy of the same LM
+    text = interleaved_ids(2, 12, [[], []], marker=MARKER)
+    assert torch.equal(model(text).logits, lm(text).logits)
+    ids = interleaved_ids(2, 12, [[2, 7], [4, 5]])
+    ids[ids == 7] = 8
+    ids[0, [2, 7]] = 7
+    ids[1, [4, 5]] = 7
+    out = model(ids, attention_mask=torch.ones_like(ids), pixel_values=pixels(2, 2))
+    assert torch.equal(out.logits, lm(ids, attention_mask=torch.ones_like(ids)).logits)
+
+
+def test_new_marker_token_beyond_the_vocabulary_gets_its_own_trainable_embedding():
+    model = tiny_flamingo(media_token_id=VOCAB + 3)
+    ids = interleaved_ids(1, 8, [[2]], marker=VOCAB + 3)
+    out = model(ids, pixel_values=pixels(1, 1), labels=ids)
+    out.loss.backward()
+    assert model.marker_embedding.grad.abs().sum() > 0
+    assert not model.lm.get_input_embeddings().weight.requires_grad
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_media_k_never_reaches_tokens_before_its_marker(mode):
+    model = tiny_flamingo(gates=0.5, mode=mode).eval()
+    ids = interleaved_ids(2, 14, [[1, 5, 9], [3, 4, 12]])
+    idx = ms.nn.media_index(ids, MARKER)
+    pix = pixels(2, 3)
+    base = model(ids, pixel_values=pix).logits
+    for k in (1, 2, 3):
+        changed = pix.clone()
+        changed[:, k - 1] = torch.randn_like(changed[:, k - 1])
+        out = model(ids, pixel_values=changed).logits
+        early = idx < k
+        assert torch.equal(out[early], base[early])
+        assert not torch.allclose(out[~early], base[~early])
+
+
+def test_marker_and_media_count_mismatch_raises_naming_the_sample():
+    model = tiny_flamingo()
+    ids = interleaved_ids(2, 10, [[1, 5], [3]])
+    with pytest.raises(ValueError, match=r"sample 1: 1 markers for 2 media"):
+        model(ids, pixel_values=pixels(2, 2))
+    with pytest.raises(ValueError, match=r"sample 0: 2 markers for 0 media"):
+        model(ids)
+
+
+def test_padding_media_through_frame_mask():
+    model = tiny_flamingo(gates=0.5).eval()
+    ids = interleaved_ids(2, 10, [[1, 5], [3]])
+    mask = torch.tensor([[[True], [True]], [[True], [False]]])
+    pix = pixels(2, 2)
+    out = model(ids, pixel_values=pix, frame_mask=mask).logits
+    alone = model(ids[1:], pixel_values=pix[1:, :1]).logits
+    torch.testing.assert_close(out[1:], alone, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="frame_mask: empty"):
+        model(ids, pixel_values=pix, frame_mask=torch.tensor([[[True], [True]], [[False], [True]]]))
+
+
+def test_gradients_reach_only_gates_and_marker_at_init_and_everything_trainable_when_open():
+    model = tiny_flamingo(media_token_id=VOCAB + 1)
+    ids = interleaved_ids(2, 10, [[1, 6], [2, 3]], marker=VOCAB + 1)
+    model(ids, pixel_values=pixels(2, 2), labels=ids).loss.backward()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, name  # the frozen LM and vision encoder never get gradient
+        elif name.endswith("alpha") or name == "marker_embedding":
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None or not p.grad.any(), name
+    assert not any(p.requires_grad for p in model.lm.parameters())
+    assert not any(p.requires_grad for p in model.vision_encoder.parameters())
+
+    model.zero_grad(set_to_none=True)
+    for b in model.gated_layers:
+        b.attn_gate.alpha.data.fill_(0.5)
+        b.ff_gate.alpha.data.fill_(0.5)
+    model(ids, pixel_values=pixels(2, 2), labels=ids).loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_train_mode_keeps_frozen_backbones_in_eval():
+    model = tiny_flamingo().train()
+    assert model.resampler.training and not model.lm.training and not model.vision_encoder.training
+
+
+@pytest.mark.parametrize("arch_", ["gpt2", "llama"])
+@pytest.mark.parametrize("mode", ["immediate", "all_previous"])
+def test_greedy_generation_with_caches_equals_recomputation_including_a_second_turn(arch_, mode):
+    model = tiny_flamingo(arch_, gates=1.0, mode=mode).eval()
+    ids = interleaved_ids(2, 6, [[1], [4]])
+    pix1, pix2 = pixels(2, 1, seed=1), pixels(2, 1, seed=2)
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    first = model.generate(ids, pixel_values=pix1, return_dict_in_generate=True, **kw)
+    assert torch.equal(first.sequences, model.generate(ids, pixel_values=pix1, use_cache=False, **kw))
+
+    follow = torch.cat((first.sequences, interleaved_ids(2, 3, [[1], [1]], seed=5)), dim=1)
+    cached = model.generate(follow, pixel_values=pix2, past_key_values=first.past_key_values, **kw)
+    recomputed = model.generate(follow, pixel_values=torch.cat((pix1, pix2), 1), use_cache=False, **kw)
+    assert torch.equal(cached, recomputed)
+    assert cached.shape[1] == follow.shape[1] + 6
+
+
+def test_media_are_encoded_once_per_generate_call():
+    model = tiny_flamingo(gates=1.0).eval()
+    calls = []
+    model.vision_encoder.register_forward_hook(lambda *a: calls.append(1))
+    model.resampler.register_forward_hook(lambda *a: calls.append(2))
+    model.generate(interleaved_ids(1, 5, [[0]]), pixel_values=pixels(1, 1), max_new_tokens=5, do_sample=False,
+                   pad_token_id=0)
+    assert calls == [1, 2]
+
+
+def test_generate_accepts_transformers_keywords():
+    model = tiny_flamingo(gates=1.0).eval()
+    ids = interleaved_ids(1, 5, [[0]])
+    out = model.generate(ids, pixel_values=pixels(1, 1), max_new_tokens=4, do_sample=True, top_k=5,
+                         num_return_sequences=3, pad_token_id=0)
+    assert out.shape == (3, 9)
+
+
+def test_save_and_load_round_trip_gives_equal_logits(tmp_path):
+    model = tiny_flamingo(gates=0.3).eval()
+    lm_dir, vis_dir = tmp_path / "lm", tmp_path / "vision"
+    model.lm.save_pretrained(lm_dir)
+    model.vision_encoder.model.save_pretrained(vis_dir)
+    model.lm.config._name_or_path = str(lm_dir)
+    model.config.lm["name_or_path"] = str(lm_dir)
+    model.config.vision["name_or_path"] = str(vis_dir)
+    with torch.no_grad():
+        for p in model.resampler.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = ms.FlamingoModel.from_pretrained(tmp_path / "ckpt").eval()
+    ids = interleaved_ids(2, 10, [[1, 6], [2, 3]])
+    pix = pixels(2, 2)
+    assert torch.equal(loaded(ids, pixel_values=pix).logits, model(ids, pixel_values=pix).logits)
+
+
+def test_loading_onto_a_different_lm_or_a_corrupt_file_is_an_error(tmp_path):
+    model = tiny_flamingo()
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="lm: its weights differ"):
+        ms.FlamingoModel.from_pretrained(tmp_path, lm=tiny_lm(seed=5), vision_encoder=tiny_vision())
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-50])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        ms.FlamingoModel.from_pretrained(tmp_path, lm=tiny_lm(), vision_encoder=tiny_vision())
+
+
+def test_config_records_backbone_identity_and_rejects_unknown_keys(tmp_path):
+    model = tiny_flamingo()
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["lm"]["model_type"] == "gpt2" and len(cfg["lm"]["fingerprint"]) == 16
+    assert cfg["vision"]["class"] == "CLIPVisionModel"
+    with pytest.raises(ValueError, match="unknown key 'cross_attn_evry'; did you mean 'cross_attn_every'"):
+        tiny_flamingo(cross_attn_evry=2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(pixel_values=torch.randn(1, 1, 3, 16, 16)), r"pixel_values: expected shape \[B, M, F, C, H, W\], got \[1, 1, 3, 16, 16\]"),
+    (dict(media_features=torch.randn(1, 1, 1, 5, 7)), r"media_features: expected shape \[B, M, F, S, Dv=24\], got \[1, 1, 1, 5, 7\]"),
+    (dict(pixel_values=torch.full((1, 1, 1, 3, 16, 16), float("nan"))), "NaN"),
+])
+def test_bad_media_inputs_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_flamingo()(interleaved_ids(1, 6, [[1]]), **kwargs)
