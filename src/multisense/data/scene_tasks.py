@@ -1,0 +1,58 @@
+"""The demo's task: captions and questions about procedural scenes, as Flamingo samples.
+
+Every sample is one fresh scene behind an `<image>` marker, then either the caption prompt
+or a question; the target is the caption or the one-word answer. Training draws new scenes
+forever; evaluation uses scenes from a disjoint seed range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from . import scenes
+from .collate import Sample, collate
+
+MARKER = "<image>"
+KINDS = ("caption", "colour", "shape", "count", "position")
+
+
+def to_pixel_values(images: np.ndarray) -> torch.Tensor:
+    """Scenes' float images in [0, 1] -> the encoder's input range [-1, 1]."""
+    return (torch.from_numpy(np.ascontiguousarray(images)) - 0.5) / 0.5
+
+
+def scene_sample(scene: scenes.Scene, kind: str, rng: np.random.Generator) -> Sample:
+    """One sample of `kind` about `scene`; question kinds fall back to colour if the scene lacks them."""
+    media = [to_pixel_values(scene.image[None])]  # one frame [1, C, H, W]
+    if kind == "caption":
+        return Sample(f"{MARKER} {scenes.caption_prompt()}", f"{scenes.caption(scene)} .", media)
+    qas = {k: (q, a) for k, q, a in scenes.question_answers(scene, rng)}
+    question, answer = qas.get(kind, qas["colour"])
+    return Sample(f"{MARKER} {scenes.qa_prompt(question)}", answer, media)
+
+
+def training_batches(tokenizer, *, batch_size: int, seed: int, image_size: int = 32,
+                     caption_share: float = 0.4) -> Iterator[dict]:
+    """Endless batches of fresh scenes: captions with probability caption_share, else a question."""
+    rng = np.random.default_rng(seed)
+    questions = KINDS[1:]
+    while True:
+        samples = []
+        for _ in range(batch_size):
+            scene = scenes.make_scene(rng, image_size=image_size)
+            kind = "caption" if rng.random() < caption_share else questions[int(rng.integers(len(questions)))]
+            samples.append(scene_sample(scene, kind, rng))
+        yield collate(samples, tokenizer)
+
+
+def evaluation_set(kind: str, n: int, *, seed: int, image_size: int = 32) -> list[Sample]:
+    """`n` held-out samples of one kind (position questions only from scenes with >= 2 objects)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        scene = scenes.make_scene(rng, image_size=image_size, min_objects=2 if kind == "position" else 1)
+        out.append(scene_sample(scene, kind, rng))
+    return out

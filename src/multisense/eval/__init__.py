@@ -1,0 +1,1 @@
+"""Evaluation: greedy answers, metrics, reports."""

@@ -1,0 +1,336 @@
+"""Embedded default backbones: a tiny GPT-2 and a tiny CLIP, pretrained from scratch on scenes.
+
+Nothing is downloaded: the language model learns the scenes grammar from text-only lines, the
+CLIP model learns to match rendered scenes with their captions, and both are saved in Hugging
+Face format (safetensors) so that `from_pretrained(local_dir)` loads them like any checkpoint.
+
+Shape letters: B batch, T tokens, C candidate captions, H height, W width.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
+    get_cosine_schedule_with_warmup,
+)
+
+from multisense.data.scenes import (
+    COLOURS,
+    SHAPES,
+    SceneObject,
+    caption,
+    describe_objects,
+    make_scenes,
+    render,
+    sample_objects,
+    text_corpus,
+)
+from multisense.data.tokenizer import train_word_tokenizer
+
+VERSION = "backbones-v1"
+LM_STEPS = 1000
+VISION_STEPS = 380
+SUMMARY_FILE = "train_summary.json"
+# Steps averaged into the reported final loss, which is noisy step to step.
+_LOSS_WINDOW = 50
+_WARMUP_FRACTION = 0.05
+
+
+def _encode_lines(tokenizer: PreTrainedTokenizerBase, lines: list[str]) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids and attention_mask [B, T]; each line is followed by eos."""
+    ids = tokenizer(lines, add_special_tokens=False)["input_ids"]
+    return tokenizer.pad({"input_ids": [row + [tokenizer.eos_token_id] for row in ids]}, return_tensors="pt")
+
+
+def _optimiser(model: torch.nn.Module, *, lr: float, steps: int):
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = get_cosine_schedule_with_warmup(
+        optimiser, num_warmup_steps=max(1, int(_WARMUP_FRACTION * steps)), num_training_steps=steps
+    )
+    return optimiser, schedule
+
+
+def _train(model, batches, *, steps: int, lr: float, desc: str, progress: bool) -> dict[str, float]:
+    """Minimise `model(**batch).loss` over `steps` batches; returns a small summary."""
+    optimiser, schedule = _optimiser(model, lr=lr, steps=steps)
+    model.train()
+    losses = []
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for _ in bar:
+        loss = model(**next(batches)).loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return {
+        "steps": steps,
+        "final_loss": float(np.mean(losses[-_LOSS_WINDOW:])),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _save(model, tokenizer, out_dir: Path, summary: dict[str, float]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return out_dir
+
+
+# ---- language model -----------------------------------------------------------------------
+
+
+def pretrain_lm(
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    steps: int = LM_STEPS,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    corpus_lines: int = 32_768,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Train a tiny GPT-2 from scratch on scenes text (captions and Q&A, each ending in eos)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        n_layer=4,
+        n_embd=128,
+        n_head=4,
+        n_positions=64,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        # The corpus is large and noiseless; dropout would only slow the short training down.
+        embd_pdrop=0.0,
+        resid_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(config)
+    # The ~4k distinct lines all fit in a fixed corpus, tokenised once and sampled from
+    # (never larger than what training will read).
+    corpus = _encode_lines(tokenizer, text_corpus(min(corpus_lines, steps * batch_size), seed))
+    labels = corpus["input_ids"].masked_fill(corpus["attention_mask"] == 0, -100)  # no loss on padding
+    generator = torch.Generator().manual_seed(seed)
+
+    def batches():
+        while True:
+            rows = torch.randint(len(labels), (batch_size,), generator=generator)
+            yield {
+                "input_ids": corpus["input_ids"][rows],
+                "attention_mask": corpus["attention_mask"][rows],
+                "labels": labels[rows],
+            }
+
+    summary = _train(model, batches(), steps=steps, lr=lr, desc="pretraining LM", progress=progress)
+    return _save(model, tokenizer, Path(out_dir), summary)
+
+
+# ---- vision -------------------------------------------------------------------------------
+
+
+def _vision_config(tokenizer: PreTrainedTokenizerBase, *, image_size: int) -> CLIPConfig:
+    special = {
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 32,
+        "projection_dim": 128,
+        **special,
+    }
+    vision = {
+        "image_size": image_size,
+        "patch_size": 4,
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "projection_dim": 128,
+    }
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=128)
+
+
+def to_pixel_values(images: np.ndarray) -> torch.Tensor:
+    """[B, 3, H, W] images in [0, 1] -> the [-1, 1] pixel values the vision backbone expects."""
+    return (torch.from_numpy(images) - 0.5) / 0.5
+
+
+def _near_miss(
+    objects: tuple[SceneObject, ...], rng: np.random.Generator, *, image_size: int
+) -> tuple[SceneObject, ...]:
+    """The same scene with one detail changed: a colour, a shape, the order, a binding, the count."""
+    edits = ["recolour", "reshape"] + (["swap colours", "mirror", "drop"] if len(objects) >= 2 else [])
+    edit = edits[int(rng.integers(len(edits)))]
+    i, j = rng.choice(len(objects), size=2, replace=False) if len(objects) >= 2 else (0, 0)
+    changed = list(objects)
+    if edit == "recolour":
+        unused = [c for c in COLOURS if c not in {obj.colour for obj in objects}]
+        changed[i] = replace(objects[i], colour=unused[int(rng.integers(len(unused)))])
+    elif edit == "reshape":
+        unused = [s for s in SHAPES if s not in {obj.shape for obj in objects}]
+        changed[i] = replace(objects[i], shape=unused[int(rng.integers(len(unused)))])
+    elif edit == "swap colours":
+        changed[i] = replace(objects[i], colour=objects[j].colour)
+        changed[j] = replace(objects[j], colour=objects[i].colour)
+    elif edit == "mirror":
+        changed = [replace(obj, x=image_size - obj.x) for obj in objects]
+    else:
+        del changed[i]
+    return tuple(sorted(changed, key=lambda obj: obj.x))
+
+
+def _clip_scenes(rng: np.random.Generator, *, image_size: int):
+    """Endless scenes, each followed by a near miss of itself.
+
+    Random negatives rarely differ from a scene in one detail only, so the contrastive loss
+    alone is slow to teach shape, binding and order; the near misses make those negatives.
+    """
+    while True:
+        objects = sample_objects(rng, image_size=image_size)
+        yield objects
+        yield _near_miss(objects, rng, image_size=image_size)
+
+
+def _clip_batches(tokenizer, *, batch_size: int, image_size: int, seed: int):
+    """Endless (scene, caption) batches whose captions are all distinct.
+
+    The contrastive loss treats every other caption in the batch as a negative; a repeated
+    caption would make a true match count as a mistake. One-object scenes have only 24
+    captions, so duplicates are common; drawing until the batch is distinct avoids them.
+    """
+    rng = np.random.default_rng(seed)
+    scenes = _clip_scenes(rng, image_size=image_size)
+    while True:
+        chosen = {}
+        while len(chosen) < batch_size:
+            objects = next(scenes)
+            chosen.setdefault(describe_objects(objects), objects)
+        images = np.stack([render(objects, rng, image_size=image_size) for objects in chosen.values()])
+        text = _encode_lines(tokenizer, list(chosen))
+        yield {**text, "pixel_values": to_pixel_values(images), "return_loss": True}
+
+
+def pretrain_vision(
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    steps: int = VISION_STEPS,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    image_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Train a tiny CLIP contrastively on rendered scenes and their captions.
+
+    The directory loads as a full `CLIPModel`, or as `CLIPVisionModel` (text tower ignored).
+    """
+    torch.manual_seed(seed)
+    model = CLIPModel(_vision_config(tokenizer, image_size=image_size))
+    batches = _clip_batches(tokenizer, batch_size=batch_size, image_size=image_size, seed=seed)
+    summary = _train(model, batches, steps=steps, lr=lr, desc="pretraining vision", progress=progress)
+    return _save(model, tokenizer, Path(out_dir), summary)
+
+
+@torch.no_grad()
+def retrieval_accuracy(
+    model_dir: str | Path, tokenizer: PreTrainedTokenizerBase, n: int = 512, seed: int = 10_000
+) -> float:
+    """Image -> caption retrieval accuracy on `n` held-out scenes.
+
+    Each image picks the most similar caption among the distinct captions of the batch;
+    chance is one over that number of captions.
+    """
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    images, scenes = make_scenes(n, seed, image_size=model.config.vision_config.image_size)
+    truths = [caption(scene) for scene in scenes]
+    candidates = sorted(set(truths))
+    texts = _encode_lines(tokenizer, candidates)
+    logits = model(pixel_values=to_pixel_values(images), **texts).logits_per_image  # [B, C]
+    picked = [candidates[i] for i in logits.argmax(dim=-1).tolist()]
+    return float(np.mean([p == t for p, t in zip(picked, truths)]))
+
+
+# ---- cache --------------------------------------------------------------------------------
+
+
+@dataclass
+class Backbones:
+    lm: Path
+    vision: Path
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MULTISENSE_CACHE", Path.home() / ".cache" / "multisense"))
+
+
+def _is_complete(backbones: Backbones) -> bool:
+    weights = ("config.json", "model.safetensors")
+    needed = [backbones.lm / "tokenizer.json"]
+    needed += [folder / name for folder in (backbones.lm, backbones.vision) for name in weights]
+    return all(path.is_file() for path in needed)
+
+
+def _backbones_in(root: Path) -> Backbones:
+    return Backbones(lm=root / "lm", vision=root / "vision")
+
+
+def ensure_default_backbones(
+    cache_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    force: bool = False,
+    lm_steps: int = LM_STEPS,
+    vision_steps: int = VISION_STEPS,
+) -> Backbones:
+    """Return the cached default backbones, building them first if missing (or if `force`).
+
+    The build happens in a temporary sibling folder that is renamed into place only once
+    complete, so an interrupted build never leaves a cache that looks usable.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_dir / VERSION
+    if not force and _is_complete(_backbones_in(root)):
+        return _backbones_in(root)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{VERSION}.partial-", dir=cache_dir))
+    try:
+        built = _backbones_in(partial)
+        tokenizer = train_word_tokenizer(text_corpus(4096, seed=0))
+        pretrain_lm(tokenizer, built.lm, steps=lm_steps, seed=0, progress=progress)
+        pretrain_vision(tokenizer, built.vision, steps=vision_steps, seed=0, progress=progress)
+        if root.exists():  # forced rebuild, or a damaged cache
+            shutil.rmtree(root)
+        os.replace(partial, root)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return _backbones_in(root)

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from multisense.data.collate import Sample, collate, pad_media
+
+
+class WordTokenizer:
+    """Enough of a Hugging Face tokenizer for collation: whitespace words -> ids."""
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def __init__(self):
+        self.vocab = {"<pad>": 0, "<eos>": 1}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab.setdefault(w, len(self.vocab)) for w in text.split()]}
+
+
+def img(frames=1):
+    return torch.randn(frames, 3, 4, 4)
+
+
+def test_training_batch_puts_loss_on_target_and_eos_only_right_padded():
+    tok = WordTokenizer()
+    batch = collate([Sample("<image> q :", "red", [img()]), Sample("<image> a long q :", "blue .", [img()])], tok)
+    ids, labels, att = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert ids.shape == labels.shape == att.shape == (2, 8)
+    red, blue, dot = (tok.vocab[w] for w in ("red", "blue", "."))
+    assert labels[0].tolist() == [-100, -100, -100, red, 1, -100, -100, -100]
+    assert labels[1].tolist() == [-100] * 5 + [blue, dot, 1]
+    assert att[0].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
+
+
+def test_generation_batch_is_left_padded_prompts_only():
+    tok = WordTokenizer()
+    batch = collate([Sample("<image> q :", "red", [img()]), Sample("<image> a long q :", "x", [img()])], tok,
+                    for_generation=True)
+    assert "labels" not in batch
+    assert batch["attention_mask"][0].tolist() == [0, 0, 1, 1, 1]
+    assert batch["input_ids"][0, -1] == batch["input_ids"][1, -1] == tok.vocab[":"]
+
+
+def test_media_and_frames_are_padded_with_masks():
+    a, b = img(2), img(3)
+    pixels, mask = pad_media([[a], [b, img(1)]])
+    assert pixels.shape == (2, 2, 3, 3, 4, 4)
+    assert mask.tolist() == [[[1, 1, 0], [0, 0, 0]], [[1, 1, 1], [1, 0, 0]]]
+    assert torch.equal(pixels[0, 0, :2], a) and torch.equal(pixels[1, 0], b)
+    assert not pixels[0, 1].any()
+
+
+def test_mismatched_frame_sizes_are_named():
+    with pytest.raises(ValueError, match="sample 1 item 0"):
+        pad_media([[img()], [torch.randn(1, 3, 5, 5)]])

@@ -1,0 +1,87 @@
+"""Default backbones: a few training steps produce loadable Hugging Face folders, cached once."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPModel, CLIPVisionModel
+
+from multisense.data import scenes
+from multisense.data.tokenizer import train_word_tokenizer
+from multisense.train import pretrain
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_word_tokenizer(scenes.text_corpus(20, seed=0))
+
+
+def test_pretrain_lm_writes_loadable_model(tokenizer, tmp_path):
+    out = pretrain.pretrain_lm(tokenizer, tmp_path / "lm", steps=3, batch_size=4, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    loaded = AutoTokenizer.from_pretrained(out)
+    assert (out / "model.safetensors").is_file()
+    assert model.config.vocab_size == len(loaded) == len(tokenizer)
+    assert model.config.eos_token_id == loaded.eos_token_id == tokenizer.eos_token_id
+    line = "caption : a red circle ."
+    assert loaded(line)["input_ids"] == tokenizer(line)["input_ids"]
+    logits = model(**loaded(line, return_tensors="pt")).logits
+    assert logits.shape == (1, len(line.split()), len(tokenizer))
+
+
+def test_pretrain_lm_is_deterministic(tokenizer, tmp_path):
+    kwargs = dict(steps=2, batch_size=4, progress=False)
+    first = AutoModelForCausalLM.from_pretrained(pretrain.pretrain_lm(tokenizer, tmp_path / "a", **kwargs))
+    second = AutoModelForCausalLM.from_pretrained(pretrain.pretrain_lm(tokenizer, tmp_path / "b", **kwargs))
+    for p, q in zip(first.parameters(), second.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_pretrain_vision_loads_as_vision_tower(tokenizer, tmp_path):
+    out = pretrain.pretrain_vision(tokenizer, tmp_path / "vision", steps=3, batch_size=8, progress=False)
+    vision = CLIPVisionModel.from_pretrained(out)
+    hidden = vision(pixel_values=torch.zeros(2, 3, 32, 32)).last_hidden_state
+    assert hidden.shape == (2, 1 + (32 // 4) ** 2, 128)  # CLS token plus 8 x 8 patches
+    assert CLIPModel.from_pretrained(out).config.text_config.eos_token_id == tokenizer.eos_token_id
+    accuracy = pretrain.retrieval_accuracy(out, tokenizer, n=16, seed=1)
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_ensure_default_backbones_builds_once(tmp_path, monkeypatch):
+    calls = []
+    build_lm = pretrain.pretrain_lm
+
+    def counted_lm(*args, **kwargs):
+        calls.append("lm")
+        return build_lm(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "pretrain_lm", counted_lm)
+    first = pretrain.ensure_default_backbones(tmp_path, progress=False, lm_steps=2, vision_steps=2)
+    assert first.lm == tmp_path / pretrain.VERSION / "lm"
+    assert AutoTokenizer.from_pretrained(first.lm).eos_token == "<eos>"
+    CLIPVisionModel.from_pretrained(first.vision)
+    # The build folder was renamed into place: nothing partial is left behind.
+    assert [p.name for p in tmp_path.iterdir()] == [pretrain.VERSION]
+    mtime = (first.vision / "model.safetensors").stat().st_mtime_ns
+
+    second = pretrain.ensure_default_backbones(tmp_path, progress=False, lm_steps=2, vision_steps=2)
+    assert second == first and calls == ["lm"]
+    assert (second.vision / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
+    def fake_lm(tokenizer, out_dir, **kwargs):
+        out_dir.mkdir(parents=True)
+        (out_dir / "model.safetensors").write_bytes(b"half written")
+
+    def interrupted_vision(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "pretrain_lm", fake_lm)
+    monkeypatch.setattr(pretrain, "pretrain_vision", interrupted_vision)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.ensure_default_backbones(tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_dir_defaults_to_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MULTISENSE_CACHE", str(tmp_path))
+    assert pretrain.default_cache_dir() == tmp_path
