@@ -87,3 +87,11 @@ def test_bad_shapes_name_the_argument_and_both_shapes(shape, match):
 def test_bad_frame_mask_shape_is_named():
     with pytest.raises(ValueError, match=r"frame_mask: expected shape \[B=1, M=1, F=2\], got \[1, 2\]"):
         small()(torch.randn(1, 1, 2, 3, 16), frame_mask=torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_attention_maps_are_distributions_over_media_that_skip_masked_frames():
+    r = small()
+    maps = r.attention_maps(torch.randn(2, 1, 3, 5, 16), frame_mask=torch.tensor([[[1, 1, 0]], [[1, 0, 0]]]).bool())
+    assert maps.shape == (2, 1, 4, 15)
+    assert (maps >= 0).all() and (maps.sum(-1) <= 1 + 1e-6).all() and (maps.sum(-1) > 0).all()
+    assert not maps[0, 0, :, 10:].any() and not maps[1, 0, :, 5:].any()
