@@ -1,0 +1,48 @@
+"""The `multisense` command: a thin layer over the library.
+
+    multisense demo [--steps N] [--out DIR]     the main job on the embedded default
+    multisense bench [...]                      block throughput and memory benchmarks
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+
+def _demo(argv: list[str]) -> int:
+    from .demo import DemoConfig, run
+
+    parser = argparse.ArgumentParser(prog="multisense demo", description="Flamingo on procedural scenes, on CPU")
+    for f in dataclasses.fields(DemoConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=f.default)
+    args = parser.parse_args(argv)
+    run(DemoConfig(**vars(args)))
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    from .bench.blocks import main
+
+    return main(argv) or 0
+
+
+COMMANDS = {"demo": _demo, "bench": _bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The main job end to end at toy size: backbones built (tiny), trained, evaluated, reported."""
+
+import json
+
+import multisense.demo as demo
+from multisense.train import pretrain
+
+
+def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, monkeypatch):
+    real = pretrain.ensure_default_backbones
+    monkeypatch.setattr(demo, "ensure_default_backbones",
+                        lambda cache_dir, progress: real(cache_dir, progress=False, lm_steps=2, vision_steps=2))
+    cfg = demo.DemoConfig(steps=3, batch_size=4, eval_samples=3, out_dir=str(tmp_path / "run"),
+                          cache_dir=str(tmp_path / "cache"), progress=False, num_latents=4, resampler_depth=1)
+    summary = demo.run(cfg)
+    out = tmp_path / "run"
+    for name in ("report.md", "results.json", "history.json", "loss.png", "gates.png", "attention.png",
+                 "model/config.json", "model/model.safetensors"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert set(results) == {"caption", "colour", "shape", "count", "position"}
+    assert all(0.0 <= r["vision"] <= 1.0 and 0.0 <= r["text_only"] <= 1.0 for r in results.values())
+    assert len(summary["final_gates"]["attn"]) == 4  # one gated block per layer of the 4-layer LM
+    assert "| caption exact match |" in (out / "report.md").read_text()
