@@ -83,7 +83,7 @@ def latent_attention_figure(model, path: Path, seed: int) -> Path:
     images, _ = scenes.make_scenes(1, seed=seed)
     pixels = to_pixel_values(images)[:, None, None]  # [1, 1, 1, C, H, W]
     with torch.no_grad():
-        feats = model._encode_frames(pixels, None)  # [1, 1, 1, S, Dv]
+        feats = model.encode_frames(pixels, None)  # [1, 1, 1, S, Dv]
         attn = model.resampler.attention_maps(feats)[0, 0]  # [R, S]
     patches = attn[:, 1:]  # drop CLIP's class token
     side = int(round(patches.shape[-1] ** 0.5))

@@ -197,7 +197,7 @@ class FlamingoModel(nn.Module):
             s = check_shape("pixel_values", pixel_values, "B M F C H W")
             if self.vision_encoder is None:
                 raise ValueError("pixel_values: this model has no vision_encoder; pass media_features instead")
-            feats = self._encode_frames(pixel_values, frame_mask)
+            feats = self.encode_frames(pixel_values, frame_mask)
         else:
             s = check_shape("media_features", media_features, "B M F S Dv", Dv=self.config.dim_media)
             feats = media_features
@@ -215,7 +215,7 @@ class FlamingoModel(nn.Module):
             present = torch.ones(B, M, dtype=torch.bool, device=feats.device)
         return self.resampler(feats, frame_mask), present
 
-    def _encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    def encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
         """[B, M, F, C, H, W] -> [B, M, F, S, Dv]; frames that the mask marks missing are not encoded."""
         B, M, F = pixel_values.shape[:3]
         frames = pixel_values.flatten(0, 2)
