@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -41,6 +40,7 @@ from multisense.data.scenes import (
     text_corpus,
 )
 from multisense.data.tokenizer import train_word_tokenizer
+from multisense.train.loop import fit
 
 VERSION = "backbones-v1"
 LM_STEPS = 1000
@@ -66,25 +66,15 @@ def _optimiser(model: torch.nn.Module, *, lr: float, steps: int):
 
 
 def _train(model, batches, *, steps: int, lr: float, desc: str, progress: bool) -> dict[str, float]:
-    """Minimise `model(**batch).loss` over `steps` batches; returns a small summary."""
+    """Minimise `model(**batch).loss` over `steps` batches with the shared loop; returns a small summary."""
     optimiser, schedule = _optimiser(model, lr=lr, steps=steps)
-    model.train()
-    losses = []
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress)
-    for _ in bar:
-        loss = model(**next(batches)).loss
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
-        optimiser.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    history = fit(model, batches, steps=steps, optimizer=optimiser, scheduler=schedule, max_grad_norm=1.0,
+                  progress=progress, desc=desc)
     model.eval()
     return {
         "steps": steps,
-        "final_loss": float(np.mean(losses[-_LOSS_WINDOW:])),
+        "final_loss": float(np.mean([r["loss"] for r in history[-_LOSS_WINDOW:]])),
         "seconds": time.perf_counter() - start,
     }
 
