@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from multisense.data.collate import Sample, collate, pad_media
+from multisense.data.collate import Document, Sample, collate, pad_media
 
 
 class WordTokenizer:
@@ -52,3 +52,26 @@ def test_media_and_frames_are_padded_with_masks():
 def test_mismatched_frame_sizes_are_named():
     with pytest.raises(ValueError, match="sample 1 item 0"):
         pad_media([[img()], [torch.randn(1, 3, 5, 5)]])
+
+
+def test_document_labels_skip_text_before_first_media_and_markers():
+    tok = WordTokenizer()
+    tok.vocab["<image>"] = 2
+    batch = collate([Document("intro text <image> a cat . <image> a dog .", [img(), img()]),
+                     Document("<image> x", [img()])], tok)
+    ids, labels = batch["input_ids"], batch["labels"]
+    row = ids[0].tolist()
+    assert labels[0, :3].tolist() == [-100, -100, -100]  # "intro text <image>"
+    assert labels[0, 6].item() == -100 and row[6] == 2  # the second marker
+    assert labels[0, 3:6].tolist() == row[3:6] and labels[0, 7:11].tolist() == row[7:11]
+    assert labels[0, 10].item() == tok.eos_token_id
+    assert labels[1].tolist() == [-100, tok.vocab["x"], 1] + [-100] * 8  # padding carries no loss
+    assert batch["pixel_values"].shape[:3] == (2, 2, 1)
+    assert batch["frame_mask"].tolist() == [[[True], [True]], [[True], [False]]]
+
+
+def test_document_without_media_has_no_loss_and_multi_token_marker_is_named():
+    tok = WordTokenizer()
+    assert (collate([Document("just text here")], tok)["labels"] == -100).all()
+    with pytest.raises(ValueError, match="marker"):
+        collate([Document("a <img> b")], tok, marker="<img> x")

@@ -1,8 +1,15 @@
 """Samples of interleaved text and media, and their collation into model inputs.
 
-A `Sample` is a prompt and a target; the prompt holds one `<image>` marker per media item,
-in order, and the loss falls on the target tokens (plus end-of-sequence) only. A media item
-is a tensor of frames [F, C, H, W] (an image is one frame).
+Two kinds of example share one collator:
+
+- `Sample`: a prompt and a target; the prompt holds one `<image>` marker per media item, in
+  order, and the loss falls on the target tokens (plus end-of-sequence) only. Used for
+  question answering, captioning prompts and few-shot evaluation.
+- `Document`: interleaved text with one marker per media item, trained Flamingo-style: loss on
+  every text token after the first marker (plus end-of-sequence), none on the text before it,
+  on the markers or on padding.
+
+A media item is a tensor of frames [F, C, H, W] (an image is one frame, a clip F frames).
 
 Batches pad text (right for training, left for generation), media per sample and frames per
 media item, with masks: input_ids/attention_mask/labels [B, L], pixel_values [B, M, F, C, H, W],
@@ -21,6 +28,28 @@ class Sample:
     prompt: str
     target: str = ""
     media: list[torch.Tensor] = field(default_factory=list)  # each [F, C, H, W]
+
+
+@dataclass
+class Document:
+    text: str
+    media: list[torch.Tensor] = field(default_factory=list)  # each [F, C, H, W]
+
+
+def _marker_id(tokenizer, marker: str) -> int:
+    ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"marker: {marker!r} tokenises to {len(ids)} tokens, expected one special token; "
+                         "add it to the tokenizer (FlamingoModel.from_lm(tokenizer=...) does)")
+    return ids[0]
+
+
+def _document_labels(ids: list[int], marker_id: int) -> list[int]:
+    """Flamingo-style labels: -100 up to and including the first marker and on every marker."""
+    if marker_id not in ids:
+        return [-100] * len(ids)
+    first = ids.index(marker_id)
+    return [-100 if (i <= first or t == marker_id) else t for i, t in enumerate(ids)]
 
 
 def pad_media(media: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -42,12 +71,19 @@ def pad_media(media: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tens
     return pixels, mask
 
 
-def collate(samples: list[Sample], tokenizer, *, for_generation: bool = False) -> dict[str, torch.Tensor]:
-    """Tokenise and pad. Training: prompt+target+eos, right-padded, labels on target+eos.
-    Generation: prompts only, left-padded (so every prompt ends at the last position)."""
+def collate(samples: list[Sample | Document], tokenizer, *, for_generation: bool = False,
+            marker: str = "<image>") -> dict[str, torch.Tensor]:
+    """Tokenise and pad. Training: right-padded, with labels (a Sample's on target+eos, a
+    Document's on its text after the first marker, plus eos). Generation: prompts only (a
+    Document's whole text), left-padded so every prompt ends at the last position."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     rows, labels = [], []
     for s in samples:
+        if isinstance(s, Document):
+            ids = tokenizer(s.text, add_special_tokens=False)["input_ids"] + ([] if for_generation else [eos])
+            rows.append(ids)
+            labels.append(_document_labels(ids, _marker_id(tokenizer, marker)))
+            continue
         p = tokenizer(s.prompt, add_special_tokens=False)["input_ids"]
         t = [] if for_generation else tokenizer(s.target, add_special_tokens=False)["input_ids"] + [eos]
         rows.append(p + t)
