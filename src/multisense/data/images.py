@@ -1,0 +1,37 @@
+"""Pillow images -> the vision encoder's input: a float tensor [C, H, W] (C=3, RGB, H=W=image_size).
+
+The same recipe as Hugging Face image processors: resize the short side to `image_size`
+(bicubic), centre-crop a square, scale to [0, 1], then normalise with `mean` and `std`. The
+defaults 0.5/0.5 give the range [-1, 1] that `scene_tasks.to_pixel_values` feeds the demo's
+encoder; pass a CLIP's own mean/std for a pretrained CLIP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def image_to_tensor(image: Image.Image, image_size: int, *, mean: float | Sequence[float] = 0.5,
+                    std: float | Sequence[float] = 0.5) -> torch.Tensor:
+    """One Pillow image (any mode) -> [3, image_size, image_size], normalised."""
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size: expected a positive int, got {image_size!r}")
+    image = image.convert("RGB")  # palette, grey, RGBA and CMYK files all become 3 channels
+    w, h = image.size
+    scale = image_size / min(w, h)
+    # max(): rounding must never leave the long side shorter than the crop
+    size = (max(image_size, round(w * scale)), max(image_size, round(h * scale)))
+    if size != (w, h):
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+    if mean_t.numel() not in (1, 3) or std_t.numel() not in (1, 3):
+        raise ValueError(f"mean/std: expected a float or 3 per-channel values, got {mean!r} and {std!r}")
+    return (x - mean_t) / std_t
