@@ -1,0 +1,427 @@
+"""Few-shot, cross-image, video and digit tasks behind one interface, for training and evaluation.
+
+A task draws *shots*: one unit of media (each item [F, C, H, W] in [-1, 1]), a prompt holding one
+`<image>` marker per media item, and an answer. Shots come from a numpy Generator and a split,
+and a task renders them two ways, as Flamingo does (Alayrac et al. 2022):
+
+- `episode(rng, shots, split)`: k demonstrations ("prompt answer", joined by " . ") and then the
+  query prompt, as a `Sample` whose target is the query's answer: few-shot evaluation by
+  prompting, no gradient step;
+- `training_document(rng)`: an episode of 0..8 shots with every answer written out, as one
+  interleaved `Document`; the loss falls on every answer given the shots before it, which is how
+  the model learns to learn in context.
+
+Tasks (`TASKS`, `get_task(name, **kwargs)`):
+
+- `fewshot_shapes`: the shape (or colour) of one procedural object, natural labels;
+- `fewshot_mapped`: the same images, but each episode labels the classes with nonce words drawn
+  at random, so only the demonstrations tell the answer: 0 shots is chance by construction;
+- `cross_image`: two (or more) images, then "is the second shape the same colour as the
+  first ?", yes/no balanced: the answer needs more than the most recent image;
+- `video`: one shape moving in one of 4 (or 8) directions over F frames on a wrap-around canvas:
+  every frame's position is uniform whatever the direction, so only the frame order tells it;
+- `digits`: scikit-learn's handwritten digit scans (real, shipped with the package), upsampled;
+- `digit_sum`: "<image> plus <image> is 12" on two scans.
+
+Splits: digits hold out a fixed seeded 30% of the scans ("eval"), so evaluation never shows a
+training scan. Procedural tasks draw one distribution for both splits: keep the seeds disjoint.
+Within an episode, demonstrations come from the same split as the query, and classification
+tasks spread the demonstrations evenly over the classes (each class once before any twice), so
+with at least as many shots as classes every class, the query's included, is demonstrated.
+
+Text is word-level (single spaces, punctuation a word of its own); `VOCABULARY` holds every word
+the templates can emit and `text_corpus` gives text-only lines for language-model pretraining.
+
+Shape letters: N shots or images, F frames, C channels (3), H height, W width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+
+import numpy as np
+import torch
+
+from . import scenes
+from .collate import Document, Sample
+from .scene_tasks import MARKER, to_pixel_values
+
+SPLITS = ("train", "eval")
+# Between shots. "." is a word the LM already knows, and no answer or prompt ends in one.
+SEPARATOR = " . "
+MAX_TRAINING_SHOTS = 8
+
+# Nonce words for fewshot_mapped: no prior meaning, so a label is only learnable in context.
+LABEL_WORDS = ("dax", "wug", "blicket", "fep", "toma", "zup", "kiki", "bouba")
+ORDINALS = ("first", "second", "third", "fourth")
+# (dy, dx) per step, rows growing downwards; the first four are the default 4-way task.
+DIRECTIONS: dict[str, tuple[int, int]] = {
+    "up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1),
+    "up left": (-1, -1), "up right": (-1, 1), "down left": (1, -1), "down right": (1, 1),
+}
+DIGITS = tuple(str(d) for d in range(10))
+SUMS = tuple(str(s) for s in range(19))
+
+DIGITS_EVAL_FRACTION = 0.3
+_DIGITS_SPLIT_SEED = 0  # fixed forever: changing it would leak eval scans into old checkpoints
+
+VOCABULARY: tuple[str, ...] = tuple(dict.fromkeys([
+    *scenes.COLOURS, *scenes.SHAPES, *LABEL_WORDS, *ORDINALS, *SUMS,
+    *(word for name in DIRECTIONS for word in name.split()),
+    "yes", "no", ":", ".", "?", "shape", "colour", "label", "direction", "digit",
+    "question", "answer", "is", "the", "same", "as", "plus",
+]))
+
+
+@dataclasses.dataclass
+class Shot:
+    media: list[torch.Tensor]  # each [F, C, H, W] in [-1, 1]
+    prompt: str  # one MARKER per media item, in order
+    answer: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.prompt} {self.answer}"
+
+
+def _media(shots: list[Shot]) -> list[torch.Tensor]:
+    return [m for s in shots for m in s.media]
+
+
+class Task:
+    """One task: subclasses set `name`, `answers` (None if open) and implement
+    `episode_shots` (images) and `text_shots` (text only)."""
+
+    name = ""
+    answers: tuple[str, ...] | None = None
+    frames = 1
+
+    def __init__(self, *, image_size: int = 32, noise: float = 0.05):
+        if image_size < 16:
+            raise ValueError(f"image_size: expected at least 16 pixels, got {image_size}")
+        self.image_size = image_size
+        self.noise = noise
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, image_size={self.image_size}, frames={self.frames})"
+
+    # ---- what a task implements --------------------------------------------------------
+
+    def episode_shots(self, rng: np.random.Generator, shots: int, split: str) -> list[Shot]:
+        """`shots` demonstrations then the query, sharing one episode (labels, image pool)."""
+        raise NotImplementedError
+
+    def text_shots(self, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
+        """`count` (prompt, answer) pairs of one episode without images (answers random)."""
+        raise NotImplementedError
+
+    # ---- shared renderings -------------------------------------------------------------
+
+    def _shots(self, rng: np.random.Generator, shots: int, split: str) -> list[Shot]:
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        if shots < 0:
+            raise ValueError(f"shots: expected a count >= 0, got {shots}")
+        return self.episode_shots(rng, int(shots), split)
+
+    def shot(self, rng: np.random.Generator, split: str) -> Shot:
+        return self._shots(rng, 0, split)[0]
+
+    def episode(self, rng: np.random.Generator, shots: int, split: str) -> Sample:
+        """k demonstrations then the query prompt; the target is the query's answer."""
+        *demos, query = self._shots(rng, shots, split)
+        prompt = SEPARATOR.join([*(d.text for d in demos), query.prompt])
+        return Sample(prompt, query.answer, _media([*demos, query]))
+
+    def training_document(self, rng: np.random.Generator, split: str = "train",
+                          max_shots: int = MAX_TRAINING_SHOTS) -> Document:
+        """An episode of 0..max_shots demonstrations plus a query, every answer written out."""
+        items = self._shots(rng, int(rng.integers(0, max_shots + 1)), split)
+        return Document(SEPARATOR.join(s.text for s in items), _media(items))
+
+    def text_line(self, rng: np.random.Generator, max_shots: int = 3) -> str:
+        """A text-only episode of 1..max_shots+1 shots, markers removed."""
+        pairs = self.text_shots(rng, int(rng.integers(0, max_shots + 1)) + 1)
+        text = SEPARATOR.join(f"{prompt} {answer}" for prompt, answer in pairs)
+        return " ".join(w for w in text.split() if w != MARKER)
+
+    def _render(self, obj, rng: np.random.Generator) -> torch.Tensor:
+        """One object on its own canvas: one frame [1, C, H, W] in [-1, 1]."""
+        return to_pixel_values(scenes.render((obj,), rng, image_size=self.image_size, noise=self.noise)[None])
+
+    def _one_object(self, rng: np.random.Generator, **attributes):
+        obj = scenes.sample_objects(rng, image_size=self.image_size, min_objects=1, max_objects=1)[0]
+        return dataclasses.replace(obj, **attributes)
+
+
+class ClassificationTask(Task):
+    """A fixed prompt and one class per shot; `labels(rng)` names the classes for one episode."""
+
+    classes: tuple[str, ...] = ()
+    prompt = ""
+
+    def labels(self, rng: np.random.Generator) -> tuple[str, ...]:
+        return self.classes
+
+    def draw(self, rng: np.random.Generator, classes: np.ndarray, split: str) -> list[list[torch.Tensor]]:
+        """The media of one shot per entry of `classes` (class indices)."""
+        raise NotImplementedError
+
+    def episode_shots(self, rng: np.random.Generator, shots: int, split: str) -> list[Shot]:
+        labels = self.labels(rng)
+        n = len(self.classes)
+        # Demonstrations tile the classes (a permutation, then another, ...), shuffled, so k >= n
+        # shots show every class; the query's class is drawn on its own, so the demonstrations
+        # say nothing about which class it is.
+        tiles = [rng.permutation(n) for _ in range(max(1, math.ceil(shots / n)))]
+        demos = rng.permutation(np.concatenate(tiles)[:shots])
+        classes = np.append(demos, rng.integers(n))
+        media = self.draw(rng, classes, split)
+        return [Shot(m, self.prompt, labels[c]) for m, c in zip(media, classes)]
+
+    def text_shots(self, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
+        labels = self.labels(rng)
+        return [(self.prompt, labels[c]) for c in rng.integers(len(labels), size=count)]
+
+
+class FewShotShapes(ClassificationTask):
+    """The shape (or colour) of one procedural object, under its natural name."""
+
+    name = "fewshot_shapes"
+
+    def __init__(self, *, attribute: str = "shape", image_size: int = 32, noise: float = 0.05):
+        super().__init__(image_size=image_size, noise=noise)
+        values = {"shape": scenes.SHAPES, "colour": tuple(scenes.COLOURS)}
+        if attribute not in values:
+            raise ValueError(f"attribute: expected one of {tuple(values)}, got {attribute!r}")
+        self.attribute = attribute
+        self.classes = values[attribute]
+        self.answers = self.classes
+        self.prompt = f"{MARKER} {attribute} :"
+
+    def draw(self, rng, classes, split):
+        return [[self._render(self._one_object(rng, **{self.attribute: self.classes[c]}), rng)] for c in classes]
+
+
+class FewShotMapped(FewShotShapes):
+    """Shapes (or colours) named by nonce words assigned at random per episode: in-context only."""
+
+    name = "fewshot_mapped"
+    answers = LABEL_WORDS
+
+    def __init__(self, *, attribute: str = "shape", image_size: int = 32, noise: float = 0.05):
+        super().__init__(attribute=attribute, image_size=image_size, noise=noise)
+        if len(self.classes) > len(LABEL_WORDS):
+            raise ValueError(f"attribute: {attribute!r} has {len(self.classes)} classes, "
+                             f"more than the {len(LABEL_WORDS)} label words")
+        self.answers = LABEL_WORDS
+        self.prompt = f"{MARKER} label :"
+
+    def labels(self, rng):
+        return tuple(LABEL_WORDS[i] for i in rng.choice(len(LABEL_WORDS), size=len(self.classes), replace=False))
+
+
+class CrossImage(Task):
+    """Several one-object images, then whether the j-th object shares an attribute with the i-th."""
+
+    name = "cross_image"
+    answers = ("yes", "no")
+
+    def __init__(self, *, images: int = 2, attributes: tuple[str, ...] = ("colour", "shape"),
+                 image_size: int = 32, noise: float = 0.05):
+        super().__init__(image_size=image_size, noise=noise)
+        if not 2 <= images <= len(ORDINALS):
+            raise ValueError(f"images: expected 2 to {len(ORDINALS)}, got {images}")
+        if not attributes or not set(attributes) <= {"colour", "shape"}:
+            raise ValueError(f"attributes: expected a non-empty subset of ('colour', 'shape'), got {attributes!r}")
+        self.images, self.attributes = images, tuple(attributes)
+
+    def _question(self, rng: np.random.Generator) -> tuple[int, int, str, bool, str]:
+        first, second = sorted(rng.choice(self.images, size=2, replace=False))
+        attribute = self.attributes[int(rng.integers(len(self.attributes)))]
+        same = bool(rng.random() < 0.5)  # the answer is drawn first, so yes and no are balanced
+        prompt = (" ".join([MARKER] * self.images) + f" question : is the {ORDINALS[second]} shape"
+                  f" the same {attribute} as the {ORDINALS[first]} ? answer :")
+        return int(first), int(second), attribute, same, prompt
+
+    def episode_shots(self, rng, shots, split):
+        out = []
+        for _ in range(shots + 1):
+            first, second, attribute, same, prompt = self._question(rng)
+            objects = [self._one_object(rng) for _ in range(self.images)]
+            value = getattr(objects[first], attribute)
+            if same:
+                objects[second] = dataclasses.replace(objects[second], **{attribute: value})
+            elif getattr(objects[second], attribute) == value:
+                values = scenes.SHAPES if attribute == "shape" else tuple(scenes.COLOURS)
+                others = [v for v in values if v != value]
+                objects[second] = dataclasses.replace(objects[second], **{attribute: others[rng.integers(len(others))]})
+            out.append(Shot([self._render(o, rng) for o in objects], prompt, "yes" if same else "no"))
+        return out
+
+    def text_shots(self, rng, count):
+        out = []
+        for _ in range(count):
+            *_, same, prompt = self._question(rng)
+            out.append((prompt, "yes" if same else "no"))
+        return out
+
+
+def moving_clip(image: np.ndarray, start: tuple[int, int], velocity: tuple[int, int], frames: int) -> np.ndarray:
+    """Frames [F, C, H, W] of `image` [C, H, W] rolled by start + t * velocity (rows, columns).
+
+    The canvas wraps around, so reversing a clip gives the clip of -velocity from its last
+    position: clip(s, v)[::-1] == clip(s + (F-1) v, -v), exactly.
+    """
+    _, H, W = image.shape
+    t = np.arange(frames)
+    rows = (np.arange(H)[None, :] - (start[0] + t * velocity[0])[:, None]) % H  # [F, H]
+    cols = (np.arange(W)[None, :] - (start[1] + t * velocity[1])[:, None]) % W  # [F, W]
+    return image[:, rows[:, :, None], cols[:, None, :]].transpose(1, 0, 2, 3)
+
+
+class Video(ClassificationTask):
+    """One shape moving `step` pixels a frame in one of 4 (or 8) directions, on a wrap-around canvas.
+
+    The start is uniform over the canvas and drawn after the direction with the same random
+    draws whatever the direction, so the first frame (indeed any single frame) is identically
+    distributed for every direction; the unordered set of frames cannot tell a direction from
+    its opposite, since a reversed clip is a clip of the opposite direction. Only order tells.
+    """
+
+    name = "video"
+
+    def __init__(self, *, frames: int = 8, directions: int = 4, step: int = 2,
+                 image_size: int = 32, noise: float = 0.05):
+        super().__init__(image_size=image_size, noise=noise)
+        if directions not in (4, 8):
+            raise ValueError(f"directions: expected 4 or 8, got {directions}")
+        if frames < 2:
+            raise ValueError(f"frames: expected at least 2 (the order is the signal), got {frames}")
+        if not 1 <= step < image_size // 2:
+            raise ValueError(f"step: expected 1 to {image_size // 2 - 1} pixels (a wrap must not look like "
+                             f"a step back), got {step}")
+        self.frames, self.step = frames, step
+        self.classes = tuple(DIRECTIONS)[:directions]
+        self.answers = self.classes
+        self.prompt = f"{MARKER} direction :"
+
+    def draw(self, rng, classes, split):
+        size = self.image_size
+        out = []
+        for c in classes:
+            dy, dx = DIRECTIONS[self.classes[c]]
+            obj = self._one_object(rng, x=size / 2, y=size / 2)
+            image = scenes.render((obj,), rng, image_size=size, noise=0.0)
+            start = rng.integers(size, size=2)
+            clip = moving_clip(image, (start[0], start[1]), (dy * self.step, dx * self.step), self.frames)
+            clip = clip + self.noise * rng.standard_normal(clip.shape, dtype=np.float32)  # float32: 2x faster
+            out.append([to_pixel_values(np.clip(clip, 0.0, 1.0))])
+        return out
+
+
+# ---- digits: scikit-learn's handwritten digit scans ---------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # ships with scikit-learn: no download
+
+    data = load_digits()
+    return data.images.astype(np.float32) / 16.0, data.target.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def digit_images(image_size: int) -> torch.Tensor:
+    """Every scan upsampled (bilinear) to [N, 1, H, W] in [-1, 1], ink bright on dark."""
+    images, _ = _digits()
+    x = torch.nn.functional.interpolate(torch.from_numpy(images)[:, None], size=(image_size, image_size),
+                                        mode="bilinear", align_corners=False)
+    return (x * 2 - 1).clamp(-1, 1)
+
+
+@functools.lru_cache(maxsize=2)
+def digit_split(split: str) -> np.ndarray:
+    """Sorted indices of the scans in `split`: a fixed seeded permutation, 30% held out for eval."""
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    _, labels = _digits()
+    order = np.random.default_rng(_DIGITS_SPLIT_SEED).permutation(len(labels))
+    n_eval = round(len(labels) * DIGITS_EVAL_FRACTION)
+    out = np.sort(order[:n_eval] if split == "eval" else order[n_eval:])
+    out.flags.writeable = False  # cached and shared
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def _digit_pools(split: str) -> tuple[np.ndarray, ...]:
+    _, labels = _digits()
+    idx = digit_split(split)
+    return tuple(idx[labels[idx] == d] for d in range(10))
+
+
+def _digit_media(indices: np.ndarray, image_size: int) -> list[torch.Tensor]:
+    """One RGB frame [1, 3, H, W] per scan index."""
+    images = digit_images(image_size)[torch.from_numpy(np.asarray(indices))].expand(-1, 3, -1, -1)
+    return [x[None].contiguous() for x in images]
+
+
+class Digits(ClassificationTask):
+    """The numeral of one handwritten digit scan."""
+
+    name = "digits"
+    classes = answers = DIGITS
+    prompt = f"{MARKER} digit :"
+
+    def draw(self, rng, classes, split):
+        pools = _digit_pools(split)
+        indices = np.empty(len(classes), dtype=np.int64)
+        for c in np.unique(classes):
+            where = np.flatnonzero(classes == c)
+            # Distinct scans within an episode: the query is never a copy of a demonstration.
+            indices[where] = rng.choice(pools[c], size=len(where), replace=False)
+        return [[m] for m in _digit_media(indices, self.image_size)]
+
+
+class DigitSum(Task):
+    """Two digit scans and their sum: "<image> plus <image> is 12"."""
+
+    name = "digit_sum"
+    answers = SUMS
+    prompt = f"{MARKER} plus {MARKER} is"
+
+    def episode_shots(self, rng, shots, split):
+        _, labels = _digits()
+        indices = rng.choice(digit_split(split), size=2 * (shots + 1), replace=False).reshape(-1, 2)
+        media = _digit_media(indices.reshape(-1), self.image_size)
+        return [Shot(media[2 * i: 2 * i + 2], self.prompt, str(labels[a] + labels[b]))
+                for i, (a, b) in enumerate(indices)]
+
+    def text_shots(self, rng, count):
+        return [(self.prompt, str(s)) for s in rng.integers(10, size=(count, 2)).sum(1)]
+
+
+# ---- registry -----------------------------------------------------------------------------
+
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls for cls in (FewShotShapes, FewShotMapped, CrossImage, Video, Digits, DigitSum)
+}
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """The task registered as `name`, built with `kwargs` (e.g. image_size=32, frames=8)."""
+    if name not in TASKS:
+        close = difflib.get_close_matches(name, TASKS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"name: unknown task {name!r}{hint} (known: {', '.join(TASKS)})")
+    return TASKS[name](**kwargs)
+
+
+def text_corpus(n: int, seed: int, max_shots: int = 3) -> list[str]:
+    """`n` text-only episodes drawn evenly over the tasks, markers removed, answers random."""
+    rng = np.random.default_rng(seed)
+    tasks = [cls() for cls in TASKS.values()]
+    return [tasks[int(rng.integers(len(tasks)))].text_line(rng, max_shots) for _ in range(n)]

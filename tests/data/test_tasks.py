@@ -1,0 +1,242 @@
+"""Few-shot tasks: shapes and markers, determinism, held-out digits, in-context labels, video order."""
+
+import functools
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from multisense.data import scenes, tasks
+from multisense.data.collate import Document, Sample
+from multisense.data.scene_tasks import MARKER
+
+VARIANTS = [
+    *((name, {}) for name in tasks.TASKS),
+    ("fewshot_shapes", {"attribute": "colour"}),
+    ("cross_image", {"images": 4}),
+    ("video", {"directions": 8, "frames": 5}),
+    ("digits", {"image_size": 48}),
+]
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def colour_of(image: torch.Tensor) -> str:
+    """The one object colour in a noiseless frame [1, C, H, W] (the background is grey)."""
+    pixels = (image[0] * 0.5 + 0.5).reshape(3, -1).T
+    found = {name for name, rgb in scenes.COLOURS.items()
+             if torch.isclose(pixels, torch.tensor(rgb), atol=1e-5).all(1).any()}
+    assert len(found) == 1, found
+    return found.pop()
+
+
+@pytest.mark.parametrize("name, kwargs", VARIANTS)
+@pytest.mark.parametrize("shots", [0, 2, 8])
+def test_episode_has_one_marker_per_media_item_and_media_shapes(name, kwargs, shots):
+    task = tasks.get_task(name, **kwargs)
+    sample = task.episode(rng(shots), shots, "eval")
+    assert isinstance(sample, Sample)
+    per_shot = sample.prompt.split(tasks.SEPARATOR)
+    assert len(per_shot) == shots + 1
+    assert sample.prompt.count(MARKER) == len(sample.media) == per_shot[-1].count(MARKER) * (shots + 1)
+    assert sample.target and sample.target == sample.target.strip()
+    if task.answers is not None:
+        assert sample.target in task.answers
+    for m in sample.media:
+        assert m.shape == (task.frames, 3, task.image_size, task.image_size) and m.dtype == torch.float32
+        assert m.min() >= -1 and m.max() <= 1
+    doc = task.training_document(rng(1))
+    assert isinstance(doc, Document) and doc.text.count(MARKER) == len(doc.media) >= 1
+    assert doc.text.startswith(MARKER)  # the Flamingo loss then covers every answer
+
+
+def test_training_documents_vary_the_number_of_shots_up_to_max():
+    task = tasks.get_task("fewshot_mapped")
+    g = rng(0)
+    counts = {len(task.training_document(g, max_shots=4).media) for _ in range(60)}
+    assert counts == {1, 2, 3, 4, 5}
+
+
+@pytest.mark.parametrize("name", tasks.TASKS)
+def test_same_seed_same_episode_other_seed_differs(name):
+    task = tasks.get_task(name)
+    a, b, c = (task.episode(rng(s), 3, "train") for s in (5, 5, 6))
+    assert (a.prompt, a.target) == (b.prompt, b.target)
+    assert all(torch.equal(x, y) for x, y in zip(a.media, b.media))
+    assert not all(torch.equal(x, y) for x, y in zip(a.media, c.media))
+
+
+@functools.lru_cache(maxsize=1)
+def scan_table() -> dict[bytes, int]:
+    table = {x.numpy().tobytes(): i for i, x in enumerate(tasks.digit_images(32)[:, 0])}
+    assert len(table) == 1797  # every upsampled scan is distinct, so a frame names its scan
+    return table
+
+
+def scan_index(media: torch.Tensor) -> int:
+    """Which scan a digit frame [1, C, H, W] shows."""
+    return scan_table()[media[0, 0].numpy().tobytes()]
+
+
+def test_digit_splits_are_disjoint_fixed_and_episodes_stay_in_their_split():
+    train, held_out = tasks.digit_split("train"), tasks.digit_split("eval")
+    assert not set(train) & set(held_out) and len(train) + len(held_out) == 1797
+    assert len(held_out) == round(1797 * tasks.DIGITS_EVAL_FRACTION)
+    for name in ("digits", "digit_sum"):
+        task = tasks.get_task(name)
+        for split, pool in (("train", train), ("eval", held_out)):
+            sample = task.episode(rng(3), 8, split)
+            found = [scan_index(m) for m in sample.media]
+            assert set(found) <= set(pool)
+            assert len(set(found)) == len(found)  # no scan twice in an episode
+
+
+def test_digit_answers_are_the_scans_labels():
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target
+
+    def label(m):
+        return int(labels[scan_index(m)])
+
+    s = tasks.get_task("digits").episode(rng(0), 0, "eval")
+    assert s.target == str(label(s.media[0]))
+    s = tasks.get_task("digit_sum").episode(rng(0), 0, "eval")
+    assert s.prompt == f"{MARKER} plus {MARKER} is" and s.target == str(label(s.media[0]) + label(s.media[1]))
+
+
+def test_mapped_labels_consistent_within_episode_and_vary_across():
+    task = tasks.get_task("fewshot_mapped", attribute="colour", noise=0.0)
+    mappings = set()
+    for seed in range(20):
+        shots = task.episode_shots(rng(seed), 12, "eval")
+        mapping = {}
+        for s in shots:
+            assert mapping.setdefault(colour_of(s.media[0]), s.answer) == s.answer
+        assert len(set(mapping.values())) == len(mapping)  # distinct classes, distinct labels
+        assert set(mapping.values()) <= set(tasks.LABEL_WORDS)
+        mappings.add(tuple(sorted(mapping.items())))
+    assert len(mappings) >= 15
+
+
+@pytest.mark.parametrize("name", ["fewshot_shapes", "fewshot_mapped", "video", "digits"])
+def test_enough_shots_demonstrate_every_class_including_the_querys(name):
+    task = tasks.get_task(name)
+    n = len(task.classes)
+    for seed, shots in enumerate(range(n, 10)):
+        *demos, query = task.episode_shots(rng(seed), shots, "eval")
+        assert len({d.answer for d in demos}) == n
+        assert query.answer in {d.answer for d in demos}
+
+
+def test_mapped_query_label_is_chance_without_demonstrations():
+    task = tasks.get_task("fewshot_mapped")
+    g = rng(0)
+    answers = [task.episode(g, 0, "eval").target for _ in range(400)]
+    counts = np.array([answers.count(w) for w in tasks.LABEL_WORDS])
+    assert counts.min() > 400 / len(tasks.LABEL_WORDS) / 2  # every word, about evenly
+
+
+def test_moving_clip_reversed_is_the_opposite_motion():
+    image = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    for velocity in [(0, 2), (-2, 0), (2, -2)]:
+        clip = tasks.moving_clip(image, (3, 14), velocity, frames=6)
+        end = (3 + 5 * velocity[0], 14 + 5 * velocity[1])
+        back = tasks.moving_clip(image, end, (-velocity[0], -velocity[1]), frames=6)
+        np.testing.assert_array_equal(clip[::-1], back)
+
+
+@pytest.mark.parametrize("directions", [4, 8])
+def test_video_moves_in_the_labelled_direction_and_reversal_flips_it(directions):
+    task = tasks.get_task("video", directions=directions, noise=0.0)
+    for c, name in enumerate(task.classes):
+        (clip,), = task.draw(rng(c), np.array([c]), "eval")
+        dy, dx = tasks.DIRECTIONS[name]
+        opposite = next(k for k, v in tasks.DIRECTIONS.items() if v == (-dy, -dx))
+        assert opposite in task.classes
+        for frames, (vy, vx) in ((clip, (dy, dx)), (clip.flip(0), (-dy, -dx))):
+            for t in range(task.frames - 1):
+                moved = torch.roll(frames[t], (vy * task.step, vx * task.step), dims=(1, 2))
+                assert torch.equal(moved, frames[t + 1])
+
+
+def test_video_first_frame_is_the_same_whatever_the_direction():
+    task = tasks.get_task("video")
+    for seed in range(3):
+        clips = [task.draw(rng(seed), np.array([c]), "eval")[0][0] for c in range(len(task.classes))]
+        assert all(torch.equal(clip[0], clips[0][0]) for clip in clips)
+        assert not torch.equal(clips[0][1], clips[1][1])
+
+
+def test_cross_image_answers_balanced_and_correct():
+    task = tasks.get_task("cross_image", attributes=("colour",), noise=0.0)
+    shots = task.episode_shots(rng(0), 239, "eval")
+    yes = [s.answer == "yes" for s in shots]
+    assert 0.4 < np.mean(yes) < 0.6
+    for s in shots:
+        assert "the second shape the same colour as the first ?" in s.prompt
+        assert (colour_of(s.media[0]) == colour_of(s.media[1])) == (s.answer == "yes")
+    both = tasks.get_task("cross_image", images=3)
+    prompts = {s.prompt for s in both.episode_shots(rng(0), 99, "eval")}
+    assert any("same shape" in p for p in prompts) and any("the third" in p for p in prompts)
+
+
+def words(text):
+    assert text == " ".join(text.split())  # single spaces, no edges
+    return set(text.split())
+
+
+def test_every_emitted_word_is_in_the_vocabulary():
+    allowed = set(tasks.VOCABULARY) | {MARKER}
+    assert len(set(tasks.VOCABULARY)) == len(tasks.VOCABULARY)
+    assert all(" " not in w for w in tasks.VOCABULARY)
+    seen = set()
+    for name, kwargs in VARIANTS:
+        task = tasks.get_task(name, **kwargs)
+        g = rng(0)
+        for _ in range(8):
+            s = task.episode(g, 2, "train")
+            seen |= words(s.prompt) | words(s.target)
+        seen |= words(task.training_document(g).text)
+        for _ in range(20):
+            seen |= words(task.text_line(g))
+    for line in tasks.text_corpus(300, seed=0):
+        seen |= words(line)
+    assert seen <= allowed, seen - allowed
+
+
+def test_text_corpus_seeded_markerless_and_covers_every_task():
+    lines = tasks.text_corpus(300, seed=1)
+    assert lines == tasks.text_corpus(300, seed=1) != tasks.text_corpus(300, seed=2)
+    assert not any(MARKER in line for line in lines)
+    for start in ("shape :", "label :", "question : is the", "direction :", "digit :", "plus is"):
+        assert any(line.startswith(start) for line in lines), start
+
+
+def test_registry_answers_and_typo_suggestion():
+    assert set(tasks.TASKS) == {"fewshot_shapes", "fewshot_mapped", "cross_image", "video", "digits", "digit_sum"}
+    for name in tasks.TASKS:
+        task = tasks.get_task(name)
+        assert task.name == name and task.answers and len(set(task.answers)) == len(task.answers)
+    assert tasks.get_task("video", frames=6).frames == 6
+    with pytest.raises(ValueError, match="did you mean 'digits'"):
+        tasks.get_task("digts")
+    with pytest.raises(ValueError, match="split"):
+        tasks.get_task("digits").episode(rng(), 2, "test")
+    with pytest.raises(ValueError, match="shots"):
+        tasks.get_task("digits").episode(rng(), -1, "eval")
+    with pytest.raises(ValueError, match="attribute"):
+        tasks.get_task("fewshot_shapes", attribute="size")
+
+
+@pytest.mark.parametrize("name", tasks.TASKS)
+def test_a_batch_of_32_eight_shot_episodes_is_fast(name):
+    task = tasks.get_task(name)
+    task.episode(rng(), 1, "train")  # digits: load and upsample once
+    start = time.perf_counter()
+    batch = [task.episode(rng(i), 8, "train") for i in range(32)]
+    assert time.perf_counter() - start < 1.0
+    assert len(batch) == 32
