@@ -1,6 +1,7 @@
 """The `multisense` command: a thin layer over the library.
 
     multisense demo [--steps N] [--out DIR]     the main job on the embedded default
+    multisense train --config FILE [a.b=v ...]  train from a YAML preset (also under torchrun)
     multisense bench [...]                      block throughput and memory benchmarks
 """
 
@@ -33,7 +34,13 @@ def _bench(argv: list[str]) -> int:
     return main(argv) or 0
 
 
-COMMANDS = {"demo": _demo, "bench": _bench}
+def _train(argv: list[str]) -> int:
+    from .train.trainer import main
+
+    return main(argv)
+
+
+COMMANDS = {"demo": _demo, "train": _train, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

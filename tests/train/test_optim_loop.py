@@ -52,3 +52,16 @@ def test_fit_reduces_loss_and_stops_on_a_non_finite_loss_before_stepping():
     with pytest.raises(FloatingPointError, match="step 1: loss is nan"):
         fit(model, iter([{"x": torch.tensor([float("nan")])}]), steps=1, optimizer=opt, progress=False)
     assert torch.equal(model.w.detach(), before)
+
+
+def test_z_loss_adds_the_squared_log_normaliser_of_target_tokens_only():
+    from multisense.train.loop import token_loss_sum
+
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, 1, 2, -100, 3], [-100, -100, 4, 5, 6]])
+    ce, z = token_loss_sum(logits, labels, z_loss=0.1)
+    keep = labels[:, 1:] != -100
+    lse = torch.logsumexp(logits[:, :-1], -1)[keep]
+    picked = logits[:, :-1][keep].gather(-1, labels[:, 1:][keep][:, None])[:, 0]
+    torch.testing.assert_close(ce, (lse - picked).sum())
+    torch.testing.assert_close(z, 0.1 * (lse ** 2).sum())

@@ -37,3 +37,29 @@ def cross_attn_layer_ids(num_layers: int, every: int) -> list[int]:
     if every < 1:
         raise ValueError(f"cross_attn_every: expected a positive integer, got {every}")
     return [i for i in range(num_layers) if (i + 1) % every == 0]
+
+
+class checkpoint_layers:
+    """Activation checkpointing of decoder layers: their inner activations are recomputed in
+    backward instead of stored. Only each layer's own `forward` is wrapped, so the pre-hooks
+    (the gated blocks) run outside the recomputed region and keep their activations; the LM
+    may stay in eval mode (Hugging Face's own switch only acts in training mode).
+    `remove()` restores the layers."""
+
+    def __init__(self, layers: nn.ModuleList):
+        from torch.utils.checkpoint import checkpoint
+
+        self.layers = list(layers)
+        for layer in self.layers:
+            inner = layer.forward  # the bound method of the class
+
+            def forward(*args, _inner=inner, **kwargs):
+                if not torch.is_grad_enabled():
+                    return _inner(*args, **kwargs)
+                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+            layer.forward = forward
+
+    def remove(self) -> None:
+        for layer in self.layers:
+            layer.__dict__.pop("forward", None)

@@ -16,7 +16,6 @@ frame, Dv vision width, R latents, D LM width.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import transformers
 from torch import nn
 from transformers import DynamicCache
 
+from ..config import check_keys, from_dict
 from ..encoders import as_encoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
@@ -61,21 +61,11 @@ class FlamingoConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "FlamingoConfig":
-        return cls(**cls.check_keys(values))
+        return from_dict(cls, values)
 
     def replace(self, **values) -> "FlamingoConfig":
-        return dataclasses.replace(self, **self.check_keys(values))
-
-    @classmethod
-    def check_keys(cls, values: dict) -> dict:
-        """An unknown key is an error that suggests the nearest valid one."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in names:
-                near = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
-                raise ValueError(f"FlamingoConfig: unknown key {key!r}{hint}")
-        return values
+        check_keys(FlamingoConfig, values)
+        return dataclasses.replace(self, **values)
 
 
 class FlamingoCache(DynamicCache):

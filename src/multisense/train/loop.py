@@ -1,42 +1,124 @@
 """The one training loop: forward, finite-loss check, backward, clip once, step, schedule, log.
 
-`batches` yields dicts of keyword arguments for `model(**batch)`, whose output has `.loss`.
+`batches` yields dicts of keyword arguments for `model(**batch)`. With `labels` [B, L] (a
+language model), the loss is computed here from the logits [B, L, V], summed over target
+tokens and divided by the number of target tokens in the whole optimiser step: all
+`grad_accum` micro-batches, on every process. So accumulating 4 micro-batches of 8, or 2 processes of 16, gives the
+gradient of one batch of 32, whatever the padding. An optional z-loss (PaLM, Chowdhery et
+al. 2022) adds z_loss * log(Z)^2 per target token to keep the softmax normaliser near 1.
+Without labels the model's own `.loss` is used (e.g. CLIP's contrastive loss), averaged over
+the micro-batches.
+
 A non-finite loss stops the run with an error naming the step, rather than passing NaN on
 into the weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+IGNORE = -100
+
+
+def target_count(labels: torch.Tensor) -> torch.Tensor:
+    """Tokens that carry loss: labels [B, L] shifted by one, as causal LMs predict the next token."""
+    return (labels[:, 1:] != IGNORE).sum()
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, z_loss: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """Summed next-token cross-entropy (and z-loss) over target tokens; float32 whatever the logits."""
+    logits = logits[:, :-1].flatten(0, 1).float()  # [B*(L-1), V]
+    labels = labels[:, 1:].flatten()
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    if not z_loss:
+        return ce, ce.new_zeros(())
+    keep = labels != IGNORE
+    z = torch.logsumexp(logits[keep], dim=-1).pow(2).sum() * z_loss
+    return ce, z
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
+
 
 def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: torch.optim.Optimizer,
-        scheduler=None, max_grad_norm: float | None = 1.0, progress: bool = True, desc: str = "train",
-        on_step: Callable[[int], dict | None] | None = None) -> list[dict]:
-    """Train for `steps` optimiser steps; returns one record per step (loss, lr, grad_norm, ...)."""
+        scheduler=None, max_grad_norm: float | None = 1.0, grad_accum: int = 1, precision: str = "fp32",
+        z_loss: float = 0.0, start_step: int = 0, progress: bool = True, desc: str = "train",
+        on_step: Callable[[int], dict | None] | None = None,
+        on_record: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train from `start_step` to `steps` optimiser steps; one record per step (loss, lr, grad_norm, ...).
+
+    `on_step(step)` runs after each optimiser step and may return extra fields for the record
+    (e.g. gate values); `on_record(record)` then sees the complete record (e.g. to log it).
+
+    `model` may be wrapped in DistributedDataParallel (gradients are synchronised on the last
+    micro-batch only) or sharded with FSDP2; the loss is normalised over all processes.
+    """
+    if grad_accum < 1:
+        raise ValueError(f"grad_accum: expected a positive integer, got {grad_accum}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     history: list[dict] = []
     smooth = None
-    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(start_step + 1, steps + 1), desc=desc, disable=not progress, dynamic_ncols=True,
+               initial=start_step, total=steps)
     for step in bar:
-        loss = model(**next(batches)).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step}: loss is {loss.item()}; stopping before it reaches the weights")
+        micro = [next(batches) for _ in range(grad_accum)]
+        token_mode = "labels" in micro[0]
+        if token_mode:
+            tokens = torch.stack([target_count(b["labels"]) for b in micro]).sum().to(device)
+            if world > 1:
+                dist.all_reduce(tokens)
+            denom = tokens.clamp(min=1).float()
+        else:
+            tokens, denom = torch.zeros((), device=device), torch.tensor(float(grad_accum * world), device=device)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        sums = torch.zeros(2, device=device)  # cross-entropy, z-loss (summed over tokens or micro-batches)
+        for i, batch in enumerate(micro):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            labels = batch.pop("labels", None)
+            sync = i == grad_accum - 1 or not hasattr(model, "no_sync")
+            with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(precision, device):
+                out = model(**batch)
+            if labels is not None:
+                ce, z = token_loss_sum(out.logits, labels, z_loss)
+            else:
+                ce, z = out.loss.float(), out.loss.new_zeros((), dtype=torch.float32)
+            loss = (ce + z) / denom
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {step}: loss is {loss.item()}; stopping before it reaches the weights")
+            # DDP averages gradients over processes; the loss is already normalised over all of them
+            (loss * world).backward()
+            sums += torch.stack([ce.detach(), z.detach()])
+        if world > 1:
+            dist.all_reduce(sums)
         norm = nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else torch.tensor(float("nan"))
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        record = {"step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
+        record = {"step": step, "loss": (sums[0] / denom).item(), "lr": optimizer.param_groups[0]["lr"],
                   "grad_norm": float(norm)}
+        if token_mode:
+            record["tokens"] = int(tokens)
+        if z_loss:
+            record["z_loss"] = (sums[1] / denom).item()
         if on_step is not None:
             record.update(on_step(step) or {})
+        if on_record is not None:
+            on_record(record)
         history.append(record)
         smooth = record["loss"] if smooth is None else 0.95 * smooth + 0.05 * record["loss"]
         bar.set_postfix(loss=f"{smooth:.3f}")

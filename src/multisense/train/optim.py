@@ -23,7 +23,7 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float = 0.01, gate_lr: float | None = None,
-                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, in three groups: decayed, not decayed, gates."""
     groups = {"decay": [], "no_decay": [], "gates": []}
     for name, p in model.named_parameters():
@@ -34,7 +34,7 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float = 0.01, 
     params = [{"params": groups["decay"], "weight_decay": weight_decay, "name": "decay"},
               {"params": groups["no_decay"], "weight_decay": 0.0, "name": "no_decay"},
               {"params": groups["gates"], "weight_decay": 0.0, "lr": gate_lr or lr, "name": "gates"}]
-    return torch.optim.AdamW([g for g in params if g["params"]], lr=lr, betas=betas)
+    return torch.optim.AdamW([g for g in params if g["params"]], lr=lr, betas=betas, eps=eps)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int,

@@ -1,0 +1,120 @@
+"""Typed configs: nested dataclasses filled from dicts, YAML presets and dotted overrides.
+
+One dataclass per model (`FlamingoConfig`) and one per training run (`train.config.TrainConfig`)
+are the source of truth; YAML only holds presets. Every key is checked: an unknown key is an
+error that names its full dotted path and suggests the nearest valid one, and a value of the
+wrong type is an error naming the key and the expected type. Overrides use the command-line
+form `optim.lr=3e-4 model.flamingo.mode=all_previous`, values parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def check_keys(cls: type, values: dict, where: str = "") -> None:
+    """Raise ValueError for a key that `cls` has no field for, suggesting the nearest one."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {where + near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
+            raise ValueError(f"{cls.__name__}: unknown key {where + str(key)!r}{hint}")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check (and gently convert: int -> float, list -> tuple) one value against its annotation."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping for {annotation.__name__}, got {value!r}")
+        return from_dict(annotation, value, where=where + ".")
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {annotation}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        items = [_coerce(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if annotation in (int, float, str, bool) and not (
+            isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))):
+        raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], values: dict, where: str = "") -> T:
+    """Build dataclass `cls` from a (nested) dict, checking every key and value type."""
+    check_keys(cls, values, where)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(v, hints[k], where + k) for k, v in values.items()})
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings to a nested dict (values parsed as YAML scalars)."""
+    values = _deep_copy(values)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r}: expected the form key.sub=value")
+        *parents, leaf = key.split(".")
+        node = values
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def _deep_copy(values: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """`cls` from an optional YAML preset plus dotted overrides."""
+    values = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a YAML mapping at the top level")
+    return from_dict(cls, apply_overrides(values, list(overrides)))

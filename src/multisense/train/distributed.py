@@ -1,0 +1,82 @@
+"""Distributed training through torchrun: DDP by default, FSDP2 (`fully_shard`) by option.
+
+`torchrun --nproc_per_node N -m multisense train ...` sets RANK, WORLD_SIZE and LOCAL_RANK;
+without them this is a single process and nothing is initialised. The backend is NCCL on
+GPUs and gloo on CPUs. Only trainable parameters travel in gradient traffic: DDP reduces
+parameters that require grad, and the frozen backbones never do.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+STRATEGIES = ("ddp", "fsdp2")
+
+
+@dataclass(frozen=True)
+class Env:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> Env:
+    """Initialise the process group when launched by torchrun; pick this process's device."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device("cuda", local) if device == "cuda" else torch.device("cpu")
+    if device == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo", device_id=dev if device == "cuda" else None)
+    return Env(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, env: Env, strategy: str = "ddp", *, units: list[nn.Module] = (),
+         find_unused_parameters: bool = False) -> nn.Module:
+    """Wrap for data parallelism. DDP returns a wrapper; FSDP2 shards `units` then the root in place."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"distributed: expected one of {STRATEGIES}, got {strategy!r}")
+    if env.world_size == 1:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        # find_unused_parameters is needed only when a batch may leave a trainable parameter out
+        # of the graph (e.g. text-only batches skip the marker embedding); it costs a graph walk.
+        return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                       broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+    from torch.distributed.fsdp import fully_shard
+
+    for unit in units:  # e.g. each LM decoder layer: its weights are gathered only while it runs
+        fully_shard(unit)
+    fully_shard(model)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

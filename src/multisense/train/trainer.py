@@ -1,0 +1,279 @@
+"""`multisense train`: a Flamingo model trained from a typed config, on one CPU or under torchrun.
+
+    multisense train --config video.yaml optim.lr=3e-4 train.steps=2000
+    torchrun --nproc_per_node 2 -m multisense train --config video.yaml
+
+The run directory holds `checkpoints/step-*/` (atomic, exact resume), `logs/metrics.csv` and
+TensorBoard event files, `config.yaml` (the resolved config) and, at the end, `model/`
+(save_pretrained). A run started again with the same `out_dir` resumes from its newest
+checkpoint (`train.resume: auto`): weights, optimiser, schedule, step, data position and RNG.
+
+Data are a procedural task (`data.task`, a name from `multisense.data.tasks.TASKS`) or files
+(`data.paths`: JSONL and tar shards, `multisense.data.loaders`). Sample i of a task is drawn
+from its own seeded generator, so the data position is just the step, and process r of N
+takes samples r, r+N, ... of each global batch: 2 processes of batch b see exactly the samples
+of 1 process of batch 2b.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+import yaml
+
+from ..config import load_config, to_dict
+from ..data.collate import collate
+from ..lm.adapters import find_decoder_layers
+from ..lm.inject import checkpoint_layers
+from ..models.flamingo import FlamingoConfig, FlamingoModel
+from ..models.io import load_into
+from . import checkpoint as ckpt
+from . import distributed
+from .logs import RunLogger
+from .loop import fit
+from .optim import build_optimizer, warmup_cosine
+
+
+@dataclass
+class ModelConfig:
+    lm: str = "default"  # a local Hugging Face causal-LM directory, or "default": the embedded tiny GPT-2
+    vision: str = "default"  # a local vision-encoder directory, or "default": the embedded tiny CLIP tower
+    tokenizer: str | None = None  # defaults to the LM's directory
+    cache_dir: str | None = None  # where the embedded default backbones are cached
+    flamingo: FlamingoConfig = field(default_factory=FlamingoConfig)
+
+
+@dataclass
+class DataConfig:
+    task: str | None = None  # a task name (multisense.data.tasks), or None with `paths`
+    task_args: dict = field(default_factory=dict)
+    max_shots: int = 8  # demonstrations per training episode: 0..max_shots
+    paths: list[str] = field(default_factory=list)  # JSONL files / tar shards (globs allowed)
+    image_size: int = 32
+    on_error: str = "skip"  # bad records in files: "skip" (reported) or "raise"
+    batch_size: int = 8  # per process and micro-batch
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    gate_lr: float | None = None
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class RunConfig:
+    steps: int = 1000
+    grad_accum: int = 1
+    precision: str = "fp32"  # "fp32", "bf16" (autocast) or "auto" (bf16 where the GPU supports it)
+    activation_checkpointing: bool = False
+    z_loss: float = 0.0
+    out_dir: str = "runs/train"
+    save_every: int = 200
+    keep_last: int = 2
+    log_every: int = 10
+    resume: str = "auto"  # "auto" (newest checkpoint in out_dir, if any), "never", or a checkpoint path
+    distributed: str = "ddp"  # under torchrun: "ddp" or "fsdp2"
+    find_unused_parameters: bool = False
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+
+
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A YAML path, or the name of a preset shipped in multisense/presets."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESETS / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    raise FileNotFoundError(f"--config: no file {name_or_path!r} and no preset of that name (presets: {names})")
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[FlamingoModel, object]:
+    """Load the frozen backbones through from_pretrained and wrap them (trainable parts seeded)."""
+    lm_dir, vision_dir = cfg.lm, cfg.vision
+    if "default" in (lm_dir, vision_dir):
+        from .pretrain import ensure_default_backbones
+
+        defaults = ensure_default_backbones(cfg.cache_dir, progress=progress)
+        lm_dir = defaults.lm if lm_dir == "default" else lm_dir
+        vision_dir = defaults.vision if vision_dir == "default" else vision_dir
+    tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
+    lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
+    vision = transformers.AutoModel.from_pretrained(vision_dir)
+    return FlamingoModel.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.flamingo), tokenizer
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accum: int,
+                  start_step: int) -> Iterator[dict]:
+    """This process's micro-batches from `start_step` on: grad_accum per optimiser step."""
+    b, world = cfg.batch_size, env.world_size
+    per_step = b * world * grad_accum  # samples in one global optimiser step
+    if cfg.task:
+        from ..data.tasks import get_task
+
+        task = get_task(cfg.task, image_size=cfg.image_size, **cfg.task_args)
+        step = start_step
+        while True:
+            first = step * per_step
+            mine = range(first + env.rank, first + per_step, world)  # strided: the union over ranks is the batch
+            for j in range(grad_accum):
+                docs = [task.training_document(np.random.default_rng([cfg.seed, i]), max_shots=cfg.max_shots)
+                        for i in mine[j * b:(j + 1) * b]]
+                yield collate(docs, tokenizer)
+            step += 1
+    if not cfg.paths:
+        raise ValueError("data: set either data.task or data.paths")
+    from ..data.loaders import DocumentLoader, batches
+
+    # Records are numbered across the files; process r reads those equal to r modulo N. The
+    # position is global, so it is exact as long as no record is skipped as bad.
+    loader = DocumentLoader(cfg.paths, image_size=cfg.image_size, on_error=cfg.on_error, rank=env.rank,
+                            world_size=world, start=start_step * per_step)
+    yield from batches(loader, tokenizer, b, epochs=None)
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+def _precision(value: str, device: torch.device) -> str:
+    if value == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return value
+
+
+def _full_state(model, optimizer) -> tuple[dict, dict]:
+    """Trainable weights and optimiser state keyed by parameter name, gathered in full
+    (works alike for a plain module, DDP and FSDP2)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights, optim = get_state_dict(model, optimizer, options=opts)
+    trainable = set(distributed.unwrap(model).trainable_state_dict())
+    return {k: v for k, v in weights.items() if k in trainable}, optim
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training as configured; returns a summary (steps, final loss, seconds)."""
+    env = distributed.setup(cfg.train.device)
+    run = cfg.train
+    out = Path(run.out_dir)
+    torch.manual_seed(run.seed)
+    np.random.seed(run.seed)
+    model, tokenizer = build_model(cfg.model, progress=run.progress and env.is_main)
+    model.to(env.device)
+    if run.activation_checkpointing:
+        checkpoint_layers(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
+    optimizer = build_optimizer(model, lr=cfg.optim.lr, gate_lr=cfg.optim.gate_lr,
+                                weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    scheduler = warmup_cosine(optimizer, warmup_steps=cfg.optim.warmup_steps, total_steps=run.steps,
+                              min_lr_ratio=cfg.optim.min_lr_ratio)
+
+    start_step = 0
+    source = {"auto": ckpt.latest(out / "checkpoints"), "never": None}.get(run.resume, run.resume)
+    if source is not None:
+        manifest, weights, state = ckpt.load(source)
+        load_into(model, weights, list(model.trainable_state_dict()), where=str(source))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(manifest["rng"], state["rng"])
+        start_step = manifest["step"]
+
+    units = list(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
+    wrapped = distributed.wrap(model, env, run.distributed, units=units,
+                               find_unused_parameters=run.find_unused_parameters)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
+    logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists())
+    batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step)
+
+    def save(step: int) -> None:
+        weights, optim_state = _full_state(wrapped, optimizer)
+        if env.is_main:
+            rng_plain, rng_tensors = ckpt.rng_state()
+            ckpt.save(out / "checkpoints", step=step, weights=weights, keep_last=run.keep_last,
+                      state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": rng_tensors},
+                      info={"data_position": step, "rng": rng_plain, "world_size": env.world_size,
+                            "config": json.loads(json.dumps(to_dict(cfg)))})
+        distributed.barrier()
+
+    history: list[dict] = []
+
+    def on_step(step: int) -> None:
+        if step % run.save_every == 0 or step == run.steps:
+            save(step)
+
+    def log(record: dict) -> None:
+        if record["step"] % run.log_every == 0 or record["step"] == run.steps:
+            logger.log(record["step"], record)
+
+    start = time.perf_counter()
+    try:
+        history = fit(wrapped, batches, steps=run.steps, optimizer=optimizer, scheduler=scheduler,
+                      max_grad_norm=cfg.optim.max_grad_norm, grad_accum=run.grad_accum,
+                      precision=_precision(run.precision, env.device), z_loss=run.z_loss,
+                      start_step=start_step, progress=run.progress and env.is_main, desc="train",
+                      on_step=on_step, on_record=log)
+        if env.is_main:
+            model.save_pretrained(out / "model")
+            tokenizer.save_pretrained(out / "model")
+    finally:
+        logger.close()
+        distributed.teardown()
+    seconds = time.perf_counter() - start
+    return {"start_step": start_step, "steps": run.steps, "seconds": seconds,
+            "final_loss": history[-1]["loss"] if history else None}
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="multisense train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="a YAML file or the name of a shipped preset")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.steps=100")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    cfg = load_config(TrainConfig, resolve_preset(args.config) if args.config else None, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), sort_keys=False))
+        return 0
+    summary = train(cfg)
+    print(json.dumps(summary))
+    return 0
+

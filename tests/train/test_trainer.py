@@ -1,0 +1,161 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from multisense.config import load_config
+from multisense.train import checkpoint as ckpt
+from multisense.train.trainer import TrainConfig, resolve_preset, train
+from tests.train.backbones import save_tiny_backbones
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
+
+
+def overrides(backbones, out, **extra) -> list[str]:
+    lm, vision = backbones
+    values = {"model.lm": lm, "model.vision": vision, "model.flamingo.num_latents": 4,
+              "model.flamingo.resampler_depth": 1, "model.flamingo.resampler_heads": 2,
+              "model.flamingo.resampler_dim_head": 8, "model.flamingo.xattn_heads": 2,
+              "model.flamingo.xattn_dim_head": 8, "model.flamingo.ff_mult": 2, "model.flamingo.max_frames": 8,
+              "data.task": "video", "data.task_args": "{frames: 4}", "data.max_shots": 1,
+              "data.batch_size": 2, "optim.warmup_steps": 1, "optim.lr": 1e-2, "optim.gate_lr": 0.1,
+              "train.steps": 4, "train.save_every": 2, "train.log_every": 1, "train.out_dir": out,
+              "train.progress": False, "train.device": "cpu"}
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def config(backbones, out, **extra) -> TrainConfig:
+    return load_config(TrainConfig, None, overrides(backbones, out, **extra))
+
+
+def final_weights(out) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt.latest(Path(out) / "checkpoints") / ckpt.WEIGHTS))
+
+
+def test_config_errors_name_the_dotted_key_and_suggest_the_nearest(tmp_path):
+    with pytest.raises(ValueError, match=r"'optim.lrr'.*did you mean 'optim.lr'"):
+        load_config(TrainConfig, None, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match=r"'model.flamingo.num_latent'.*'model.flamingo.num_latents'"):
+        load_config(TrainConfig, None, ["model.flamingo.num_latent=4"])
+    with pytest.raises(ValueError, match=r"train.steps: expected int"):
+        load_config(TrainConfig, None, ["train.steps=many"])
+    cfg = load_config(TrainConfig, resolve_preset("video"), ["optim.lr=3e-4", "train.steps=7"])
+    assert cfg.optim.lr == 3e-4 and cfg.train.steps == 7 and cfg.data.task == "video"
+    assert cfg.model.flamingo.max_frames == 8  # the preset's nested dataclass is typed, not a dict
+    with pytest.raises(FileNotFoundError, match="presets"):
+        resolve_preset("no-such-preset")
+
+
+def test_train_writes_checkpoints_logs_and_a_loadable_model(backbones, tmp_path):
+    out = tmp_path / "run"
+    summary = train(config(backbones, out))
+    assert summary["steps"] == 4 and torch.isfinite(torch.tensor(summary["final_loss"]))
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-000002", "step-000004"]
+    rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 5
+    assert list((out / "logs").glob("events.out.tfevents.*"))
+    from multisense import FlamingoModel
+
+    model = FlamingoModel.from_pretrained(out / "model")
+    saved = final_weights(out)
+    assert all(torch.equal(model.trainable_state_dict()[k], v) for k, v in saved.items())
+
+
+# With a large eps Adam's update is lr * m / eps, linear in the gradient; with the default eps
+# its first steps are nearly lr * sign(g), which turns float rounding in near-zero gradients
+# into differences of 2 * lr. The comparisons below are about gradients, so they use a large eps.
+LINEAR_ADAM = {"optim.eps": 1.0, "optim.lr": 1.0, "optim.gate_lr": 10.0}
+
+
+def test_gradient_accumulation_equals_the_large_batch(backbones, tmp_path):
+    train(config(backbones, tmp_path / "big", **{"data.batch_size": 4, "train.steps": 3, **LINEAR_ADAM}))
+    train(config(backbones, tmp_path / "acc", **{"data.batch_size": 2, "train.grad_accum": 2, "train.steps": 3,
+                                                 **LINEAR_ADAM}))
+    big, acc = final_weights(tmp_path / "big"), final_weights(tmp_path / "acc")
+    assert big.keys() == acc.keys()
+    for k in big:
+        torch.testing.assert_close(acc[k], big[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_activation_checkpointing_and_z_loss_train(backbones, tmp_path):
+    plain = train(config(backbones, tmp_path / "a", **{"train.steps": 2}))
+    ckpted = train(config(backbones, tmp_path / "b", **{"train.steps": 2, "train.activation_checkpointing": True}))
+    assert ckpted["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-5)
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    z = train(config(backbones, tmp_path / "z", **{"train.steps": 2, "train.z_loss": 1e-2}))
+    assert z["final_loss"] != plain["final_loss"]  # the z-loss term changed the updates
+
+
+def _command(backbones, out, **extra) -> list[str]:
+    return [sys.executable, "-m", "multisense", "train", *overrides(backbones, out, **extra)]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_a_killed_run_resumes_to_the_same_weights(backbones, tmp_path):
+    extra = {"train.steps": 30, "train.save_every": 3}
+    subprocess.run(_command(backbones, tmp_path / "whole", **extra), check=True, env=_env(), capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_command(backbones, run, **extra), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while ckpt.latest(run / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = ckpt.latest(run / "checkpoints")
+    assert killed_at is not None and killed_at.name != "step-000030", "the run was not killed mid-way"
+    subprocess.run(_command(backbones, run, **extra), check=True, env=_env(), capture_output=True)
+    whole, resumed = final_weights(tmp_path / "whole"), final_weights(run)
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_corrupt_or_truncated_checkpoint_is_named_and_not_loaded(backbones, tmp_path):
+    out = tmp_path / "run"
+    train(config(backbones, out, **{"train.steps": 2}))
+    last = ckpt.latest(out / "checkpoints")
+    weights = last / ckpt.WEIGHTS
+    original = weights.read_bytes()
+    data = bytearray(original)
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model.safetensors is corrupt"):
+        train(config(backbones, out, **{"train.steps": 4}))
+    assert ckpt.latest(out / "checkpoints") == last  # nothing was trained or written from it
+    weights.write_bytes(original)
+    ckpt.verify(last)
+    state = last / ckpt.STATE
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"state.pt is truncated"):
+        ckpt.load(last)
+
+
+def test_two_processes_equal_one_process_with_the_doubled_batch(backbones, tmp_path):
+    extra = {"train.steps": 3, **LINEAR_ADAM}
+    single = subprocess.run(_command(backbones, tmp_path / "one", **{**extra, "data.batch_size": 4}), env=_env(),
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "multisense", "train", *overrides(backbones, tmp_path / "two", **{**extra, "data.batch_size": 2})]
+    double = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
