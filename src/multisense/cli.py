@@ -2,6 +2,7 @@
 
     multisense demo [--steps N] [--out DIR]     the main job on the embedded default
     multisense train --config FILE [a.b=v ...]  train from a YAML preset (also under torchrun)
+    multisense eval --model DIR --task NAME     few-shot evaluation at 0/2/4/8 shots, several seeds
     multisense bench [...]                      block throughput and memory benchmarks
 """
 
@@ -40,7 +41,13 @@ def _train(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"demo": _demo, "train": _train, "bench": _bench}
+def _eval(argv: list[str]) -> int:
+    from .eval.fewshot import main
+
+    return main(argv)
+
+
+COMMANDS = {"demo": _demo, "train": _train, "eval": _eval, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

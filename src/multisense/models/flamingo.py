@@ -335,13 +335,22 @@ class FlamingoModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,
-                        vision_encoder: nn.Module | None = None, check_backbones: bool = True) -> "FlamingoModel":
+                        vision_encoder: nn.Module | None = None, check_backbones: bool = True,
+                        **overrides) -> "FlamingoModel":
         """Rebuild from save_pretrained's directory; backbones load from their recorded local paths
-        unless given. A backbone whose weights differ from the recorded ones is an error."""
+        unless given. A backbone whose weights differ from the recorded ones is an error.
+
+        `overrides` may change how the trained weights are used, not their shapes: `mode`
+        (media masking) and `interpolate_frames`.
+        """
         values, tensors = load_checkpoint(directory)
         if values.pop("architecture", None) != "flamingo":
             raise ValueError(f"{directory}: not a Flamingo checkpoint")
-        config = FlamingoConfig.from_dict(values)
+        fixed = sorted(set(overrides) - {"mode", "interpolate_frames"})
+        if fixed:
+            raise ValueError(f"from_pretrained: {fixed} would change the trained weights' shapes; "
+                             "only mode and interpolate_frames may be overridden")
+        config = FlamingoConfig.from_dict({**values, **overrides})
         if lm is None:
             lm = _load_backbone(config.lm, "lm", transformers.AutoModelForCausalLM)
         if vision_encoder is None and config.vision:

@@ -1,0 +1,184 @@
+"""Few-shot evaluation (Flamingo, Alayrac et al. 2022, section 3): k demonstrations from a
+held-out pool, then a query, for k in 0/2/4/8 and several seeds; mean and spread per k.
+
+Three measures per episode:
+- exact_match: the greedy continuation, cut at the first shot separator ".", equals the answer;
+- accuracy: among the task's closed answer set, the answer the model gives the highest
+  log-likelihood is the right one (Flamingo's scoring for classification), when the set is known;
+- token_accuracy and nll: teacher-forced, over the answer's tokens and end-of-sequence.
+
+Shape letters: B episodes, K candidate answers, L text length, M media, F frames.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.collate import Sample, collate
+from ..data.tasks import Task
+from ..train.loop import IGNORE
+from .generation import generate_answers
+
+EVAL_SEED = 10_000  # episode seeds are (EVAL_SEED, seed, i): disjoint from training's (seed, i)
+
+
+def cut_answer(text: str) -> str:
+    """The answer part of a continuation: words up to the first shot separator '.'."""
+    words = text.split()
+    return " ".join(words[: words.index(".")] if "." in words else words)
+
+
+@torch.no_grad()
+def _target_scores(model, tokenizer, prompts: list[Sample], targets: list[str],
+                   media: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced log-likelihood [B], correct-token count [B] and token count [B] of each target."""
+    batch = collate([Sample(p.prompt, t, p.media) for p, t in zip(prompts, targets)], tokenizer)
+    labels = batch.pop("labels")
+    if media is not None:  # precomputed vision features: skip the encoder for every candidate
+        batch.pop("pixel_values", None)
+        batch.update(media)
+    logits = model(**batch).logits[:, :-1].float()
+    labels = labels[:, 1:]
+    keep = labels != IGNORE
+    logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    loglik = (logp * keep).sum(-1)
+    correct = ((logits.argmax(-1) == labels) & keep).sum(-1)
+    return loglik, correct, keep.sum(-1)
+
+
+@torch.no_grad()
+def score_episodes(model, tokenizer, episodes: list[Sample], answers: tuple[str, ...] | None, *,
+                   batch_size: int = 16) -> dict[str, float]:
+    """Exact match, closed-set accuracy, token accuracy and NLL over a list of episodes."""
+    was_training = model.training
+    model.eval()
+    preds = [cut_answer(p) for p in generate_answers(model, tokenizer, episodes, batch_size=batch_size)]
+    em = float(np.mean([p == " ".join(e.target.split()) for p, e in zip(preds, episodes)]))
+    loglik_sum, correct, tokens, hits = 0.0, 0, 0, 0
+    for i in range(0, len(episodes), batch_size):
+        chunk = episodes[i:i + batch_size]
+        media = None
+        if chunk[0].media:
+            pixels = collate(chunk, tokenizer)
+            feats = model.encode_frames(pixels["pixel_values"], pixels["frame_mask"])  # [B, M, F, S, Dv]
+            media = {"media_features": feats, "frame_mask": pixels["frame_mask"]}
+        ll, ok, n = _target_scores(model, tokenizer, chunk, [e.target for e in chunk], media)
+        loglik_sum, correct, tokens = loglik_sum + ll.sum().item(), correct + ok.sum().item(), tokens + n.sum().item()
+        if answers:
+            cand = torch.stack([_target_scores(model, tokenizer, chunk, [a] * len(chunk), media)[0]
+                                for a in answers], -1)  # [B, K]
+            best = [answers[j] for j in cand.argmax(-1).tolist()]
+            hits += sum(b == e.target for b, e in zip(best, chunk))
+    model.train(was_training)
+    out = {"exact_match": em, "token_accuracy": correct / max(1, tokens), "nll": -loglik_sum / max(1, tokens)}
+    if answers:
+        out["accuracy"] = hits / len(episodes)
+    return out
+
+
+def evaluate(model, tokenizer, task: Task, *, shots: tuple[int, ...] = (0, 2, 4, 8), seeds: tuple[int, ...] = (0, 1, 2),
+             samples: int = 100, batch_size: int = 16) -> dict:
+    """Every (shots, seed) cell, and per shots the mean and standard deviation over seeds."""
+    cells = {}
+    for k in shots:
+        per_seed = []
+        for seed in seeds:
+            episodes = [task.episode(np.random.default_rng([EVAL_SEED, seed, i]), k, "eval") for i in range(samples)]
+            per_seed.append(score_episodes(model, tokenizer, episodes, task.answers, batch_size=batch_size))
+        summary = {}
+        for metric in per_seed[0]:
+            values = [r[metric] for r in per_seed]
+            summary[metric] = {"mean": statistics.fmean(values),
+                               "std": statistics.stdev(values) if len(values) > 1 else 0.0, "seeds": values}
+        cells[k] = summary
+    chance = 1 / len(task.answers) if task.answers else None
+    return {"task": task.name, "task_repr": repr(task), "samples": samples, "seeds": list(seeds),
+            "chance": chance, "shots": cells}
+
+
+def markdown_table(result: dict) -> str:
+    """One row per shot count: mean ± std over seeds of every metric."""
+    metrics = list(next(iter(result["shots"].values())))
+    lines = [f"| shots | {' | '.join(metrics)} |", "|---|" + "---|" * len(metrics)]
+    for k, cell in result["shots"].items():
+        lines.append(f"| {k} | " + " | ".join(f"{cell[m]['mean']:.3f} ± {cell[m]['std']:.3f}" for m in metrics) + " |")
+    if result["chance"] is not None:
+        lines.append(f"\nchance accuracy: {result['chance']:.3f}; {result['samples']} episodes x "
+                     f"{len(result['seeds'])} seeds per row")
+    return "\n".join(lines)
+
+
+def write(result: dict, out: str | Path) -> tuple[Path, Path]:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    md_path.write_text(f"### {result['task']}\n\n{markdown_table(result)}\n")
+    return json_path, md_path
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    import transformers
+    import yaml
+
+    from ..data.tasks import get_task
+    from ..models import FlamingoModel
+
+    parser = argparse.ArgumentParser(prog="multisense eval", description="few-shot evaluation of a trained model")
+    parser.add_argument("--model", required=True, help="a directory written by save_pretrained (e.g. runs/x/model)")
+    parser.add_argument("--task", required=True, help="a task name from multisense.data.tasks")
+    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="task keyword, e.g. frames=30 (repeatable)")
+    parser.add_argument("--shots", type=int, nargs="+", default=[0, 2, 4, 8])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--samples", type=int, default=100, help="episodes per (shots, seed)")
+    parser.add_argument("--mode", help="override the media masking mode (immediate, all_previous, window:k)")
+    parser.add_argument("--interpolate-frames", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--truncate-frames", type=int, help="keep only the first N frames of every clip")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", help="write OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+
+    task_args = {}
+    for item in args.task_arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--task-arg {item!r}: expected KEY=VALUE")
+        task_args[key] = yaml.safe_load(value)
+    overrides = {k: v for k, v in (("mode", args.mode), ("interpolate_frames", args.interpolate_frames))
+                 if v is not None}
+    model = FlamingoModel.from_pretrained(args.model, **overrides)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+    task = get_task(args.task, **task_args)
+    if args.truncate_frames:
+        task = TruncatedFrames(task, args.truncate_frames)
+    result = evaluate(model, tokenizer, task, shots=tuple(args.shots), seeds=tuple(args.seeds),
+                      samples=args.samples, batch_size=args.batch_size)
+    result["model"], result["overrides"] = str(args.model), {**overrides, "truncate_frames": args.truncate_frames}
+    print(markdown_table(result))
+    if args.out:
+        for path in write(result, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
+class TruncatedFrames:
+    """A task whose clips keep only their first `frames` frames (the truncation baseline)."""
+
+    def __init__(self, task: Task, frames: int):
+        self.task, self.frames = task, frames
+        self.name, self.answers = task.name, task.answers
+
+    def __repr__(self) -> str:
+        return f"TruncatedFrames({self.task!r}, frames={self.frames})"
+
+    def episode(self, rng, shots: int, split: str) -> Sample:
+        s = self.task.episode(rng, shots, split)
+        return Sample(s.prompt, s.target, [m[: self.frames] for m in s.media])

@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from multisense.config import load_config
+from multisense.data.collate import collate
+from multisense.data.tasks import get_task
+from multisense.eval import fewshot
+from multisense.train.trainer import TrainConfig, build_model, train
+from tests.train.backbones import save_tiny_backbones
+from tests.train.test_trainer import overrides
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    backbones = save_tiny_backbones(root)
+    train(load_config(TrainConfig, None, overrides(backbones, root / "run", **{"train.steps": 2})))
+    return root / "run" / "model"
+
+
+def test_cut_answer_stops_at_the_shot_separator():
+    assert fewshot.cut_answer(" up left . <image> direction : down") == "up left"
+    assert fewshot.cut_answer("dax") == "dax" and fewshot.cut_answer("") == ""
+
+
+def test_reused_vision_features_score_like_pixels(trained):
+    from multisense import FlamingoModel
+    import transformers
+
+    model = FlamingoModel.from_pretrained(trained).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(trained)
+    for block in model.gated_layers:  # open the gates so that the media matter
+        block.attn_gate.alpha.data.fill_(0.5)
+    task = get_task("video", frames=4)
+    episodes = [task.episode(np.random.default_rng(i), 1, "eval") for i in range(3)]
+    targets = [e.target for e in episodes]
+    direct = fewshot._target_scores(model, tok, episodes, targets)
+    batch = collate(episodes, tok)
+    feats = model.encode_frames(batch["pixel_values"], batch["frame_mask"])
+    reused = fewshot._target_scores(model, tok, episodes, targets,
+                                    {"media_features": feats, "frame_mask": batch["frame_mask"]})
+    for a, b in zip(direct, reused):
+        torch.testing.assert_close(a, b)
+
+
+def test_eval_command_writes_json_and_markdown_with_every_cell(trained, tmp_path, capsys):
+    out = tmp_path / "res"
+    code = fewshot.main(["--model", str(trained), "--task", "video", "--task-arg", "frames=4", "--shots", "0", "2",
+                         "--seeds", "0", "1", "--samples", "4", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert set(result["shots"]) == {"0", "2"} and result["chance"] == 0.25
+    for cell in result["shots"].values():
+        assert set(cell) == {"exact_match", "accuracy", "token_accuracy", "nll"}
+        assert all(0 <= v <= 1 for m in ("exact_match", "accuracy", "token_accuracy") for v in cell[m]["seeds"])
+        assert len(cell["nll"]["seeds"]) == 2
+    assert "| 2 |" in out.with_suffix(".md").read_text()
+    # the truncation baseline and runtime overrides run through the same command
+    assert fewshot.main(["--model", str(trained), "--task", "video", "--task-arg", "frames=6", "--shots", "0",
+                         "--seeds", "0", "--samples", "2", "--truncate-frames", "4", "--mode", "all_previous"]) == 0
+
+
+def test_from_pretrained_refuses_overrides_that_change_shapes(trained):
+    from multisense import FlamingoModel
+
+    with pytest.raises(ValueError, match="num_latents"):
+        FlamingoModel.from_pretrained(trained, num_latents=3)
