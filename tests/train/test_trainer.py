@@ -147,15 +147,18 @@ def test_a_corrupt_or_truncated_checkpoint_is_named_and_not_loaded(backbones, tm
         ckpt.load(last)
 
 
-def test_two_processes_equal_one_process_with_the_doubled_batch(backbones, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_equal_one_process_with_the_doubled_batch(backbones, tmp_path, strategy):
     extra = {"train.steps": 3, **LINEAR_ADAM}
     single = subprocess.run(_command(backbones, tmp_path / "one", **{**extra, "data.batch_size": 4}), env=_env(),
                             capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-2000:]
+    two_procs = {**extra, "data.batch_size": 2, "train.distributed": strategy}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "multisense", "train", *overrides(backbones, tmp_path / "two", **{**extra, "data.batch_size": 2})]
+           "-m", "multisense", "train", *overrides(backbones, tmp_path / "two", **two_procs)]
     double = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert one.keys() == two.keys()
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)

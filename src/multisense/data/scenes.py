@@ -128,16 +128,21 @@ def _shape_mask(obj: SceneObject, *, rows: np.ndarray, cols: np.ndarray) -> np.n
     raise ValueError(f"unknown shape {obj.shape!r}")
 
 
+def object_masks(objects: tuple[SceneObject, ...], *, image_size: int = 32) -> np.ndarray:
+    """Boolean [M, H, W] pixel masks of the objects, in the order given (the pixels `render` paints)."""
+    centres = np.arange(image_size, dtype=np.float32) + 0.5
+    rows, cols = np.meshgrid(centres, centres, indexing="ij")  # [H, W] each
+    masks = [_shape_mask(obj, rows=rows, cols=cols) for obj in objects]
+    return np.stack(masks) if masks else np.zeros((0, image_size, image_size), dtype=bool)
+
+
 def render(
     objects: tuple[SceneObject, ...], rng: np.random.Generator, *, image_size: int = 32, noise: float = 0.05
 ) -> np.ndarray:
     """Paint objects onto a random dark background and add gaussian noise: float32 [3, H, W]."""
     background = rng.uniform(*_BACKGROUND_RANGE)
     image = np.full((3, image_size, image_size), background, dtype=np.float32)
-    centres = np.arange(image_size, dtype=np.float32) + 0.5
-    rows, cols = np.meshgrid(centres, centres, indexing="ij")  # [H, W] each
-    for obj in objects:
-        mask = _shape_mask(obj, rows=rows, cols=cols)
+    for obj, mask in zip(objects, object_masks(objects, image_size=image_size)):
         image[:, mask] = np.asarray(COLOURS[obj.colour], dtype=np.float32)[:, None]
     image += rng.normal(0.0, noise, size=image.shape).astype(np.float32)
     return np.clip(image, 0.0, 1.0)

@@ -328,10 +328,14 @@ class FlamingoModel(nn.Module):
         return {"attn": [b.attn_gate.value() for b in self.gated_layers],
                 "ff": [b.ff_gate.value() for b in self.gated_layers]}
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """config.json + model.safetensors of the trainable weights; backbones are recorded, not copied."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *, state_dict: dict | None = None) -> Path:
+        """config.json + model.safetensors of the trainable weights; backbones are recorded, not copied.
+
+        `state_dict`: the trainable weights to write instead of this module's own, e.g. the
+        full tensors gathered from a sharded (FSDP2) model.
+        """
         config = {"architecture": "flamingo", **dataclasses.asdict(self.config)}
-        return save_checkpoint(save_directory, config, self.trainable_state_dict())
+        return save_checkpoint(save_directory, config, state_dict or self.trainable_state_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,

@@ -67,16 +67,21 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch
     return config, tensors
 
 
-def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], expected: list[str], where: str) -> None:
-    """Copy `tensors` into `module`, requiring exactly the names in `expected`."""
+def check_fits(expected: dict[str, torch.Size], tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Require exactly the names of `expected`, with the same shapes."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{where}: checkpoint does not fit the model (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
-    own = module.state_dict()
     for name, t in tensors.items():
-        if own[name].shape != t.shape:
+        if tuple(expected[name]) != tuple(t.shape):
             raise ValueError(f"{where}: {name} has shape {list(t.shape)} in the checkpoint, "
-                             f"{list(own[name].shape)} in the model")
+                             f"{list(expected[name])} in the model")
+
+
+def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], expected: list[str], where: str) -> None:
+    """Copy `tensors` into `module`, requiring exactly the names in `expected`."""
+    own = module.state_dict()
+    check_fits({name: own[name].shape for name in expected}, tensors, where)
     module.load_state_dict(tensors, strict=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from ..data.collate import collate
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
-from ..models.io import load_into
+from ..models.io import check_fits
 from . import checkpoint as ckpt
 from . import distributed
 from .logs import RunLogger
@@ -187,6 +188,16 @@ def _full_state(model, optimizer) -> tuple[dict, dict]:
     return {k: v for k, v in weights.items() if k in trainable}, optim
 
 
+def _load_full_state(model, optimizer, weights: dict, optim: dict, *, where: str) -> None:
+    """The inverse of _full_state, after checking the names and shapes of the weights."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    expected = {k: v.shape for k, v in distributed.unwrap(model).trainable_state_dict().items()}
+    check_fits(expected, weights, where)
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
+                   options=StateDictOptions(full_state_dict=True, strict=False))
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training as configured; returns a summary (steps, final loss, seconds)."""
     env = distributed.setup(cfg.train.device)
@@ -198,6 +209,10 @@ def train(cfg: TrainConfig) -> dict:
     model.to(env.device)
     if run.activation_checkpointing:
         checkpoint_layers(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
+    # FSDP2 replaces the parameters with sharded ones: wrap first, then build the optimiser
+    units = list(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
+    wrapped = distributed.wrap(model, env, run.distributed, units=units,
+                               find_unused_parameters=run.find_unused_parameters)
     optimizer = build_optimizer(model, lr=cfg.optim.lr, gate_lr=cfg.optim.gate_lr,
                                 weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, eps=cfg.optim.eps)
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.optim.warmup_steps, total_steps=run.steps,
@@ -207,27 +222,26 @@ def train(cfg: TrainConfig) -> dict:
     source = {"auto": ckpt.latest(out / "checkpoints"), "never": None}.get(run.resume, run.resume)
     if source is not None:
         manifest, weights, state = ckpt.load(source)
-        load_into(model, weights, list(model.trainable_state_dict()), where=str(source))
-        optimizer.load_state_dict(state["optimizer"])
+        _load_full_state(wrapped, optimizer, weights, state["optimizer"], where=str(source))
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(manifest["rng"], state["rng"])
         start_step = manifest["step"]
 
-    units = list(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
-    wrapped = distributed.wrap(model, env, run.distributed, units=units,
-                               find_unused_parameters=run.find_unused_parameters)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
     logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists())
     batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step)
 
+    final_weights: dict = {}
+
     def save(step: int) -> None:
         weights, optim_state = _full_state(wrapped, optimizer)
+        final_weights.update(weights)
         if env.is_main:
             rng_plain, rng_tensors = ckpt.rng_state()
             ckpt.save(out / "checkpoints", step=step, weights=weights, keep_last=run.keep_last,
-                      state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                      state={"optimizer": optim_state, "scheduler": scheduler.state_dict(),
                              "rng": rng_tensors},
                       info={"data_position": step, "rng": rng_plain, "world_size": env.world_size,
                             "config": json.loads(json.dumps(to_dict(cfg)))})
@@ -251,7 +265,7 @@ def train(cfg: TrainConfig) -> dict:
                       start_step=start_step, progress=run.progress and env.is_main, desc="train",
                       on_step=on_step, on_record=log)
         if env.is_main:
-            model.save_pretrained(out / "model")
+            model.save_pretrained(out / "model", state_dict=final_weights)
             tokenizer.save_pretrained(out / "model")
     finally:
         logger.close()
@@ -274,6 +288,7 @@ def main(argv: list[str]) -> int:
         print(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), sort_keys=False))
         return 0
     summary = train(cfg)
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
     return 0
 
