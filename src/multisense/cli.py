@@ -4,6 +4,7 @@
     multisense train --config FILE [a.b=v ...]  train from a YAML preset (also under torchrun)
     multisense eval --model DIR --task NAME     few-shot evaluation at 0/2/4/8 shots, several seeds
     multisense bench [...]                      block throughput and memory benchmarks
+    multisense bench training [...]             training throughput, memory, DDP scaling
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def _demo(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
+    if argv[:1] == ["training"]:
+        from .bench.training import main as training
+
+        return training(argv[1:], prog="multisense bench training") or 0
     from .bench.blocks import main
 
     return main(argv) or 0
