@@ -3,6 +3,7 @@
     multisense demo [--steps N] [--out DIR]     the main job on the embedded default
     multisense train --config FILE [a.b=v ...]  train from a YAML preset (also under torchrun)
     multisense eval --model DIR --task NAME     few-shot evaluation at 0/2/4/8 shots, several seeds
+    multisense experiment NAME|all              the claims checked: gate_init, frame_embeddings, masking
     multisense bench [...]                      block throughput and memory benchmarks
     multisense bench training [...]             training throughput, memory, DDP scaling
 """
@@ -52,7 +53,13 @@ def _eval(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"demo": _demo, "train": _train, "eval": _eval, "bench": _bench}
+def _experiment(argv: list[str]) -> int:
+    from .eval.experiments import main
+
+    return main(argv)
+
+
+COMMANDS = {"demo": _demo, "train": _train, "eval": _eval, "experiment": _experiment, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

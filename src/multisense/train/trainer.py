@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,8 +198,14 @@ def _load_full_state(model, optimizer, weights: dict, optim: dict, *, where: str
                    options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) training as configured; returns a summary (steps, final loss, seconds)."""
+def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = None,
+          measure: Callable[[int, FlamingoModel], dict | None] | None = None) -> dict:
+    """Run (or resume) training as configured; returns a summary (steps, final loss, seconds, history).
+
+    Hooks for experiments: `setup(model)` runs once before training (e.g. to re-initialise the
+    gates), `measure(step, model)` at step 0 and after every step; what it returns joins the
+    step's record (and the logs).
+    """
     env = distributed.setup(cfg.train.device)
     run = cfg.train
     out = Path(run.out_dir)
@@ -207,6 +213,8 @@ def train(cfg: TrainConfig) -> dict:
     np.random.seed(run.seed)
     model, tokenizer = build_model(cfg.model, progress=run.progress and env.is_main)
     model.to(env.device)
+    if setup is not None:
+        setup(model)
     if run.activation_checkpointing:
         checkpoint_layers(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
     # FSDP2 replaces the parameters with sharded ones: wrap first, then build the optimiser
@@ -249,15 +257,17 @@ def train(cfg: TrainConfig) -> dict:
 
     history: list[dict] = []
 
-    def on_step(step: int) -> None:
+    def on_step(step: int) -> dict | None:
         if step % run.save_every == 0 or step == run.steps:
             save(step)
+        return measure(step, model) if measure is not None else None
 
     def log(record: dict) -> None:
         if record["step"] % run.log_every == 0 or record["step"] == run.steps:
             logger.log(record["step"], record)
 
     start = time.perf_counter()
+    initial = measure(start_step, model) if measure is not None else None
     try:
         history = fit(wrapped, batches, steps=run.steps, optimizer=optimizer, scheduler=scheduler,
                       max_grad_norm=cfg.optim.max_grad_norm, grad_accum=run.grad_accum,
@@ -272,7 +282,7 @@ def train(cfg: TrainConfig) -> dict:
         distributed.teardown()
     seconds = time.perf_counter() - start
     return {"start_step": start_step, "steps": run.steps, "seconds": seconds,
-            "final_loss": history[-1]["loss"] if history else None}
+            "final_loss": history[-1]["loss"] if history else None, "initial": initial, "history": history}
 
 
 def main(argv: list[str]) -> int:
@@ -289,6 +299,6 @@ def main(argv: list[str]) -> int:
         return 0
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary))
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 
