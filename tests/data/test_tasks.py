@@ -1,3 +1,4 @@
+import re
 """Few-shot tasks: shapes and markers, determinism, held-out digits, in-context labels, video order."""
 
 import functools
@@ -212,8 +213,28 @@ def test_text_corpus_seeded_markerless_and_covers_every_task():
     lines = tasks.text_corpus(300, seed=1)
     assert lines == tasks.text_corpus(300, seed=1) != tasks.text_corpus(300, seed=2)
     assert not any(MARKER in line for line in lines)
-    for start in ("shape :", "label :", "question : is the", "direction :", "digit :", "plus is"):
-        assert any(line.startswith(start) for line in lines), start
+    for pattern in (r"^\w+ shape : \w+", r"^\w+ label : \w+", r"^\w+ \w+ \w+ \w+ question : is the",
+                    r"^(up|down|left|right) direction :", r"^\d digit : \d", r"^\d plus \d is \d+"):
+        assert any(re.match(pattern, line) for line in lines), pattern
+
+
+def test_text_lines_answer_from_the_described_media():
+    """In words, every answer follows from the text: what the LM can learn to read in context."""
+    lines = tasks.text_corpus(400, seed=3)
+    for line in lines:
+        for shot in line.split(" . "):
+            w = shot.split()
+            if re.fullmatch(r"\d plus \d is \d+", shot):
+                assert int(w[0]) + int(w[2]) == int(w[4])
+            elif w[1:3] in (["digit", ":"], ["shape", ":"], ["direction", ":"]):
+                assert w[0] == w[3]
+            elif "question" in w:
+                attribute, first, second = w[w.index("same") + 1], w[0:2], w[2:4]
+                same = first[0] == second[0] if attribute == "colour" else first[1] == second[1]
+                assert w[-1] == ("yes" if same else "no"), shot
+        if " label : " in line:  # nonce labels: one label per class within a line
+            pairs = {tuple(s.split()[i] for i in (0, 3)) for s in line.split(" . ")}
+            assert len({c for c, _ in pairs}) == len(pairs) == len({lab for _, lab in pairs})
 
 
 def test_registry_answers_and_typo_suggestion():

@@ -31,6 +31,11 @@ with at least as many shots as classes every class, the query's included, is dem
 
 Text is word-level (single spaces, punctuation a word of its own); `VOCABULARY` holds every word
 the templates can emit and `text_corpus` gives text-only lines for language-model pretraining.
+In those lines every media marker is replaced by words that *describe* its content ("circle
+label : dax . square label : wug . circle label : dax", "3 plus 4 is 7"), and the answers
+follow from the text: a language model that has read them can map in context, compare and add
+in words, as a pretrained LM brings what it read to Flamingo. What it cannot do is see: the
+gated blocks must learn to make an image read, to the frozen LM, like its description.
 
 Shape letters: N shots or images, F frames, C channels (3), H height, W width.
 """
@@ -115,7 +120,8 @@ class Task:
         raise NotImplementedError
 
     def text_shots(self, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
-        """`count` (prompt, answer) pairs of one episode without images (answers random)."""
+        """`count` (prompt, answer) pairs of one episode in words: each marker replaced by a
+        description of its media, the answer the one the media would give."""
         raise NotImplementedError
 
     # ---- shared renderings -------------------------------------------------------------
@@ -143,7 +149,7 @@ class Task:
         return Document(SEPARATOR.join(s.text for s in items), _media(items))
 
     def text_line(self, rng: np.random.Generator, max_shots: int = 3) -> str:
-        """A text-only episode of 1..max_shots+1 shots, markers removed."""
+        """A text-only episode of 1..max_shots+1 shots, media described in words."""
         pairs = self.text_shots(rng, int(rng.integers(0, max_shots + 1)) + 1)
         text = SEPARATOR.join(f"{prompt} {answer}" for prompt, answer in pairs)
         return " ".join(w for w in text.split() if w != MARKER)
@@ -184,7 +190,8 @@ class ClassificationTask(Task):
 
     def text_shots(self, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
         labels = self.labels(rng)
-        return [(self.prompt, labels[c]) for c in rng.integers(len(labels), size=count)]
+        return [(self.prompt.replace(MARKER, self.classes[c]), labels[c])
+                for c in rng.integers(len(self.classes), size=count)]
 
 
 class FewShotShapes(ClassificationTask):
@@ -265,7 +272,14 @@ class CrossImage(Task):
     def text_shots(self, rng, count):
         out = []
         for _ in range(count):
-            *_, same, prompt = self._question(rng)
+            first, second, attribute, same, prompt = self._question(rng)
+            objects = [self._one_object(rng) for _ in range(self.images)]
+            value = getattr(objects[first], attribute)
+            for i, obj in enumerate(objects):
+                objects[i] = obj = dataclasses.replace(obj, **{attribute: value}) if i == second and same else obj
+            same = getattr(objects[second], attribute) == value  # a random second object may match anyway
+            for obj in objects:
+                prompt = prompt.replace(MARKER, f"{obj.colour} {obj.shape}", 1)
             out.append((prompt, "yes" if same else "no"))
         return out
 
@@ -401,7 +415,8 @@ class DigitSum(Task):
                 for i, (a, b) in enumerate(indices)]
 
     def text_shots(self, rng, count):
-        return [(self.prompt, str(s)) for s in rng.integers(10, size=(count, 2)).sum(1)]
+        return [(self.prompt.replace(MARKER, str(a), 1).replace(MARKER, str(b), 1), str(a + b))
+                for a, b in rng.integers(10, size=(count, 2))]
 
 
 # ---- registry -----------------------------------------------------------------------------
@@ -420,8 +435,8 @@ def get_task(name: str, **kwargs) -> Task:
     return TASKS[name](**kwargs)
 
 
-def text_corpus(n: int, seed: int, max_shots: int = 3) -> list[str]:
-    """`n` text-only episodes drawn evenly over the tasks, markers removed, answers random."""
+def text_corpus(n: int, seed: int, max_shots: int = 4) -> list[str]:
+    """`n` text-only episodes drawn evenly over the tasks, media described in words."""
     rng = np.random.default_rng(seed)
     tasks = [cls() for cls in TASKS.values()]
     return [tasks[int(rng.integers(len(tasks)))].text_line(rng, max_shots) for _ in range(n)]
