@@ -98,6 +98,9 @@ def test_activation_checkpointing_and_z_loss_train(backbones, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
     z = train(config(backbones, tmp_path / "z", **{"train.steps": 2, "train.z_loss": 1e-2}))
     assert z["final_loss"] != plain["final_loss"]  # the z-loss term changed the updates
+    assert z["history"][-1]["z_loss"] > 0
+    bf16 = train(config(backbones, tmp_path / "bf16", **{"train.steps": 2, "train.precision": "bf16"}))
+    assert bf16["final_loss"] == pytest.approx(plain["final_loss"], rel=5e-2)  # autocast: close, not equal
 
 
 def _command(backbones, out, **extra) -> list[str]:
