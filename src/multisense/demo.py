@@ -33,12 +33,17 @@ from .train.pretrain import ensure_default_backbones
 
 @dataclass
 class DemoConfig:
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 2e-3
-    gate_lr: float = 2e-2
+    # A scalar alpha moves about gate_lr per Adam step: at 2e-2 the gates were still below 0.5
+    # after 600 steps; at 0.1 they open within the first hundred.
+    gate_lr: float = 0.1
     warmup_steps: int = 30
-    num_latents: int = 16
+    # Scenes hold at most 3 objects. With 16 latents, training on ideal per-object features
+    # reached caption EM 0.09 and shape 0.33 in 300 steps; with 4 latents 0.30 and 0.72, as
+    # good as feeding the features to the gated blocks directly (docs/results.md).
+    num_latents: int = 4
     resampler_depth: int = 2
     cross_attn_every: int = 1
     heads: int = 4

@@ -85,3 +85,25 @@ def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
 def test_cache_dir_defaults_to_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MULTISENSE_CACHE", str(tmp_path))
     assert pretrain.default_cache_dir() == tmp_path
+
+
+def test_patch_labels_name_the_object_under_each_patch():
+    objects = (scenes.SceneObject("red", "square", x=6.0, y=6.0, size=8.0),
+               scenes.SceneObject("blue", "circle", x=22.0, y=22.0, size=10.0))
+    grid = pretrain.patch_labels(objects, image_size=32, patch_size=4).reshape(8, 8)
+    background = pretrain.patch_labels((), image_size=32, patch_size=4)
+    assert background.shape == (64,) and len(set(background.tolist())) == 1
+    assert grid[0, 7] == background[0]  # top-right corner: empty
+    centres = [grid[int(obj.y) // 4, int(obj.x) // 4] for obj in objects]
+    # Each object has its own class; every patch is background or one of the two objects.
+    assert len({*centres, background[0]}) == 3
+    assert set(grid.flatten().tolist()) == {*centres, background[0]}
+    # The class changes with the colour, the shape and the left-to-right rank alike.
+    swapped = (objects[1], objects[0])
+    for other in (
+        (scenes.SceneObject("green", "square", 6.0, 6.0, 8.0), objects[1]),
+        (scenes.SceneObject("red", "cross", 6.0, 6.0, 8.0), objects[1]),
+        swapped,
+    ):
+        relabelled = pretrain.patch_labels(other, image_size=32, patch_size=4).reshape(8, 8)
+        assert relabelled[int(objects[0].y) // 4, int(objects[0].x) // 4] != centres[0]
