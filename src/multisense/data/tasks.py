@@ -11,6 +11,11 @@ and a task renders them two ways, as Flamingo does (Alayrac et al. 2022):
   interleaved `Document`; the loss falls on every answer given the shots before it, which is how
   the model learns to learn in context.
 
+Classification prompts end on the media marker ("digit : <image>" then "7"): the answer is
+predicted at the marker, the one token that sees the image, and in words ("label : circle dax")
+finding a label in context is the plain induction pattern "after the token seen before, the
+token that followed it", which a small LM learns readily.
+
 Tasks (`TASKS`, `get_task(name, **kwargs)`):
 
 - `fewshot_shapes`: the shape (or colour) of one procedural object, natural labels;
@@ -31,8 +36,8 @@ with at least as many shots as classes every class, the query's included, is dem
 
 Text is word-level (single spaces, punctuation a word of its own); `VOCABULARY` holds every word
 the templates can emit and `text_corpus` gives text-only lines for language-model pretraining.
-In those lines every media marker is replaced by words that *describe* its content ("circle
-label : dax . square label : wug . circle label : dax", "3 plus 4 is 7"), and the answers
+In those lines every media marker is replaced by words that *describe* its content ("label :
+circle dax . label : square wug . label : circle dax", "3 plus 4 is 7"), and the answers
 follow from the text: a language model that has read them can map in context, compare and add
 in words, as a pretrained LM brings what it read to Flamingo. What it cannot do is see: the
 gated blocks must learn to make an image read, to the frozen LM, like its description.
@@ -207,7 +212,7 @@ class FewShotShapes(ClassificationTask):
         self.attribute = attribute
         self.classes = values[attribute]
         self.answers = self.classes
-        self.prompt = f"{MARKER} {attribute} :"
+        self.prompt = f"{attribute} : {MARKER}"
 
     def draw(self, rng, classes, split):
         return [[self._render(self._one_object(rng, **{self.attribute: self.classes[c]}), rng)] for c in classes]
@@ -225,7 +230,7 @@ class FewShotMapped(FewShotShapes):
             raise ValueError(f"attribute: {attribute!r} has {len(self.classes)} classes, "
                              f"more than the {len(LABEL_WORDS)} label words")
         self.answers = LABEL_WORDS
-        self.prompt = f"{MARKER} label :"
+        self.prompt = f"label : {MARKER}"
 
     def labels(self, rng):
         return tuple(LABEL_WORDS[i] for i in rng.choice(len(LABEL_WORDS), size=len(self.classes), replace=False))
@@ -321,7 +326,7 @@ class Video(ClassificationTask):
         self.frames, self.step = frames, step
         self.classes = tuple(DIRECTIONS)[:directions]
         self.answers = self.classes
-        self.prompt = f"{MARKER} direction :"
+        self.prompt = f"direction : {MARKER}"
 
     def draw(self, rng, classes, split):
         size = self.image_size
@@ -388,7 +393,7 @@ class Digits(ClassificationTask):
 
     name = "digits"
     classes = answers = DIGITS
-    prompt = f"{MARKER} digit :"
+    prompt = f"digit : {MARKER}"
 
     def draw(self, rng, classes, split):
         pools = _digit_pools(split)
