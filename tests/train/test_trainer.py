@@ -165,3 +165,19 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(backbones, tmp_p
     assert one.keys() == two.keys()
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_dual_tower_clip_checkpoint_loads_its_vision_tower(tmp_path):
+    import transformers as tf
+
+    from multisense.encoders import load_vision_encoder
+
+    clip = tf.CLIPModel(tf.CLIPConfig(text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                                   "num_attention_heads": 2, "vocab_size": 20},
+                                      vision_config={"image_size": 16, "patch_size": 8, "hidden_size": 16,
+                                                     "intermediate_size": 32, "num_hidden_layers": 1,
+                                                     "num_attention_heads": 2}, projection_dim=8))
+    clip.save_pretrained(tmp_path)
+    vision = load_vision_encoder(tmp_path)
+    assert isinstance(vision, tf.CLIPVisionModel)
+    assert vision(pixel_values=torch.zeros(1, 3, 16, 16)).last_hidden_state.shape == (1, 5, 16)

@@ -57,3 +57,18 @@ def as_encoder(module: nn.Module, dim: int | None = None) -> nn.Module:
         raise ValueError("vision_encoder: cannot tell its output width; give it a `dim` attribute or pass "
                          "dim_media=... explicitly")
     return ModuleEncoder(module, dim)
+
+
+# Dual-tower checkpoints (image + text) whose image tower alone is the encoder.
+_VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
+
+
+def load_vision_encoder(path) -> nn.Module:
+    """A Hugging Face vision encoder from a local directory. A CLIP/SigLIP checkpoint of both
+    towers loads its vision tower only (as `CLIPVisionModel.from_pretrained` does)."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    tower = _VISION_TOWERS.get(config.model_type)
+    loader = getattr(transformers, tower) if tower else transformers.AutoModel
+    return loader.from_pretrained(path)

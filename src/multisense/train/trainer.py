@@ -32,6 +32,7 @@ import yaml
 
 from ..config import load_config, to_dict
 from ..data.collate import collate
+from ..encoders import load_vision_encoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
@@ -132,7 +133,7 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[FlamingoMod
         vision_dir = defaults.vision if vision_dir == "default" else vision_dir
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
     lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
-    vision = transformers.AutoModel.from_pretrained(vision_dir)
+    vision = load_vision_encoder(vision_dir)
     return FlamingoModel.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.flamingo), tokenizer
 
 
