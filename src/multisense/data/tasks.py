@@ -235,6 +235,13 @@ class FewShotMapped(FewShotShapes):
     def labels(self, rng):
         return tuple(LABEL_WORDS[i] for i in rng.choice(len(LABEL_WORDS), size=len(self.classes), replace=False))
 
+    def text_line(self, rng: np.random.Generator, max_shots: int = 3) -> str:
+        """Long episodes in words (8 to 16 shots, whatever `max_shots`): most labels then follow
+        from an earlier shot of the same class, the signal that teaches a small LM in-context
+        lookup (induction heads) within a short pretraining."""
+        pairs = self.text_shots(rng, int(rng.integers(8, 17)))
+        return SEPARATOR.join(f"{prompt} {answer}" for prompt, answer in pairs)
+
 
 class CrossImage(Task):
     """Several one-object images, then whether the j-th object shares an attribute with the i-th."""
