@@ -41,12 +41,15 @@ from multisense.data.scenes import (
     sample_objects,
     text_corpus,
 )
+from multisense.data.tasks import VOCABULARY as TASK_VOCABULARY
+from multisense.data.tasks import text_corpus as task_text_corpus
 from multisense.data.tokenizer import train_word_tokenizer
 from multisense.train.loop import fit
 
 # Bump on any change to what the backbones learn, so that stale caches are rebuilt.
-VERSION = "backbones-v2"
-LM_STEPS = 1000
+VERSION = "backbones-v3"
+LM_STEPS = 1500
+BLOCK = 128  # tokens per packed LM pretraining row
 VISION_STEPS = 600
 SUMMARY_FILE = "train_summary.json"
 # Steps averaged into the reported final loss, which is noisy step to step.
@@ -58,6 +61,32 @@ def _encode_lines(tokenizer: PreTrainedTokenizerBase, lines: list[str]) -> dict[
     """Right-padded input_ids and attention_mask [B, T]; each line is followed by eos."""
     ids = tokenizer(lines, add_special_tokens=False)["input_ids"]
     return tokenizer.pad({"input_ids": [row + [tokenizer.eos_token_id] for row in ids]}, return_tensors="pt")
+
+
+def pretrain_corpus(n: int, seed: int) -> list[str]:
+    """The LM's text: scenes lines (captions, Q&A) and task lines (`data.tasks`: few-shot episodes,
+    comparisons, directions, digits and sums with the media described in words), half each."""
+    lines = text_corpus(n // 2, seed) + task_text_corpus(n - n // 2, seed + 1)
+    order = np.random.default_rng(seed).permutation(len(lines))
+    return [lines[i] for i in order]
+
+
+def _packed_blocks(tokenizer: PreTrainedTokenizerBase, lines: list[str], block: int) -> torch.Tensor:
+    """Lines (each + eos) packed whole into rows of `block` tokens, right-padded: [N, block].
+    Packing several short lines per row wastes little on padding; starting every row at a line
+    start keeps what the LM sees at position 0 the same as in a prompt."""
+    rows, row = [], []
+    for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]:
+        ids = ids[: block - 1] + [tokenizer.eos_token_id]
+        if len(row) + len(ids) > block:
+            rows.append(row)
+            row = []
+        row = row + ids
+    rows.append(row)
+    out = torch.full((len(rows), block), tokenizer.pad_token_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
 
 
 def _optimiser(model: torch.nn.Module, *, lr: float, steps: int):
@@ -98,19 +127,19 @@ def pretrain_lm(
     out_dir: str | Path,
     *,
     steps: int = LM_STEPS,
-    batch_size: int = 64,
+    batch_size: int = 32,
     lr: float = 2e-3,
-    corpus_lines: int = 32_768,
+    corpus_lines: int = 60_000,
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Train a tiny GPT-2 from scratch on scenes text (captions and Q&A, each ending in eos)."""
+    """Train a tiny GPT-2 from scratch on `pretrain_corpus`, packed into rows of BLOCK tokens."""
     torch.manual_seed(seed)
     config = GPT2Config(
         n_layer=4,
         n_embd=128,
         n_head=4,
-        n_positions=64,
+        n_positions=256,  # few-shot episodes of 8 shots reach ~100 tokens
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -121,20 +150,15 @@ def pretrain_lm(
         attn_pdrop=0.0,
     )
     model = GPT2LMHeadModel(config)
-    # The ~4k distinct lines all fit in a fixed corpus, tokenised once and sampled from
-    # (never larger than what training will read).
-    corpus = _encode_lines(tokenizer, text_corpus(min(corpus_lines, steps * batch_size), seed))
-    labels = corpus["input_ids"].masked_fill(corpus["attention_mask"] == 0, -100)  # no loss on padding
+    blocks = _packed_blocks(tokenizer, pretrain_corpus(corpus_lines, seed), BLOCK)
+    attention = (blocks != tokenizer.pad_token_id).long()
+    labels = blocks.masked_fill(attention == 0, -100)  # no loss on padding
     generator = torch.Generator().manual_seed(seed)
 
     def batches():
         while True:
-            rows = torch.randint(len(labels), (batch_size,), generator=generator)
-            yield {
-                "input_ids": corpus["input_ids"][rows],
-                "attention_mask": corpus["attention_mask"][rows],
-                "labels": labels[rows],
-            }
+            rows = torch.randint(len(blocks), (batch_size,), generator=generator)
+            yield {"input_ids": blocks[rows], "attention_mask": attention[rows], "labels": labels[rows]}
 
     summary = _train(model, batches(), steps=steps, lr=lr, desc="pretraining LM", progress=progress)
     return _save(model, tokenizer, Path(out_dir), summary)
@@ -370,7 +394,7 @@ def ensure_default_backbones(
     partial = Path(tempfile.mkdtemp(prefix=f"{VERSION}.partial-", dir=cache_dir))
     try:
         built = _backbones_in(partial)
-        tokenizer = train_word_tokenizer(text_corpus(4096, seed=0))
+        tokenizer = train_word_tokenizer(pretrain_corpus(4096, seed=0), extra_words=TASK_VOCABULARY)
         pretrain_lm(tokenizer, built.lm, steps=lm_steps, seed=0, progress=progress)
         pretrain_vision(tokenizer, built.vision, steps=vision_steps, seed=0, progress=progress)
         if root.exists():  # forced rebuild, or a damaged cache
