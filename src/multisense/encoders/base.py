@@ -70,5 +70,12 @@ def load_vision_encoder(path) -> nn.Module:
 
     config = transformers.AutoConfig.from_pretrained(path)
     tower = _VISION_TOWERS.get(config.model_type)
-    loader = getattr(transformers, tower) if tower else transformers.AutoModel
-    return loader.from_pretrained(path)
+    if tower is None:
+        return transformers.AutoModel.from_pretrained(path)
+    # The text tower's weights are left out on purpose: silence the load report listing them.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        return getattr(transformers, tower).from_pretrained(path)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
