@@ -47,15 +47,10 @@ from multisense.data.tokenizer import train_word_tokenizer
 from multisense.train.loop import fit
 
 # Bump on any change to what the backbones learn, so that stale caches are rebuilt.
-VERSION = "backbones-v4"
+VERSION = "backbones-v3"
 LM_STEPS = 1500
 BLOCK = 128  # tokens per packed LM pretraining row
-# Contrastive only, 380 steps at lr 1e-3 (the v1 recipe). The dense patch loss (v2, v3: weight
-# 1, 600 steps at 2e-3) specialises the tower to scenes: Flamingo on digits then stayed at
-# chance (0.13 after 300 steps) where the contrastive tower reached 0.48 (docs/results.md).
-VISION_STEPS = 380
-VISION_LR = 1e-3
-PATCH_LOSS_WEIGHT = 0.0
+VISION_STEPS = 600
 SUMMARY_FILE = "train_summary.json"
 # Steps averaged into the reported final loss, which is noisy step to step.
 _LOSS_WINDOW = 50
@@ -276,16 +271,15 @@ class _CLIPWithPatchHead(nn.Module):
     Only the CLIP model is saved; the head is thrown away.
     """
 
-    def __init__(self, clip: CLIPModel, weight: float = 1.0):
+    def __init__(self, clip: CLIPModel):
         super().__init__()
-        self.clip, self.weight = clip, weight
+        self.clip = clip
         self.head = nn.Linear(clip.config.vision_config.hidden_size, _PATCH_CLASSES)
 
     def forward(self, patch_labels: torch.Tensor, **batch):  # patch_labels [B, P]
         out = self.clip(**batch)
-        if self.weight:
-            logits = self.head(out.vision_model_output.last_hidden_state[:, 1:])  # [B, P, classes], no class token
-            out.loss = out.loss + self.weight * nn.functional.cross_entropy(logits.transpose(1, 2), patch_labels)
+        logits = self.head(out.vision_model_output.last_hidden_state[:, 1:])  # [B, P, classes], no class token
+        out.loss = out.loss + nn.functional.cross_entropy(logits.transpose(1, 2), patch_labels)
         return out
 
 
@@ -317,15 +311,13 @@ def pretrain_vision(
     *,
     steps: int = VISION_STEPS,
     batch_size: int = 64,
-    lr: float = VISION_LR,
+    lr: float = 2e-3,
     image_size: int = 32,
-    patch_loss_weight: float = PATCH_LOSS_WEIGHT,
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Train a tiny CLIP contrastively on rendered scenes and their captions, optionally plus a
-    dense auxiliary loss that makes every patch token name the object under it
-    (`_CLIPWithPatchHead`, weight `patch_loss_weight`).
+    """Train a tiny CLIP contrastively on rendered scenes and their captions, plus a dense
+    auxiliary loss that makes every patch token name the object under it (`_CLIPWithPatchHead`).
 
     The directory loads as a full `CLIPModel`, or as `CLIPVisionModel` (text tower ignored).
     """
@@ -333,7 +325,7 @@ def pretrain_vision(
     model = CLIPModel(_vision_config(tokenizer, image_size=image_size))
     batches = _clip_batches(tokenizer, batch_size=batch_size, image_size=image_size, seed=seed,
                             patch_size=model.config.vision_config.patch_size)
-    summary = _train(_CLIPWithPatchHead(model, patch_loss_weight), batches, steps=steps, lr=lr, desc="pretraining vision",
+    summary = _train(_CLIPWithPatchHead(model), batches, steps=steps, lr=lr, desc="pretraining vision",
                      progress=progress)
     return _save(model, tokenizer, Path(out_dir), summary)
 
