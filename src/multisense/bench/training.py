@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m multisense.bench.
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        result = child(json.loads(args.child))
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process would print
+            print(json.dumps(result))
         return 0
     steps = args.steps or (2 if args.quick else 10)
     batch_size = 2 if args.quick else args.batch
