@@ -23,6 +23,7 @@ import transformers
 
 from .data import scenes
 from .data.scene_tasks import KINDS, evaluation_set, to_pixel_values, training_batches
+from .encoders import load_vision_encoder
 from .eval import report
 from .eval.generation import exact_match, generate_answers
 from .models import FlamingoModel
@@ -62,7 +63,7 @@ def build_model(backbones, cfg: DemoConfig):
     """Load the cached backbones through from_pretrained and wrap them in a FlamingoModel."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(backbones.lm)
     lm = transformers.AutoModelForCausalLM.from_pretrained(backbones.lm)
-    vision = transformers.CLIPVisionModel.from_pretrained(backbones.vision)
+    vision = load_vision_encoder(backbones.vision)
     torch.manual_seed(cfg.seed)
     model = FlamingoModel.from_lm(
         lm, vision, tokenizer=tokenizer, cross_attn_every=cfg.cross_attn_every, num_latents=cfg.num_latents,
