@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import load_config
@@ -157,7 +156,7 @@ def _lm_dir(cfg: TrainConfig) -> str:
     return str(ensure_default_backbones(cfg.model.cache_dir, progress=False).lm)
 
 
-def gate_init_report(res: dict) -> tuple[str, callable]:
+def gate_init_report(res: dict):
     zero, normal = res["curves"]["alpha = 0"], res["curves"]["alpha ~ N(0, 1)"]
     marks = [s for s in (0, 5, 10, 25, 50, 100) if s in zero["steps"]]
     rows = ["| gate init | " + " | ".join(f"step {s}" for s in marks) + " |", "|---|" + "---:|" * len(marks)]
