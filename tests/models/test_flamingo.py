@@ -186,3 +186,38 @@ def test_config_records_backbone_identity_and_rejects_unknown_keys(tmp_path):
 def test_bad_media_inputs_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_flamingo()(interleaved_ids(1, 6, [[1]]), **kwargs)
+
+
+def test_standardize_media_centres_and_scales_every_channel_and_survives_save_load(tmp_path):
+    model = tiny_flamingo(gates=0.3, standardize_media=True).eval()
+    pix, mask = pixels(3, 2, frames=2), torch.tensor([[[1, 1], [1, 0]]] * 3, dtype=torch.bool)
+    raw = model.encode_frames(pix, mask)[mask]  # the real frames' tokens [N, S, Dv]
+    model.calibrate_media([{"pixel_values": pix[:2], "frame_mask": mask[:2]},
+                           {"pixel_values": pix[2:], "frame_mask": mask[2:]}])
+    flat = raw.flatten(0, 1).double()
+    torch.testing.assert_close(model.media_mean.double(), flat.mean(0), rtol=1e-5, atol=1e-5)
+    standardised = (flat - model.media_mean.double()) / model.media_std.double()
+    torch.testing.assert_close(standardised.mean(0), torch.zeros_like(standardised[0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised.std(0, unbiased=False), torch.ones_like(standardised[0]), atol=1e-3, rtol=0)
+    # the resampler sees the standardised features: same latents as feeding them by hand
+    ids = interleaved_ids(1, 8, [[1, 4]])
+    feats = model.encode_frames(pix[:1], None)
+    by_hand = (feats - model.media_mean) / model.media_std
+    assert torch.equal(model.encode_media(pixel_values=pix[:1])[0], model.resampler(by_hand))
+    # statistics are saved with the trainable weights and restored
+    model.lm.save_pretrained(tmp_path / "lm")
+    model.vision_encoder.model.save_pretrained(tmp_path / "vision")
+    model.config.lm["name_or_path"], model.config.vision["name_or_path"] = str(tmp_path / "lm"), str(tmp_path / "vision")
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ms.FlamingoModel.from_pretrained(tmp_path / "ckpt").eval()
+    assert torch.equal(loaded.media_std, model.media_std)
+    assert torch.equal(loaded(ids, pixel_values=pix[:1]).logits, model(ids, pixel_values=pix[:1]).logits)
+
+
+def test_standardize_media_keeps_closed_gates_equal_to_the_lm_and_needs_the_option():
+    model = tiny_flamingo(standardize_media=True)
+    model.calibrate_media([{"pixel_values": pixels(2, 1)}])
+    ids = interleaved_ids(1, 8, [[2]], marker=MARKER)
+    assert torch.equal(model(ids, pixel_values=pixels(1, 1)).logits, tiny_lm()(ids).logits)
+    with pytest.raises(ValueError, match="standardize_media"):
+        tiny_flamingo().calibrate_media([{"pixel_values": pixels(2, 1)}])

@@ -54,6 +54,11 @@ class FlamingoConfig:
     gate: str = "scalar"
     ff_on_media_tokens_only: bool = False
     qk_norm: bool = False
+    # Standardise each channel of the frozen encoder's features with statistics measured once on
+    # training media (`calibrate_media`). Encoder features often share a large offset across
+    # images that per-token LayerNorm keeps; removing it lets a fresh resampler tell images apart
+    # from the first steps (docs/results.md: digits at chance after 800 steps without it).
+    standardize_media: bool = False
     decoder_layers_attr: str | None = None
     dim_media: int | None = None
     lm: dict = field(default_factory=dict)  # identity of the frozen LM (filled by from_lm)
@@ -121,6 +126,9 @@ class FlamingoModel(nn.Module):
             for p in self.vision_encoder.parameters():
                 p.requires_grad_(False)
 
+        if config.standardize_media:  # identity until calibrate_media; saved with the trainable weights
+            self.register_buffer("media_mean", torch.zeros(dim_media))
+            self.register_buffer("media_std", torch.ones(dim_media))
         self.resampler = PerceiverResampler(
             dim=dim_media, depth=config.resampler_depth, num_latents=config.num_latents,
             heads=config.resampler_heads, dim_head=config.resampler_dim_head, ff_mult=config.ff_mult,
@@ -194,6 +202,8 @@ class FlamingoModel(nn.Module):
         B, M, F = s["B"], s["M"], s["F"]
         if not torch.isfinite(feats).all():
             raise ValueError("pixel_values/media_features: contain NaN or inf")
+        if self.config.standardize_media:
+            feats = (feats - self.media_mean.to(feats.dtype)) / self.media_std.to(feats.dtype)
         if frame_mask is not None:
             check_shape("frame_mask", frame_mask, "B M F", B=B, M=M, F=F)
             frame_mask = frame_mask.bool()
@@ -216,6 +226,40 @@ class FlamingoModel(nn.Module):
         if keep is not None:
             tokens = tokens.new_zeros(B * M * F, *tokens.shape[1:]).index_copy(0, keep, tokens)
         return tokens.view(B, M, F, *tokens.shape[1:])
+
+    @torch.no_grad()
+    def calibrate_media(self, batches) -> "FlamingoModel":
+        """Measure the per-channel mean and std of the frozen encoder's features (standardize_media).
+
+        `batches`: an iterable of dicts holding `pixel_values` [B, M, F, C, H, W] or
+        `media_features` [B, M, F, S, Dv], and optionally `frame_mask` [B, M, F] (as `collate`
+        makes them); only real frames count. The encoder is frozen, so this is done once,
+        before training, and the statistics are saved with the trainable weights.
+        """
+        if not self.config.standardize_media:
+            raise ValueError("calibrate_media: this model was built with standardize_media=False")
+        count, total, squares = 0, 0.0, 0.0
+        for batch in batches:
+            mask = batch.get("frame_mask")
+            if batch.get("pixel_values") is not None:
+                check_shape("pixel_values", batch["pixel_values"], "B M F C H W")
+                feats = self.encode_frames(batch["pixel_values"], mask)
+            else:
+                feats = batch["media_features"]
+                check_shape("media_features", feats, "B M F S Dv", Dv=self.config.dim_media)
+            tokens = feats[mask.bool()] if mask is not None else feats.flatten(0, 2)  # [N, S, Dv]
+            tokens = tokens.flatten(0, 1).double()
+            count += tokens.shape[0]
+            total = total + tokens.sum(0)
+            squares = squares + tokens.square().sum(0)
+        if count < 2:
+            raise ValueError("calibrate_media: batches held fewer than 2 media tokens")
+        mean = total / count
+        std = (squares / count - mean.square()).clamp_min(0).sqrt()
+        self.media_mean.copy_(mean)
+        # a channel (nearly) constant on the calibration media is centred but not blown up
+        self.media_std.copy_(std.clamp_min(max(1e-3 * float(std.mean()), 1e-12)))
+        return self
 
     @contextmanager
     def _media(self, latents: torch.Tensor | None, present: torch.Tensor | None, cache=None):

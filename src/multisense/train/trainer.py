@@ -63,6 +63,7 @@ class DataConfig:
     on_error: str = "skip"  # bad records in files: "skip" (reported) or "raise"
     batch_size: int = 8  # per process and micro-batch
     seed: int = 0
+    calibration_samples: int = 256  # media statistics for model.flamingo.standardize_media
 
 
 @dataclass
@@ -169,6 +170,17 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
     yield from batches(loader, tokenizer, b, epochs=None)
 
 
+def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: torch.device) -> Iterator[dict]:
+    """The first `samples` training samples, the same on every process and for any batch size
+    (for calibrate_media)."""
+    size = max(d for d in range(1, min(samples, 32) + 1) if samples % d == 0)
+    single = distributed.Env(device=device)
+    batches = micro_batches(dataclasses.replace(cfg, batch_size=size), tokenizer, env=single, grad_accum=1,
+                            start_step=0)
+    for _ in range(samples // size):
+        yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in next(batches).items()}
+
+
 # ---------------------------------------------------------------------------------- run
 
 
@@ -214,6 +226,9 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     np.random.seed(run.seed)
     model, tokenizer = build_model(cfg.model, progress=run.progress and env.is_main)
     model.to(env.device)
+    if cfg.model.flamingo.standardize_media:  # before a checkpoint, which holds the same statistics
+        model.calibrate_media(calibration_batches(cfg.data, tokenizer, samples=cfg.data.calibration_samples,
+                                                  device=env.device))
     if setup is not None:
         setup(model)
     if run.activation_checkpointing:
