@@ -49,6 +49,10 @@ class DemoConfig:
     cross_attn_every: int = 1
     heads: int = 4
     dim_head: int = 32
+    # Standardise the vision tower's features per channel (FlamingoConfig.standardize_media),
+    # with statistics from the first calibration_batches training batches.
+    standardize_media: bool = False
+    calibration_batches: int = 8
     eval_samples: int = 200
     seed: int = 0
     out_dir: str = "runs/demo"
@@ -68,7 +72,10 @@ def build_model(backbones, cfg: DemoConfig):
     model = FlamingoModel.from_lm(
         lm, vision, tokenizer=tokenizer, cross_attn_every=cfg.cross_attn_every, num_latents=cfg.num_latents,
         resampler_depth=cfg.resampler_depth, resampler_heads=cfg.heads, resampler_dim_head=cfg.dim_head,
-        xattn_heads=cfg.heads, xattn_dim_head=cfg.dim_head, ff_mult=2)
+        xattn_heads=cfg.heads, xattn_dim_head=cfg.dim_head, ff_mult=2, standardize_media=cfg.standardize_media)
+    if cfg.standardize_media:
+        batches = training_batches(tokenizer, batch_size=cfg.batch_size, seed=cfg.seed)
+        model.calibrate_media(next(batches) for _ in range(cfg.calibration_batches))
     return model, tokenizer
 
 
