@@ -186,3 +186,8 @@ def test_a_dual_tower_clip_checkpoint_loads_its_vision_tower(tmp_path):
     vision = load_vision_encoder(tmp_path)
     assert isinstance(vision, tf.CLIPVisionModel)
     assert vision(pixel_values=torch.zeros(1, 3, 16, 16)).last_hidden_state.shape == (1, 5, 16)
+
+
+def test_too_few_calibration_samples_is_named(backbones, tmp_path):
+    with pytest.raises(ValueError, match="data.calibration_samples"):
+        train(config(backbones, tmp_path / "run", **{"data.calibration_samples": 0}))

@@ -173,6 +173,8 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
 def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: torch.device) -> Iterator[dict]:
     """The first `samples` training samples, the same on every process and for any batch size
     (for calibrate_media)."""
+    if samples < 2:
+        raise ValueError(f"data.calibration_samples: expected at least 2, got {samples}")
     size = max(d for d in range(1, min(samples, 32) + 1) if samples % d == 0)
     single = distributed.Env(device=device)
     batches = micro_batches(dataclasses.replace(cfg, batch_size=size), tokenizer, env=single, grad_accum=1,
