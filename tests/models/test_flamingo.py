@@ -221,3 +221,14 @@ def test_standardize_media_keeps_closed_gates_equal_to_the_lm_and_needs_the_opti
     assert torch.equal(model(ids, pixel_values=pixels(1, 1)).logits, tiny_lm()(ids).logits)
     with pytest.raises(ValueError, match="standardize_media"):
         tiny_flamingo().calibrate_media([{"pixel_values": pixels(2, 1)}])
+
+
+def test_calibration_checks_its_batches_like_forward():
+    model = tiny_flamingo(standardize_media=True)
+    bad = pixels(1, 1)
+    bad[0, 0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.calibrate_media([{"pixel_values": bad}])
+    with pytest.raises(ValueError, match="exactly one of pixel_values and media_features"):
+        model.calibrate_media([{"frame_mask": torch.ones(1, 1, 1, dtype=torch.bool)}])
+    assert torch.equal(model.media_std, torch.ones_like(model.media_std))  # nothing half-set

@@ -187,21 +187,10 @@ class FlamingoModel(nn.Module):
     def encode_media(self, pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
                      frame_mask: torch.Tensor | None = None):
         """Encode and resample media -> (latents [B, M, R, Dv], present [B, M]), or (None, None)."""
-        if pixel_values is not None and media_features is not None:
-            raise ValueError("pass either pixel_values or media_features, not both")
         if pixel_values is None and media_features is None:
             return None, None
-        if pixel_values is not None:
-            s = check_shape("pixel_values", pixel_values, "B M F C H W")
-            if self.vision_encoder is None:
-                raise ValueError("pixel_values: this model has no vision_encoder; pass media_features instead")
-            feats = self.encode_frames(pixel_values, frame_mask)
-        else:
-            s = check_shape("media_features", media_features, "B M F S Dv", Dv=self.config.dim_media)
-            feats = media_features
-        B, M, F = s["B"], s["M"], s["F"]
-        if not torch.isfinite(feats).all():
-            raise ValueError("pixel_values/media_features: contain NaN or inf")
+        feats = self.media_tokens(pixel_values, media_features, frame_mask)
+        B, M, F = feats.shape[:3]
         if self.config.standardize_media:
             feats = (feats - self.media_mean.to(feats.dtype)) / self.media_std.to(feats.dtype)
         if frame_mask is not None:
@@ -214,6 +203,24 @@ class FlamingoModel(nn.Module):
         else:
             present = torch.ones(B, M, dtype=torch.bool, device=feats.device)
         return self.resampler(feats, frame_mask), present
+
+    def media_tokens(self, pixel_values: torch.Tensor | None, media_features: torch.Tensor | None,
+                     frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """The frozen encoder's tokens [B, M, F, S, Dv] of either input, checked (shape, NaN/inf),
+        before any standardisation."""
+        if (pixel_values is None) == (media_features is None):
+            raise ValueError("pass exactly one of pixel_values and media_features")
+        if pixel_values is not None:
+            check_shape("pixel_values", pixel_values, "B M F C H W")
+            if self.vision_encoder is None:
+                raise ValueError("pixel_values: this model has no vision_encoder; pass media_features instead")
+            feats = self.encode_frames(pixel_values, frame_mask)
+        else:
+            check_shape("media_features", media_features, "B M F S Dv", Dv=self.config.dim_media)
+            feats = media_features
+        if not torch.isfinite(feats).all():
+            raise ValueError("pixel_values/media_features: contain NaN or inf")
+        return feats
 
     def encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
         """[B, M, F, C, H, W] -> [B, M, F, S, Dv]; frames that the mask marks missing are not encoded."""
@@ -241,12 +248,7 @@ class FlamingoModel(nn.Module):
         count, total, squares = 0, 0.0, 0.0
         for batch in batches:
             mask = batch.get("frame_mask")
-            if batch.get("pixel_values") is not None:
-                check_shape("pixel_values", batch["pixel_values"], "B M F C H W")
-                feats = self.encode_frames(batch["pixel_values"], mask)
-            else:
-                feats = batch["media_features"]
-                check_shape("media_features", feats, "B M F S Dv", Dv=self.config.dim_media)
+            feats = self.media_tokens(batch.get("pixel_values"), batch.get("media_features"), mask)
             tokens = feats[mask.bool()] if mask is not None else feats.flatten(0, 2)  # [N, S, Dv]
             tokens = tokens.flatten(0, 1).double()
             count += tokens.shape[0]
