@@ -143,35 +143,63 @@ def test_mapped_query_label_is_chance_without_demonstrations():
     assert counts.min() > 400 / len(tasks.LABEL_WORDS) / 2  # every word, about evenly
 
 
-def test_moving_clip_reversed_is_the_opposite_motion():
+def test_moving_clip_rolls_each_frame_by_its_shift():
     image = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
-    for velocity in [(0, 2), (-2, 0), (2, -2)]:
-        clip = tasks.moving_clip(image, (3, 14), velocity, frames=6)
-        end = (3 + 5 * velocity[0], 14 + 5 * velocity[1])
-        back = tasks.moving_clip(image, end, (-velocity[0], -velocity[1]), frames=6)
-        np.testing.assert_array_equal(clip[::-1], back)
+    shifts = np.array([[0, 0], [1, -2], [-3, 17]])
+    clip = tasks.moving_clip(image, shifts)
+    for frame, shift in zip(clip, shifts):
+        np.testing.assert_array_equal(frame, np.roll(image, tuple(shift), axis=(1, 2)))
+
+
+def _position(frame: torch.Tensor) -> np.ndarray:
+    """Centre of mass (row, column) of a noiseless frame's departure from its background."""
+    ink = (frame - frame[:, :1, :1]).abs().sum(0).numpy()
+    rows, cols = np.indices(ink.shape)
+    return np.array([(ink * rows).sum(), (ink * cols).sum()]) / ink.sum()
 
 
 @pytest.mark.parametrize("directions", [4, 8])
-def test_video_moves_in_the_labelled_direction_and_reversal_flips_it(directions):
+def test_video_moves_in_the_labelled_direction_and_reversal_is_the_opposite(directions):
     task = tasks.get_task("video", directions=directions, noise=0.0)
-    for c, name in enumerate(task.classes):
-        (clip,), = task.draw(rng(c), np.array([c]), "eval")
-        dy, dx = tasks.DIRECTIONS[name]
-        opposite = next(k for k, v in tasks.DIRECTIONS.items() if v == (-dy, -dx))
-        assert opposite in task.classes
-        for frames, (vy, vx) in ((clip, (dy, dx)), (clip.flip(0), (-dy, -dx))):
-            for t in range(task.frames - 1):
-                moved = torch.roll(frames[t], (vy * task.step, vx * task.step), dims=(1, 2))
-                assert torch.equal(moved, frames[t + 1])
-
-
-def test_video_first_frame_is_the_same_whatever_the_direction():
-    task = tasks.get_task("video")
     for seed in range(3):
-        clips = [task.draw(rng(seed), np.array([c]), "eval")[0][0] for c in range(len(task.classes))]
-        assert all(torch.equal(clip[0], clips[0][0]) for clip in clips)
-        assert not torch.equal(clips[0][1], clips[1][1])
+        clips = {name: task.draw(rng(seed), np.array([c]), "eval")[0][0] for c, name in enumerate(task.classes)}
+        for name, clip in clips.items():
+            dy, dx = tasks.DIRECTIONS[name]
+            moved = _position(clip[-1]) - _position(clip[0])
+            np.testing.assert_allclose(moved, np.array([dy, dx]) * task.travel, atol=0.5)
+            # Same draws, opposite direction: the same frames in reverse order, exactly.
+            opposite = next(k for k, v in tasks.DIRECTIONS.items() if v == (-dy, -dx))
+            assert torch.equal(clip.flip(0), clips[opposite])
+
+
+def test_video_path_is_centred_unless_led():
+    plain = tasks.get_task("video", noise=0.0)
+    centre = np.array([2, -1])
+    np.testing.assert_array_equal(plain.shifts("right", centre).mean(0), centre)
+    led = tasks.get_task("video", noise=0.0, lead=1.0)
+    ahead = []
+    for seed in range(20):  # same draws, so the same shape and centre: only the lead differs
+        (a,), = plain.draw(rng(seed), np.array([3]), "eval")
+        (b,), = led.draw(rng(seed), np.array([3]), "eval")
+        shift = np.mean([_position(f) for f in b], axis=0) - np.mean([_position(f) for f in a], axis=0)
+        assert abs(shift[0]) < 1e-6
+        ahead.append(shift[1])
+    assert 0 <= min(ahead) and max(ahead) <= led.travel / 2 + 0.5 and np.ptp(ahead) > 2
+
+
+def test_video_frames_sample_the_same_path():
+    short, long = tasks.get_task("video", frames=8), tasks.get_task("video", frames=30)
+    centre = np.array([1, -2])
+    a, b = short.shifts("down", centre), long.shifts("down", centre)
+    np.testing.assert_array_equal(a[[0, -1]], b[[0, -1]])  # same start and end, finer steps
+    assert np.all(np.diff(b[:, 0]) >= 0) and np.all(b[:, 1] == centre[1])
+
+
+@pytest.mark.parametrize("kwargs, word", [({"travel": 1}, "travel"), ({"jitter": 9}, "jitter"),
+                                          ({"lead": 1.5}, "lead"), ({"frames": 1}, "frames")])
+def test_video_rejects_bad_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        tasks.get_task("video", **kwargs)
 
 
 def test_cross_image_answers_balanced_and_correct():

@@ -23,8 +23,8 @@ Tasks (`TASKS`, `get_task(name, **kwargs)`):
   at random, so only the demonstrations tell the answer: 0 shots is chance by construction;
 - `cross_image`: two (or more) images, then "is the second shape the same colour as the
   first ?", yes/no balanced: the answer needs more than the most recent image;
-- `video`: one shape moving in one of 4 (or 8) directions over F frames on a wrap-around canvas:
-  every frame's position is uniform whatever the direction, so only the frame order tells it;
+- `video`: one shape moving in one of 4 (or 8) directions over F frames, on a path centred near
+  the canvas centre: a clip played backwards is the opposite direction, so only order tells;
 - `digits`: scikit-learn's handwritten digit scans (real, shipped with the package), upsampled;
 - `digit_sum`: "<image> plus <image> is 12" on two scans.
 
@@ -296,54 +296,79 @@ class CrossImage(Task):
         return out
 
 
-def moving_clip(image: np.ndarray, start: tuple[int, int], velocity: tuple[int, int], frames: int) -> np.ndarray:
-    """Frames [F, C, H, W] of `image` [C, H, W] rolled by start + t * velocity (rows, columns).
+def moving_clip(image: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Frames [F, C, H, W] of `image` [C, H, W], frame t rolled by shifts[t] = (rows, columns).
 
-    The canvas wraps around, so reversing a clip gives the clip of -velocity from its last
-    position: clip(s, v)[::-1] == clip(s + (F-1) v, -v), exactly.
+    The canvas wraps around (np.roll), so a shift never loses the shape.
     """
     _, H, W = image.shape
-    t = np.arange(frames)
-    rows = (np.arange(H)[None, :] - (start[0] + t * velocity[0])[:, None]) % H  # [F, H]
-    cols = (np.arange(W)[None, :] - (start[1] + t * velocity[1])[:, None]) % W  # [F, W]
+    rows = (np.arange(H)[None, :] - shifts[:, 0, None]) % H  # [F, H]
+    cols = (np.arange(W)[None, :] - shifts[:, 1, None]) % W  # [F, W]
     return image[:, rows[:, :, None], cols[:, None, :]].transpose(1, 0, 2, 3)
 
 
 class Video(ClassificationTask):
-    """One shape moving `step` pixels a frame in one of 4 (or 8) directions, on a wrap-around canvas.
+    """One shape moving `travel` pixels in one of 4 (or 8) directions over F frames.
 
-    The start is uniform over the canvas and drawn after the direction with the same random
-    draws whatever the direction, so the first frame (indeed any single frame) is identically
-    distributed for every direction; the unordered set of frames cannot tell a direction from
-    its opposite, since a reversed clip is a clip of the opposite direction. Only order tells.
+    The path is centred on a point drawn uniformly within `jitter` pixels of the canvas centre,
+    with the same random draws whatever the direction, so a clip played backwards is exactly
+    the clip of the opposite direction: the unordered set of frames cannot tell a direction
+    from its opposite (nor can anything blind to order do better than name the axis, 1/2 with
+    4 directions). Frame t sits at fraction t/(F-1) of the path, so a clip of 30 frames is the
+    same motion as one of 8, sampled more finely (the frame-interpolation experiment).
+
+    `lead` is a training aid, 0 (the task proper) by default: each clip's path is pushed forward
+    along its direction by a uniform fraction in [0, lead] of half its travel, so that where the
+    shape is, on average, hints the direction. A model learns to read positions from those
+    clips first; telling early frames from late ones then pays off by degrees, which gradient
+    descent finds where the order-only task alone (a symmetric start) gives it no slope.
     """
 
     name = "video"
 
-    def __init__(self, *, frames: int = 8, directions: int = 4, step: int = 2,
-                 image_size: int = 32, noise: float = 0.05):
+    def __init__(self, *, frames: int = 8, directions: int = 4, travel: int = 12, jitter: int = 3,
+                 lead: float = 0.0, image_size: int = 32, noise: float = 0.05):
         super().__init__(image_size=image_size, noise=noise)
         if directions not in (4, 8):
             raise ValueError(f"directions: expected 4 or 8, got {directions}")
         if frames < 2:
             raise ValueError(f"frames: expected at least 2 (the order is the signal), got {frames}")
-        if not 1 <= step < image_size // 2:
-            raise ValueError(f"step: expected 1 to {image_size // 2 - 1} pixels (a wrap must not look like "
-                             f"a step back), got {step}")
-        self.frames, self.step = frames, step
+        if not 2 <= travel <= image_size // 2:
+            raise ValueError(f"travel: expected 2 to {image_size // 2} pixels (half the canvas), got {travel}")
+        if not 0 <= jitter <= image_size // 4:
+            raise ValueError(f"jitter: expected 0 to {image_size // 4} pixels, got {jitter}")
+        if not 0.0 <= lead <= 1.0:
+            raise ValueError(f"lead: expected a fraction in [0, 1], got {lead}")
+        self.frames, self.travel, self.jitter, self.lead = frames, travel, jitter, float(lead)
         self.classes = tuple(DIRECTIONS)[:directions]
         self.answers = self.classes
         self.prompt = f"direction : {MARKER}"
+
+    def __repr__(self) -> str:
+        return (f"Video(frames={self.frames}, directions={len(self.classes)}, travel={self.travel}, "
+                f"jitter={self.jitter}, lead={self.lead}, image_size={self.image_size})")
+
+    def shifts(self, direction: str, centre: np.ndarray, lead: float = 0.0) -> np.ndarray:
+        """Integer (rows, columns) shift [F, 2] of each frame from the canvas centre.
+
+        Displacement along the path is travel * (2t - (F-1)) / (2(F-1)): exact in floating
+        point up to the sign, and rounded half-to-even, so that reversing the frames of one
+        direction gives exactly the opposite direction's shifts.
+        """
+        F = self.frames
+        along = self.travel * (2 * np.arange(F) - (F - 1)) / (2 * (F - 1)) + lead * self.travel / 2  # [F]
+        return centre[None, :] + np.round(along)[:, None].astype(np.int64) * np.array(DIRECTIONS[direction])
 
     def draw(self, rng, classes, split):
         size = self.image_size
         out = []
         for c in classes:
-            dy, dx = DIRECTIONS[self.classes[c]]
+            # Every draw precedes and ignores the class: opposite directions share them.
             obj = self._one_object(rng, x=size / 2, y=size / 2)
             image = scenes.render((obj,), rng, image_size=size, noise=0.0)
-            start = rng.integers(size, size=2)
-            clip = moving_clip(image, (start[0], start[1]), (dy * self.step, dx * self.step), self.frames)
+            centre = rng.integers(-self.jitter, self.jitter + 1, size=2)
+            lead = rng.uniform(0.0, self.lead)
+            clip = moving_clip(image, self.shifts(self.classes[c], centre, lead))
             clip = clip + self.noise * rng.standard_normal(clip.shape, dtype=np.float32)  # float32: 2x faster
             out.append([to_pixel_values(np.clip(clip, 0.0, 1.0))])
         return out
