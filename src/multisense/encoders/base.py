@@ -60,7 +60,7 @@ def as_encoder(module: nn.Module, dim: int | None = None) -> nn.Module:
 
 
 # Dual-tower checkpoints (image + text) whose image tower alone is the encoder.
-_VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
+VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
 
 
 def load_vision_encoder(path) -> nn.Module:
@@ -69,7 +69,7 @@ def load_vision_encoder(path) -> nn.Module:
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(path)
-    tower = _VISION_TOWERS.get(config.model_type)
+    tower = VISION_TOWERS.get(config.model_type)
     if tower is None:
         return transformers.AutoModel.from_pretrained(path)
     # The text tower's weights are left out on purpose: silence the load report listing them.

@@ -27,7 +27,8 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..config import check_keys, from_dict
-from ..encoders import as_encoder
+from ..encoders import as_encoder, load_vision_encoder
+from ..encoders.base import VISION_TOWERS
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
@@ -425,4 +426,6 @@ def _load_backbone(identity: dict, name: str, auto=None) -> nn.Module:
     loader = getattr(transformers, identity.get("class", ""), None) or auto
     if loader is None:
         raise ValueError(f"{name}: unknown class {identity.get('class')!r}; pass {name}= explicitly")
+    if identity.get("class") in VISION_TOWERS.values():
+        return load_vision_encoder(path)  # the image tower of a two-tower checkpoint, without the load report
     return loader.from_pretrained(path)
