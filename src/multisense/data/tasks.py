@@ -320,8 +320,9 @@ class Video(ClassificationTask):
     `lead` is a training aid, 0 (the task proper) by default: each clip's path is pushed forward
     along its direction by a uniform fraction in [0, lead] of half its travel, so that where the
     shape is, on average, hints the direction. A model learns to read positions from those
-    clips first; telling early frames from late ones then pays off by degrees, which gradient
-    descent finds where the order-only task alone (a symmetric start) gives it no slope.
+    clips first; telling early frames from late ones then pays off by degrees. Trained on the
+    order-only task alone, the demo-size model stayed at chance for 600 steps; with lead 1.0 it
+    reads lead-0 clips at 0.96 after 3000 (docs/experiments.md).
     """
 
     name = "video"
