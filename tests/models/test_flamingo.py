@@ -157,6 +157,32 @@ def test_save_and_load_round_trip_gives_equal_logits(tmp_path):
     assert torch.equal(loaded(ids, pixel_values=pix).logits, model(ids, pixel_values=pix).logits)
 
 
+def test_a_two_tower_vision_checkpoint_reloads_its_image_tower_quietly(tmp_path, capfd, caplog):
+    import transformers as tf
+
+    clip = tf.CLIPModel(tf.CLIPConfig(text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                                   "num_attention_heads": 2, "vocab_size": 20},
+                                      vision_config={"image_size": 16, "patch_size": 4, "hidden_size": 24,
+                                                     "intermediate_size": 48, "num_hidden_layers": 1,
+                                                     "num_attention_heads": 2}, projection_dim=8))
+    clip.save_pretrained(tmp_path / "clip")
+    vision = ms.encoders.load_vision_encoder(tmp_path / "clip").eval()
+    torch.manual_seed(1)
+    model = ms.FlamingoModel.from_lm(tiny_lm(), vision, media_token_id=VOCAB - 1, num_latents=4, resampler_depth=1,
+                                     resampler_heads=2, resampler_dim_head=8, xattn_heads=2, xattn_dim_head=8).eval()
+    for block in model.gated_layers:
+        block.attn_gate.alpha.data.fill_(0.5)
+    model.save_pretrained(tmp_path / "ckpt")
+    capfd.readouterr()
+    caplog.clear()
+    loaded = ms.FlamingoModel.from_pretrained(tmp_path / "ckpt", lm=model.lm).eval()
+    out, err = capfd.readouterr()
+    assert isinstance(loaded.vision_encoder.model, tf.CLIPVisionModel)
+    assert "text_model" not in out + err + caplog.text  # no load report listing the text tower's weights
+    ids, pix = interleaved_ids(1, 8, [[1]]), pixels(1, 1)
+    assert torch.equal(loaded(ids, pixel_values=pix).logits, model(ids, pixel_values=pix).logits)
+
+
 def test_loading_onto_a_different_lm_or_a_corrupt_file_is_an_error(tmp_path):
     model = tiny_flamingo()
     model.save_pretrained(tmp_path)

@@ -60,22 +60,25 @@ def as_encoder(module: nn.Module, dim: int | None = None) -> nn.Module:
 
 
 # Dual-tower checkpoints (image + text) whose image tower alone is the encoder.
-VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
+_VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
 
 
-def load_vision_encoder(path) -> nn.Module:
-    """A Hugging Face vision encoder from a local directory. A CLIP/SigLIP checkpoint of both
-    towers loads its vision tower only (as `CLIPVisionModel.from_pretrained` does)."""
+def load_vision_encoder(path, cls=None) -> nn.Module:
+    """A Hugging Face vision encoder from a local directory, as `cls.from_pretrained` (default:
+    the image tower of a CLIP/SigLIP checkpoint of both towers, as `CLIPVisionModel` loads it,
+    else `AutoModel`)."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(path)
-    tower = VISION_TOWERS.get(config.model_type)
+    tower = _VISION_TOWERS.get(config.model_type)
+    if cls is None:
+        cls = getattr(transformers, tower) if tower else transformers.AutoModel
     if tower is None:
-        return transformers.AutoModel.from_pretrained(path)
+        return cls.from_pretrained(path)
     # The text tower's weights are left out on purpose: silence the load report listing them.
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        return getattr(transformers, tower).from_pretrained(path)
+        return cls.from_pretrained(path)
     finally:
         transformers.logging.set_verbosity(verbosity)

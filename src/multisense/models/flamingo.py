@@ -28,7 +28,6 @@ from transformers import DynamicCache
 
 from ..config import check_keys, from_dict
 from ..encoders import as_encoder, load_vision_encoder
-from ..encoders.base import VISION_TOWERS
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
@@ -403,9 +402,11 @@ class FlamingoModel(nn.Module):
                              "only mode and interpolate_frames may be overridden")
         config = FlamingoConfig.from_dict({**values, **overrides})
         if lm is None:
-            lm = _load_backbone(config.lm, "lm", transformers.AutoModelForCausalLM)
+            lm = _backbone_class(config.lm, "lm", transformers.AutoModelForCausalLM).from_pretrained(
+                config.lm["name_or_path"])
         if vision_encoder is None and config.vision:
-            vision_encoder = _load_backbone(config.vision, "vision_encoder")
+            tower = _backbone_class(config.vision, "vision_encoder")
+            vision_encoder = load_vision_encoder(config.vision["name_or_path"], tower)
         if vision_encoder is not None:
             vision_encoder = as_encoder(vision_encoder, config.dim_media)
         if check_backbones:
@@ -419,13 +420,13 @@ class FlamingoModel(nn.Module):
         return model
 
 
-def _load_backbone(identity: dict, name: str, auto=None) -> nn.Module:
+def _backbone_class(identity: dict, name: str, auto=None) -> type:
+    """The transformers class a checkpoint recorded for a frozen backbone, once its directory is
+    known to exist here."""
     path = identity.get("name_or_path")
     if not path or not Path(path).is_dir():
         raise ValueError(f"{name}: the checkpoint records {path!r}, not a local directory; pass {name}= explicitly")
-    loader = getattr(transformers, identity.get("class", ""), None) or auto
-    if loader is None:
+    cls = getattr(transformers, identity.get("class", ""), None) or auto
+    if cls is None:
         raise ValueError(f"{name}: unknown class {identity.get('class')!r}; pass {name}= explicitly")
-    if identity.get("class") in VISION_TOWERS.values():
-        return load_vision_encoder(path)  # the image tower of a two-tower checkpoint, without the load report
-    return loader.from_pretrained(path)
+    return cls
