@@ -68,3 +68,36 @@ def test_from_pretrained_refuses_overrides_that_change_shapes(trained):
 
     with pytest.raises(ValueError, match="num_latents"):
         FlamingoModel.from_pretrained(trained, num_latents=3)
+
+
+def test_in_words_episodes_describe_the_media_and_keep_the_labels_consistent():
+    task = fewshot.InWords(get_task("fewshot_mapped"))
+    for i in range(20):
+        episode = task.episode(np.random.default_rng(i), 8, "eval")
+        assert not episode.media and "<image>" not in episode.prompt
+        *demos, query = episode.prompt.split(" . ")
+        named = {}
+        for demo in demos:  # "label : circle dax": one label per shape within an episode
+            *words, label = demo.split()
+            assert named.setdefault(" ".join(words), label) == label
+        assert episode.target in task.answers
+        if query in named:  # a demonstrated class: the answer is the label it was shown with
+            assert episode.target == named[query]
+
+
+def test_eval_command_in_words_takes_a_flamingo_checkpoint_or_a_plain_lm(trained, tmp_path):
+    import transformers
+
+    lm = tmp_path / "lm"
+    from multisense import FlamingoModel
+
+    FlamingoModel.from_pretrained(trained).lm.save_pretrained(lm)
+    transformers.AutoTokenizer.from_pretrained(trained).save_pretrained(lm)
+    results = []
+    for model_dir in (trained, lm):
+        out = tmp_path / model_dir.name
+        assert fewshot.main(["--model", str(model_dir), "--task", "fewshot_mapped", "--shots", "0", "2", "--seeds", "0",
+                             "--samples", "4", "--in-words", "--out", str(out)]) == 0
+        results.append(json.loads(out.with_suffix(".json").read_text()))
+    assert results[0]["task"] == "fewshot_mapped (in words)"
+    assert results[0]["shots"] == results[1]["shots"]  # the checkpoint's frozen LM is that LM

@@ -1,5 +1,8 @@
 """Default backbones: a few training steps produce loadable Hugging Face folders, cached once."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPModel, CLIPVisionModel
@@ -107,3 +110,31 @@ def test_patch_labels_name_the_object_under_each_patch():
     ):
         relabelled = pretrain.patch_labels(other, image_size=32, patch_size=4).reshape(8, 8)
         assert relabelled[int(objects[0].y) // 4, int(objects[0].x) // 4] != centres[0]
+
+
+def test_pretrain_icl_lm_writes_a_loadable_llama_trained_on_episodes(tokenizer, tmp_path):
+    tok = pretrain.default_tokenizer()
+    out = pretrain.pretrain_icl_lm(tok, tmp_path / "icl", steps=2, batch_size=4, corpus_lines=40, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.model_type == "llama" and model.config.vocab_size == len(tok)
+    summary = json.loads((out / pretrain.SUMMARY_FILE).read_text())
+    assert summary["steps"] == 2 and summary["final_loss"] > 0
+
+
+def test_ensure_icl_lm_builds_once_and_resolves_by_name(tmp_path, monkeypatch):
+    calls = []
+    build = pretrain.pretrain_icl_lm
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return build(*args, **{**kwargs, "corpus_lines": 40, "batch_size": 4})
+
+    monkeypatch.setattr(pretrain, "pretrain_icl_lm", counted)
+    first = pretrain.ensure_icl_lm(tmp_path, progress=False, steps=2)
+    lm, vision = pretrain.resolve_backbone_dirs("icl", cache_dir=tmp_path, progress=False)
+    assert Path(lm) == first == tmp_path / pretrain.ICL_VERSION / "lm" and vision is None
+    assert len(calls) == 1  # the second call found the cache
+    assert not list(tmp_path.glob("*.partial-*"))
+    assert pretrain.resolve_backbone_dirs("some/dir", "other/dir") == ("some/dir", "other/dir")
+    with pytest.raises(ValueError, match="model.vision"):
+        pretrain.resolve_backbone_dirs("some/dir", "icl")

@@ -149,11 +149,9 @@ def gate_init(r: Runner, *, steps: int = 100, every: int = 5) -> dict:
 
 
 def _lm_dir(cfg: TrainConfig) -> str:
-    if cfg.model.lm != "default":
-        return cfg.model.lm
-    from ..train.pretrain import ensure_default_backbones
+    from ..train.pretrain import resolve_backbone_dirs
 
-    return str(ensure_default_backbones(cfg.model.cache_dir, progress=False).lm)
+    return resolve_backbone_dirs(cfg.model.lm, cache_dir=cfg.model.cache_dir, progress=False)[0]
 
 
 def gate_init_report(res: dict):

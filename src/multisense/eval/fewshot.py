@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.collate import Sample, collate
-from ..data.tasks import Task
+from ..data.tasks import SEPARATOR, Task
 from ..train.loop import IGNORE
 from .generation import generate_answers
 
@@ -142,6 +142,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mode", help="override the media masking mode (immediate, all_previous, window:k)")
     parser.add_argument("--interpolate-frames", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--truncate-frames", type=int, help="keep only the first N frames of every clip")
+    parser.add_argument("--in-words", action="store_true",
+                        help="evaluate the language model alone on the episodes in words (media described); "
+                             "--model may then also be a plain Hugging Face causal-LM directory")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -154,11 +157,18 @@ def main(argv: list[str]) -> int:
         task_args[key] = yaml.safe_load(value)
     overrides = {k: v for k, v in (("mode", args.mode), ("interpolate_frames", args.interpolate_frames))
                  if v is not None}
-    model = FlamingoModel.from_pretrained(args.model, **overrides)
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     task = get_task(args.task, **task_args)
     if args.truncate_frames:
         task = TruncatedFrames(task, args.truncate_frames)
+    if args.in_words:
+        config = json.loads((Path(args.model) / "config.json").read_text())
+        is_flamingo = config.get("architecture") == "flamingo"
+        model = FlamingoModel.from_pretrained(args.model).lm if is_flamingo else \
+            transformers.AutoModelForCausalLM.from_pretrained(args.model)
+        task = InWords(task)
+    else:
+        model = FlamingoModel.from_pretrained(args.model, **overrides)
     result = evaluate(model, tokenizer, task, shots=tuple(args.shots), seeds=tuple(args.seeds),
                       samples=args.samples, batch_size=args.batch_size)
     result["model"], result["overrides"] = str(args.model), {**overrides, "truncate_frames": args.truncate_frames}
@@ -182,3 +192,21 @@ class TruncatedFrames:
     def episode(self, rng, shots: int, split: str) -> Sample:
         s = self.task.episode(rng, shots, split)
         return Sample(s.prompt, s.target, [m[: self.frames] for m in s.media])
+
+
+class InWords:
+    """A task's episodes in words: every media item replaced by its description
+    (`Task.text_shots`), no media. What the frozen LM can do in context once an image reads like
+    its description: the ceiling for Flamingo on the same task, measurable on the LM alone."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.name, self.answers = f"{task.name} (in words)", task.answers
+
+    def __repr__(self) -> str:
+        return f"InWords({self.task!r})"
+
+    def episode(self, rng, shots: int, split: str) -> Sample:
+        pairs = self.task.text_shots(rng, shots + 1)
+        demos = [f"{prompt} {answer}" for prompt, answer in pairs[:-1]]
+        return Sample(SEPARATOR.join(demos + [pairs[-1][0]]), pairs[-1][1])

@@ -1,8 +1,10 @@
-"""Embedded default backbones: a tiny GPT-2 and a tiny CLIP, pretrained from scratch on scenes.
+"""Embedded default backbones: a tiny GPT-2 and a tiny CLIP, pretrained from scratch on scenes,
+and, on request (`model.lm=icl`), a tiny Llama that can look labels up in context.
 
 Nothing is downloaded: the language model learns the scenes grammar from text-only lines, the
-CLIP model learns to match rendered scenes with their captions, and both are saved in Hugging
-Face format (safetensors) so that `from_pretrained(local_dir)` loads them like any checkpoint.
+CLIP model learns to match rendered scenes with their captions, the in-context LM learns from
+few-shot episodes in words, and all are saved in Hugging Face format (safetensors) so that
+`from_pretrained(local_dir)` loads them like any checkpoint.
 
 Shape letters: B batch, T tokens, C candidate captions, H height, W width.
 """
@@ -25,6 +27,8 @@ from transformers import (
     CLIPModel,
     GPT2Config,
     GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerBase,
     get_cosine_schedule_with_warmup,
 )
@@ -42,6 +46,7 @@ from multisense.data.scenes import (
     text_corpus,
 )
 from multisense.data.tasks import VOCABULARY as TASK_VOCABULARY
+from multisense.data.tasks import FewShotMapped
 from multisense.data.tasks import text_corpus as task_text_corpus
 from multisense.data.tokenizer import train_word_tokenizer
 from multisense.train.loop import fit
@@ -49,6 +54,8 @@ from multisense.train.loop import fit
 # Bump on any change to what the backbones learn, so that stale caches are rebuilt.
 VERSION = "backbones-v4"
 LM_STEPS = 1000  # v4: 1500 -> 1000, for the demo's first-run budget (docs/results.md)
+ICL_VERSION = "icl-lm-v1"  # the in-context LM (`pretrain_icl_lm`), cached beside them
+ICL_LM_STEPS = 1500
 BLOCK = 128  # tokens per packed LM pretraining row
 VISION_STEPS = 600
 SUMMARY_FILE = "train_summary.json"
@@ -122,6 +129,22 @@ def _save(model, tokenizer, out_dir: Path, summary: dict[str, float]) -> Path:
 # ---- language model -----------------------------------------------------------------------
 
 
+def _lm_batches(tokenizer: PreTrainedTokenizerBase, lines: list[str], *, batch_size: int, seed: int):
+    """Endless batches of packed rows (`_packed_blocks`) drawn at random; no loss on padding."""
+    blocks = _packed_blocks(tokenizer, lines, BLOCK)
+    attention = (blocks != tokenizer.pad_token_id).long()
+    labels = blocks.masked_fill(attention == 0, -100)
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        rows = torch.randint(len(blocks), (batch_size,), generator=generator)
+        yield {"input_ids": blocks[rows], "attention_mask": attention[rows], "labels": labels[rows]}
+
+
+def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    return {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
 def pretrain_lm(
     tokenizer: PreTrainedTokenizerBase,
     out_dir: str | Path,
@@ -140,27 +163,56 @@ def pretrain_lm(
         n_embd=128,
         n_head=4,
         n_positions=256,  # few-shot episodes of 8 shots reach ~100 tokens
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         # The corpus is large and noiseless; dropout would only slow the short training down.
         embd_pdrop=0.0,
         resid_pdrop=0.0,
         attn_pdrop=0.0,
+        **_special_tokens(tokenizer),
     )
     model = GPT2LMHeadModel(config)
-    blocks = _packed_blocks(tokenizer, pretrain_corpus(corpus_lines, seed), BLOCK)
-    attention = (blocks != tokenizer.pad_token_id).long()
-    labels = blocks.masked_fill(attention == 0, -100)  # no loss on padding
-    generator = torch.Generator().manual_seed(seed)
+    batches = _lm_batches(tokenizer, pretrain_corpus(corpus_lines, seed), batch_size=batch_size, seed=seed)
+    summary = _train(model, batches, steps=steps, lr=lr, desc="pretraining LM", progress=progress)
+    return _save(model, tokenizer, Path(out_dir), summary)
 
-    def batches():
-        while True:
-            rows = torch.randint(len(blocks), (batch_size,), generator=generator)
-            yield {"input_ids": blocks[rows], "attention_mask": attention[rows], "labels": labels[rows]}
 
-    summary = _train(model, batches(), steps=steps, lr=lr, desc="pretraining LM", progress=progress)
+def pretrain_icl_lm(
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    steps: int = ICL_LM_STEPS,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    corpus_lines: int = 60_000,
+    attributes: tuple[str, ...] = ("shape",),
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Train a tiny Llama (2 layers x 64, rotary positions) on long `fewshot_mapped` episodes in
+    words only, one attribute per line in turn, until it has an induction head: a lookup "after
+    the token seen before, the token that followed it", keyed on the query, which in-context
+    learning needs and the default LM never forms in its short pretraining.
+
+    On shapes it forms between steps 750 and 1000 at lr 1e-3 (in words: 0.09 / 0.41 / 0.68 /
+    0.88 at 0 / 2 / 4 / 8 shots, chance 0.125). At lr 2e-3, 3e-3 and 1e-2, and within 1500 steps
+    on colours (6 classes) or on shapes and colours mixed, it stops at copying *some* label
+    present in the context (docs/results.md, sessions 5 and 6). It knows nothing but episodes.
+    """
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=256,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        **_special_tokens(tokenizer),
+    )
+    model = LlamaForCausalLM(config)
+    tasks, rng = [FewShotMapped(attribute=a) for a in attributes], np.random.default_rng(seed)
+    lines = [tasks[i % len(tasks)].text_line(rng) for i in range(corpus_lines)]
+    batches = _lm_batches(tokenizer, lines, batch_size=batch_size, seed=seed)
+    summary = _train(model, batches, steps=steps, lr=lr, desc="pretraining in-context LM", progress=progress)
     return _save(model, tokenizer, Path(out_dir), summary)
 
 
@@ -373,6 +425,26 @@ def _backbones_in(root: Path) -> Backbones:
     return Backbones(lm=root / "lm", vision=root / "vision")
 
 
+def default_tokenizer() -> PreTrainedTokenizerBase:
+    """The word tokenizer every embedded backbone shares (deterministic: rebuilt, not stored)."""
+    return train_word_tokenizer(pretrain_corpus(4096, seed=0), extra_words=TASK_VOCABULARY)
+
+
+def _build_atomically(root: Path, build) -> None:
+    """`build(partial)` fills a temporary sibling folder, renamed to `root` only once complete, so
+    an interrupted build never leaves a cache that looks usable."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=root.parent))
+    try:
+        build(partial)
+        if root.exists():  # forced rebuild, or a damaged cache
+            shutil.rmtree(root)
+        os.replace(partial, root)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
 def ensure_default_backbones(
     cache_dir: str | Path | None = None,
     *,
@@ -381,26 +453,46 @@ def ensure_default_backbones(
     lm_steps: int = LM_STEPS,
     vision_steps: int = VISION_STEPS,
 ) -> Backbones:
-    """Return the cached default backbones, building them first if missing (or if `force`).
-
-    The build happens in a temporary sibling folder that is renamed into place only once
-    complete, so an interrupted build never leaves a cache that looks usable.
-    """
+    """Return the cached default backbones, building them first if missing (or if `force`)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache_dir / VERSION
-    if not force and _is_complete(_backbones_in(root)):
-        return _backbones_in(root)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f"{VERSION}.partial-", dir=cache_dir))
-    try:
-        built = _backbones_in(partial)
-        tokenizer = train_word_tokenizer(pretrain_corpus(4096, seed=0), extra_words=TASK_VOCABULARY)
-        pretrain_lm(tokenizer, built.lm, steps=lm_steps, seed=0, progress=progress)
-        pretrain_vision(tokenizer, built.vision, steps=vision_steps, seed=0, progress=progress)
-        if root.exists():  # forced rebuild, or a damaged cache
-            shutil.rmtree(root)
-        os.replace(partial, root)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    if force or not _is_complete(_backbones_in(root)):
+        def build(partial: Path) -> None:
+            built = _backbones_in(partial)
+            tokenizer = default_tokenizer()
+            pretrain_lm(tokenizer, built.lm, steps=lm_steps, seed=0, progress=progress)
+            pretrain_vision(tokenizer, built.vision, steps=vision_steps, seed=0, progress=progress)
+
+        _build_atomically(root, build)
     return _backbones_in(root)
+
+
+def ensure_icl_lm(cache_dir: str | Path | None = None, *, progress: bool = True, force: bool = False,
+                  steps: int = ICL_LM_STEPS) -> Path:
+    """Return the cached in-context LM (`pretrain_icl_lm`), building it first if missing: about
+    7 minutes on 2 cores, paid only by runs that ask for `model.lm=icl`. It has its own version,
+    so rebuilding the default backbones leaves it alone."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_dir / ICL_VERSION
+    weights = [root / "lm" / name for name in ("config.json", "model.safetensors", "tokenizer.json")]
+    if force or not all(path.is_file() for path in weights):
+        _build_atomically(root, lambda partial: pretrain_icl_lm(default_tokenizer(), partial / "lm", steps=steps,
+                                                                 seed=0, progress=progress))
+    return root / "lm"
+
+
+def resolve_backbone_dirs(lm: str, vision: str | None = None, *, cache_dir: str | Path | None = None,
+                          progress: bool = True) -> tuple[str, str | None]:
+    """Local directories for `model.lm` and `model.vision`: "default" names the embedded tiny
+    GPT-2 and CLIP tower, "icl" (LM only) the embedded in-context Llama, anything else is a
+    directory already (vision None: the LM alone). Embedded backbones are built into the cache on
+    first use."""
+    if vision == "icl":
+        raise ValueError('model.vision: "icl" names a language model; expected "default" or a directory')
+    if "default" in (lm, vision):
+        defaults = ensure_default_backbones(cache_dir, progress=progress)
+        lm = str(defaults.lm) if lm == "default" else lm
+        vision = str(defaults.vision) if vision == "default" else vision
+    if lm == "icl":
+        lm = str(ensure_icl_lm(cache_dir, progress=progress))
+    return lm, vision

@@ -46,7 +46,9 @@ from .optim import build_optimizer, warmup_cosine
 
 @dataclass
 class ModelConfig:
-    lm: str = "default"  # a local Hugging Face causal-LM directory, or "default": the embedded tiny GPT-2
+    # a local Hugging Face causal-LM directory, "default": the embedded tiny GPT-2, or "icl": the
+    # embedded tiny Llama with induction heads (pretrain.pretrain_icl_lm), for in-context tasks
+    lm: str = "default"
     vision: str = "default"  # a local vision-encoder directory, or "default": the embedded tiny CLIP tower
     tokenizer: str | None = None  # defaults to the LM's directory
     cache_dir: str | None = None  # where the embedded default backbones are cached
@@ -125,13 +127,9 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[FlamingoModel, object]:
     """Load the frozen backbones through from_pretrained and wrap them (trainable parts seeded)."""
-    lm_dir, vision_dir = cfg.lm, cfg.vision
-    if "default" in (lm_dir, vision_dir):
-        from .pretrain import ensure_default_backbones
+    from .pretrain import resolve_backbone_dirs
 
-        defaults = ensure_default_backbones(cfg.cache_dir, progress=progress)
-        lm_dir = defaults.lm if lm_dir == "default" else lm_dir
-        vision_dir = defaults.vision if vision_dir == "default" else vision_dir
+    lm_dir, vision_dir = resolve_backbone_dirs(cfg.lm, cfg.vision, cache_dir=cfg.cache_dir, progress=progress)
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
     lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
     vision = load_vision_encoder(vision_dir)
