@@ -470,7 +470,7 @@ def ensure_default_backbones(
 def ensure_icl_lm(cache_dir: str | Path | None = None, *, progress: bool = True, force: bool = False,
                   steps: int = ICL_LM_STEPS) -> Path:
     """Return the cached in-context LM (`pretrain_icl_lm`), building it first if missing: about
-    7 minutes on 2 cores, paid only by runs that ask for `model.lm=icl`. It has its own version,
+    6 minutes on 2 cores, paid only by runs that ask for `model.lm=icl`. It has its own version,
     so rebuilding the default backbones leaves it alone."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache_dir / ICL_VERSION
