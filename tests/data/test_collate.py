@@ -75,3 +75,21 @@ def test_document_without_media_has_no_loss_and_multi_token_marker_is_named():
     assert (collate([Document("just text here")], tok)["labels"] == -100).all()
     with pytest.raises(ValueError, match="marker"):
         collate([Document("a <img> b")], tok, marker="<img> x")
+
+
+def test_words_align_with_the_text_token_for_token_or_are_refused():
+    import numpy as np
+
+    from multisense.data.tasks import get_task
+    from multisense.data.tokenizer import train_word_tokenizer
+    from multisense.data.tasks import VOCABULARY
+
+    tok = train_word_tokenizer([" ".join(VOCABULARY)], extra_words=VOCABULARY)
+    docs = [get_task("fewshot_mapped").training_document(np.random.default_rng(i)) for i in range(4)]
+    batch = collate(docs, tok, words=True)
+    marker = batch["input_ids"] == tok.convert_tokens_to_ids("<image>")
+    differs = batch["words_input_ids"] != batch["input_ids"]
+    assert torch.equal(differs, marker)  # only the markers change: each into its class word
+    bad = Document(docs[0].text, docs[0].media, words=docs[0].words + " extra")
+    with pytest.raises(ValueError, match=r"samples\[1\].words"):
+        collate([docs[1], bad], tok, words=True)

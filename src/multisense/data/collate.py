@@ -34,6 +34,9 @@ class Sample:
 class Document:
     text: str
     media: list[torch.Tensor] = field(default_factory=list)  # each [F, C, H, W]
+    # Optional: the same text with each marker replaced by one word naming its media (token for
+    # token aligned), the teacher's input for in-words distillation (train.distill_words).
+    words: str | None = None
 
 
 def _marker_id(tokenizer, marker: str) -> int:
@@ -72,10 +75,11 @@ def pad_media(media: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tens
 
 
 def collate(samples: list[Sample | Document], tokenizer, *, for_generation: bool = False,
-            marker: str = "<image>") -> dict[str, torch.Tensor]:
+            marker: str = "<image>", words: bool = False) -> dict[str, torch.Tensor]:
     """Tokenise and pad. Training: right-padded, with labels (a Sample's on target+eos, a
     Document's on its text after the first marker, plus eos). Generation: prompts only (a
-    Document's whole text), left-padded so every prompt ends at the last position."""
+    Document's whole text), left-padded so every prompt ends at the last position.
+    `words`: also `words_input_ids` [B, L], every Document's `words` aligned with its text."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     rows, labels = [], []
     for s in samples:
@@ -98,7 +102,25 @@ def collate(samples: list[Sample | Document], tokenizer, *, for_generation: bool
     batch = {"input_ids": ids, "attention_mask": att}
     if not for_generation:
         batch["labels"] = lab
+    if words:
+        batch["words_input_ids"] = _words_ids(samples, tokenizer, ids, for_generation)
     pixels, mask = pad_media([s.media for s in samples])
     if pixels is not None:
         batch["pixel_values"], batch["frame_mask"] = pixels, mask
     return batch
+
+
+def _words_ids(samples, tokenizer, ids: torch.Tensor, for_generation: bool) -> torch.Tensor:
+    """[B, L] the Documents' `words`, padded like `ids`; each must tokenise to its text's length."""
+    out = torch.full_like(ids, tokenizer.pad_token_id)
+    for b, s in enumerate(samples):
+        if not isinstance(s, Document) or s.words is None:
+            raise ValueError(f"samples[{b}]: words=True needs every sample to be a Document with `words`")
+        row = tokenizer(s.words, add_special_tokens=False)["input_ids"] + ([] if for_generation else [tokenizer.eos_token_id])
+        n = len(tokenizer(s.text, add_special_tokens=False)["input_ids"]) + (0 if for_generation else 1)
+        if len(row) != n:
+            raise ValueError(f"samples[{b}].words: {len(row)} tokens for {n} in its text; each marker must be "
+                             "replaced by exactly one token")
+        sl = slice(ids.shape[1] - n, None) if for_generation else slice(0, n)
+        out[b, sl] = torch.tensor(row)
+    return out

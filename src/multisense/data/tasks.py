@@ -10,6 +10,8 @@ and a task renders them two ways, as Flamingo does (Alayrac et al. 2022):
 - `training_document(rng)`: an episode of 0..8 shots with every answer written out, as one
   interleaved `Document`; the loss falls on every answer given the shots before it, which is how
   the model learns to learn in context.
+  Classification tasks also write the episode in words (`Document.words`: each marker replaced
+  by its class word), the teacher's input for in-words distillation (`train/distill.py`).
 
 Classification prompts end on the media marker ("digit : <image>" then "7"): the answer is
 predicted at the marker, the one token that sees the image, and in words ("label : circle dax")
@@ -91,6 +93,8 @@ class Shot:
     media: list[torch.Tensor]  # each [F, C, H, W] in [-1, 1]
     prompt: str  # one MARKER per media item, in order
     answer: str
+    words: str | None = None  # the prompt with each marker replaced by one word naming its media
+
 
     @property
     def text(self) -> str:
@@ -151,7 +155,10 @@ class Task:
                           max_shots: int = MAX_TRAINING_SHOTS) -> Document:
         """An episode of 0..max_shots demonstrations plus a query, every answer written out."""
         items = self._shots(rng, int(rng.integers(0, max_shots + 1)), split)
-        return Document(SEPARATOR.join(s.text for s in items), _media(items))
+        words = None
+        if all(s.words is not None for s in items):  # the same episode in words, for distillation
+            words = SEPARATOR.join(f"{s.words} {s.answer}" for s in items)
+        return Document(SEPARATOR.join(s.text for s in items), _media(items), words=words)
 
     def text_line(self, rng: np.random.Generator, max_shots: int = 3) -> str:
         """A text-only episode of 1..max_shots+1 shots, media described in words."""
@@ -191,7 +198,8 @@ class ClassificationTask(Task):
         demos = rng.permutation(np.concatenate(tiles)[:shots])
         classes = np.append(demos, rng.integers(n))
         media = self.draw(rng, classes, split)
-        return [Shot(m, self.prompt, labels[c]) for m, c in zip(media, classes)]
+        return [Shot(m, self.prompt, labels[c], words=self.prompt.replace(MARKER, self.classes[c]))
+                for m, c in zip(media, classes)]
 
     def text_shots(self, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
         labels = self.labels(rng)

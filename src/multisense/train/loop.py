@@ -86,7 +86,7 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
         else:
             tokens, denom = torch.zeros((), device=device), torch.tensor(float(grad_accum * world), device=device)
         optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(2, device=device)  # cross-entropy, z-loss (summed over tokens or micro-batches)
+        sums = torch.zeros(3, device=device)  # cross-entropy, z-loss (summed over tokens or micro-batches), aux
         for i, batch in enumerate(micro):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             labels = batch.pop("labels", None)
@@ -98,11 +98,14 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
             else:
                 ce, z = out.loss.float(), out.loss.new_zeros((), dtype=torch.float32)
             loss = (ce + z) / denom
+            aux = getattr(out, "aux_loss", None)  # a per-micro-batch mean (e.g. InWordsDistillation)
+            aux = aux.float() if aux is not None else loss.new_zeros(())
+            loss = loss + aux / (grad_accum * world)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {step}: loss is {loss.item()}; stopping before it reaches the weights")
             # DDP averages gradients over processes; the loss is already normalised over all of them
             (loss * world).backward()
-            sums += torch.stack([ce.detach(), z.detach()])
+            sums += torch.stack([ce.detach(), z.detach(), aux.detach()])
         if world > 1:
             dist.all_reduce(sums)
         norm = nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else torch.tensor(float("nan"))
@@ -115,6 +118,8 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
             record["tokens"] = int(tokens)
         if z_loss:
             record["z_loss"] = (sums[1] / denom).item()
+        if getattr(out, "aux_loss", None) is not None:
+            record["aux_loss"] = (sums[2] / (grad_accum * world)).item()
         if on_step is not None:
             record.update(on_step(step) or {})
         if on_record is not None:

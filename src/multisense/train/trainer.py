@@ -39,6 +39,7 @@ from ..models.flamingo import FlamingoConfig, FlamingoModel
 from ..models.io import check_fits
 from . import checkpoint as ckpt
 from . import distributed
+from .distill import InWordsDistillation
 from .logs import RunLogger
 from .loop import fit
 from .optim import build_optimizer, warmup_cosine
@@ -87,6 +88,9 @@ class RunConfig:
     precision: str = "fp32"  # "fp32", "bf16" (autocast) or "auto" (bf16 where the GPU supports it)
     activation_checkpointing: bool = False
     z_loss: float = 0.0
+    # weight of the in-words distillation loss (train/distill.py); needs a task whose documents
+    # carry `words` (the classification tasks: fewshot_shapes, fewshot_mapped, digits)
+    distill_words: float = 0.0
     out_dir: str = "runs/train"
     save_every: int = 200
     keep_last: int = 2
@@ -140,7 +144,7 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[FlamingoMod
 
 
 def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accum: int,
-                  start_step: int) -> Iterator[dict]:
+                  start_step: int, words: bool = False) -> Iterator[dict]:
     """This process's micro-batches from `start_step` on: grad_accum per optimiser step."""
     b, world = cfg.batch_size, env.world_size
     per_step = b * world * grad_accum  # samples in one global optimiser step
@@ -155,10 +159,12 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
             for j in range(grad_accum):
                 docs = [task.training_document(np.random.default_rng([cfg.seed, i]), max_shots=cfg.max_shots)
                         for i in mine[j * b:(j + 1) * b]]
-                yield collate(docs, tokenizer)
+                yield collate(docs, tokenizer, words=words)
             step += 1
     if not cfg.paths:
         raise ValueError("data: set either data.task or data.paths")
+    if words:
+        raise ValueError("train.distill_words: needs data.task (documents from files carry no words)")
     from ..data.loaders import DocumentLoader, batches
 
     # Records are numbered across the files; process r reads those equal to r modulo N. The
@@ -255,7 +261,10 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
     logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists())
-    batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step)
+    words = run.distill_words > 0
+    batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
+                            words=words)
+    trained = InWordsDistillation(wrapped, run.distill_words) if words else wrapped
 
     final_weights: dict = {}
 
@@ -285,7 +294,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     start = time.perf_counter()
     initial = measure(start_step, model) if measure is not None else None
     try:
-        history = fit(wrapped, batches, steps=run.steps, optimizer=optimizer, scheduler=scheduler,
+        history = fit(trained, batches, steps=run.steps, optimizer=optimizer, scheduler=scheduler,
                       max_grad_norm=cfg.optim.max_grad_norm, grad_accum=run.grad_accum,
                       precision=_precision(run.precision, env.device), z_loss=run.z_loss,
                       start_step=start_step, progress=run.progress and env.is_main, desc="train",
