@@ -103,21 +103,20 @@ def collate(samples: list[Sample | Document], tokenizer, *, for_generation: bool
     if not for_generation:
         batch["labels"] = lab
     if words:
-        batch["words_input_ids"] = _words_ids(samples, tokenizer, ids, for_generation)
+        batch["words_input_ids"] = _words_ids(samples, tokenizer, ids, [len(r) for r in rows], for_generation)
     pixels, mask = pad_media([s.media for s in samples])
     if pixels is not None:
         batch["pixel_values"], batch["frame_mask"] = pixels, mask
     return batch
 
 
-def _words_ids(samples, tokenizer, ids: torch.Tensor, for_generation: bool) -> torch.Tensor:
+def _words_ids(samples, tokenizer, ids: torch.Tensor, lengths: list[int], for_generation: bool) -> torch.Tensor:
     """[B, L] the Documents' `words`, padded like `ids`; each must tokenise to its text's length."""
     out = torch.full_like(ids, tokenizer.pad_token_id)
-    for b, s in enumerate(samples):
+    for b, (s, n) in enumerate(zip(samples, lengths)):
         if not isinstance(s, Document) or s.words is None:
             raise ValueError(f"samples[{b}]: words=True needs every sample to be a Document with `words`")
         row = tokenizer(s.words, add_special_tokens=False)["input_ids"] + ([] if for_generation else [tokenizer.eos_token_id])
-        n = len(tokenizer(s.text, add_special_tokens=False)["input_ids"]) + (0 if for_generation else 1)
         if len(row) != n:
             raise ValueError(f"samples[{b}].words: {len(row)} tokens for {n} in its text; each marker must be "
                              "replaced by exactly one token")
