@@ -1,5 +1,5 @@
-"""In-words distillation: zero exactly when the image episode reads like the words, padding-blind,
-and trainable end to end."""
+"""In-words distillation: zero exactly when the images read like the words, measured at the
+media markers only, padding-blind, and trainable end to end."""
 
 import csv
 
@@ -51,11 +51,35 @@ def test_loss_is_zero_on_text_alone_and_trains_only_the_new_parts(backbones, tmp
     docs = [task.training_document(np.random.default_rng(i)) for i in range(3)]
     batch = collate(docs, tok, words=True)
     batch.pop("labels")
-    loss = distill(**batch).aux_loss
+    out = distill(**batch)
+    loss = out.aux_loss
     assert loss.item() > 0
+    # compared at the markers only: the text after an image is left to the LM and the next-token loss
+    with torch.no_grad():
+        teacher = model.lm(input_ids=batch["words_input_ids"], attention_mask=batch["attention_mask"],
+                           output_hidden_states=True).hidden_states
+    markers = batch["input_ids"] == model.config.media_token_id
+    assert torch.equal(loss.detach(), hidden_state_distance(out.hidden_states, teacher, markers).detach())
+    assert not torch.allclose(loss.detach(), hidden_state_distance(out.hidden_states, teacher,
+                                                                   batch["attention_mask"].bool()).detach())
     loss.backward()  # reaches the resampler and gated blocks, never the frozen LM
     assert all(p.grad is None for p in model.lm.parameters() if not p.requires_grad)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.resampler.parameters())
+
+
+def test_loss_is_zero_when_every_image_reads_like_its_word(backbones, tmp_path):
+    cfg = load_config(TrainConfig, None, overrides(backbones, tmp_path, **{"data.task": "fewshot_mapped",
+                                                                           "data.task_args": "{}"}))
+    model, tok = build_model(cfg.model, progress=False)  # gates closed: a marker reads as its embedding
+    word = "circle"
+    with torch.no_grad():
+        model.marker_embedding.copy_(model.lm.get_input_embeddings().weight[tok.convert_tokens_to_ids(word)])
+    image = torch.zeros(1, 3, 32, 32)
+    docs = [Document("label : <image> dax , label : <image> wug", [image, image],
+                     words=f"label : {word} dax , label : {word} wug")]
+    batch = collate(docs, tok, words=True)
+    batch.pop("labels")
+    assert InWordsDistillation(model, 1.0)(**batch).aux_loss.item() == 0.0
 
 
 def test_training_with_distillation_logs_the_loss_and_rejects_tasks_without_words(backbones, tmp_path):
