@@ -32,6 +32,11 @@ from ..train.loop import token_loss_sum
 from ..train.trainer import TrainConfig, resolve_preset, train
 from . import fewshot
 
+# Runs on other data than few-shot episodes take the fewshot preset's blocks on the default LM,
+# without in-words distillation: their tasks carry no words, and the in-context LM the preset
+# names knows nothing but episodes.
+_DEFAULT_LM = ("model.lm=default", "train.distill_words=0", "model.flamingo.standardize_media=false")
+
 DOCS = Path("docs/experiments.md")
 IMAGES = Path("docs/img")
 
@@ -119,7 +124,7 @@ def gate_init(r: Runner, *, steps: int = 100, every: int = 5) -> dict:
 
     curves, frozen = {}, None
     for name, init in (("alpha = 0", None), ("alpha ~ N(0, 1)", "normal")):
-        cfg = r.config("fewshot", f"gate_init/{'zero' if init is None else 'normal'}",
+        cfg = r.config("fewshot", f"gate_init/{'zero' if init is None else 'normal'}", *_DEFAULT_LM,
                        f"train.steps={steps}", f"train.save_every={steps}")
         tok = transformers.AutoTokenizer.from_pretrained(cfg.model.tokenizer or _lm_dir(cfg))
         batch = text_batch(tok, text_corpus(64, seed=12345))
@@ -229,8 +234,8 @@ def frame_embeddings_report(res: dict):
 def masking(r: Runner) -> dict:
     out = {"cross_image": {}, "fewshot": {}}
     for mode in ("immediate", "all_previous"):
-        model = r.trained("fewshot", f"masking/cross_image-{mode}", "data.task=cross_image", "data.max_shots=2",
-                          f"model.flamingo.mode={mode}")
+        model = r.trained("fewshot", f"masking/cross_image-{mode}", *_DEFAULT_LM, "data.task=cross_image",
+                          "data.max_shots=2", f"model.flamingo.mode={mode}")
         out["cross_image"][mode] = r.evaluate(model, get_task("cross_image"), shots=(0,))
         model = r.trained("fewshot", f"masking/fewshot-{mode}", f"model.flamingo.mode={mode}")
         out["fewshot"][mode] = r.evaluate(model, get_task("fewshot_mapped"), shots=(0, 2, 4, 8))
