@@ -34,7 +34,8 @@ from .train.pretrain import ensure_default_backbones
 
 @dataclass
 class DemoConfig:
-    steps: int = 1500
+    # 1000 steps (v4: 1500) keep the first run, the v5 tower's longer pretraining included, under 10 minutes
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 2e-3
     # A scalar alpha moves about gate_lr per Adam step: at 2e-2 the gates were still below 0.5
