@@ -1,6 +1,7 @@
 """In-words distillation: zero exactly when the images read like the words, measured at the
 media markers only, padding-blind, and trainable end to end."""
 
+import contextlib
 import csv
 
 import numpy as np
@@ -51,17 +52,8 @@ def test_loss_is_zero_on_text_alone_and_trains_only_the_new_parts(backbones, tmp
     docs = [task.training_document(np.random.default_rng(i)) for i in range(3)]
     batch = collate(docs, tok, words=True)
     batch.pop("labels")
-    out = distill(**batch)
-    loss = out.aux_loss
+    loss = distill(**batch).aux_loss
     assert loss.item() > 0
-    # compared at the markers only: the text after an image is left to the LM and the next-token loss
-    with torch.no_grad():
-        teacher = model.lm(input_ids=batch["words_input_ids"], attention_mask=batch["attention_mask"],
-                           output_hidden_states=True).hidden_states
-    markers = batch["input_ids"] == model.config.media_token_id
-    assert torch.equal(loss.detach(), hidden_state_distance(out.hidden_states, teacher, markers).detach())
-    assert not torch.allclose(loss.detach(), hidden_state_distance(out.hidden_states, teacher,
-                                                                   batch["attention_mask"].bool()).detach())
     loss.backward()  # reaches the resampler and gated blocks, never the frozen LM
     assert all(p.grad is None for p in model.lm.parameters() if not p.requires_grad)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.resampler.parameters())
@@ -80,6 +72,29 @@ def test_loss_is_zero_when_every_image_reads_like_its_word(backbones, tmp_path):
     batch = collate(docs, tok, words=True)
     batch.pop("labels")
     assert InWordsDistillation(model, 1.0)(**batch).aux_loss.item() == 0.0
+    # The markers only are compared: words that differ after the last marker change nothing there
+    # (the LM is causal), so the loss stays zero although the sequences' states differ later on.
+    other = collate([Document(docs[0].text, docs[0].media, words=f"label : {word} dax , label : {word} dax")],
+                    tok, words=True)
+    other.pop("labels")
+    assert not torch.equal(other["words_input_ids"], batch["words_input_ids"])
+    assert InWordsDistillation(model, 1.0)(**other).aux_loss.item() == 0.0
+
+
+def test_gradient_accumulation_keeps_the_wrapped_models_no_sync():
+    entered = []
+
+    class Wrapped(torch.nn.Module):  # stands in for DistributedDataParallel
+        @contextlib.contextmanager
+        def no_sync(self):
+            entered.append(True)
+            yield
+
+    with InWordsDistillation(Wrapped(), 1.0).no_sync():
+        pass
+    assert entered == [True]
+    with InWordsDistillation(torch.nn.Linear(2, 2), 1.0).no_sync():  # a plain model: a no-op
+        pass
 
 
 def test_training_with_distillation_logs_the_loss_and_rejects_tasks_without_words(backbones, tmp_path):

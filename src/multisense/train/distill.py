@@ -19,6 +19,8 @@ Shape letters: B batch, L tokens, D LM width.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -47,6 +49,12 @@ class InWordsDistillation(nn.Module):
         if weight <= 0:
             raise ValueError(f"weight: expected > 0, got {weight}")
         self.model, self.weight = model, weight
+
+    def no_sync(self):
+        """The wrapped model's `no_sync` (DDP), else a no-op: the training loop then still syncs
+        gradients once per optimiser step, not once per micro-batch."""
+        inner = getattr(self.model, "no_sync", None)
+        return inner() if inner is not None else contextlib.nullcontext()
 
     def forward(self, words_input_ids: torch.Tensor, **batch):
         out = self.model(**batch, output_hidden_states=True)
