@@ -328,8 +328,10 @@ class FlamingoModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
-                frame_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **lm_kwargs):
-        """Returns the LM's usual output (loss when labels are given, logits, past_key_values).
+                frame_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_media_latents: bool = False, **lm_kwargs):
+        """Returns the LM's usual output (loss when labels are given, logits, past_key_values),
+        plus `media_latents` [B, M, R, Dv] (None without media) with `output_media_latents`.
 
         Marker tokens never carry loss: the frozen LM head has no logit for a new marker.
         """
@@ -337,7 +339,10 @@ class FlamingoModel(nn.Module):
         if labels is not None:
             labels = labels.masked_fill(labels == self.config.media_token_id, -100)
         with self._media(latents, present, lm_kwargs.get("past_key_values")):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+        if output_media_latents:
+            out.media_latents = latents
+        return out
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -19,8 +19,6 @@ Shape letters: B batch, L tokens, D LM width.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
@@ -39,22 +37,16 @@ def hidden_state_distance(student: tuple[torch.Tensor, ...], teacher: tuple[torc
     return torch.stack(terms).mean()
 
 
-class InWordsDistillation(nn.Module):
+class InWordsDistillation(distributed.ObjectiveWrapper):
     """Wraps a (possibly DDP-wrapped) FlamingoModel: forward takes the usual batch plus
     `words_input_ids` [B, L] and returns the model's output with `aux_loss` = weight * distance
     at the media markers."""
 
     def __init__(self, model: nn.Module, weight: float):
-        super().__init__()
         if weight <= 0:
             raise ValueError(f"weight: expected > 0, got {weight}")
-        self.model, self.weight = model, weight
-
-    def no_sync(self):
-        """The wrapped model's `no_sync` (DDP), else a no-op: the training loop then still syncs
-        gradients once per optimiser step, not once per micro-batch."""
-        inner = getattr(self.model, "no_sync", None)
-        return inner() if inner is not None else contextlib.nullcontext()
+        super().__init__(model)
+        self.weight = weight
 
     def forward(self, words_input_ids: torch.Tensor, **batch):
         out = self.model(**batch, output_hidden_states=True)

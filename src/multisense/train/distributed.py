@@ -8,6 +8,7 @@ parameters that require grad, and the frozen backbones never do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -75,6 +76,21 @@ def wrap(model: nn.Module, env: Env, strategy: str = "ddp", *, units: list[nn.Mo
 
 def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
+
+
+class ObjectiveWrapper(nn.Module):
+    """Base of the training objectives that wrap a (possibly DDP-wrapped) model and add an
+    `aux_loss` to its output (`train.distill`, `train.slots`)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def no_sync(self):
+        """The wrapped model's `no_sync` (DDP), else a no-op: the training loop then still syncs
+        gradients once per optimiser step, not once per micro-batch."""
+        inner = getattr(self.model, "no_sync", None)
+        return inner() if inner is not None else contextlib.nullcontext()
 
 
 def barrier() -> None:
