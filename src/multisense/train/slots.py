@@ -1,0 +1,67 @@
+"""Object-slot supervision: latent k of a media item names the k-th object in it.
+
+A training objective for tasks whose media come with object annotations (the demo's scenes).
+One linear head per attribute (colour, shape, ...) reads, from each of the first K latents
+of every media item, that attribute of the item's k-th object, or "no object" where the item
+has fewer; the mean cross-entropy, times `weight`, is added to the LM loss as `aux_loss`.
+
+Why (docs/results.md, session 8): trained on captions and questions alone, the resampler's
+latents do not hold one object each, and the gated cross-attention at a question's last token
+picks a latent by its index, not by what it holds, so "what colour is the triangle" is answered
+with some colour present in the scene. With one object per latent, the lookup has something to
+select, and forms.
+
+Shape letters: B batch, M media items, R latents per item, K supervised latents (K <= R),
+A attributes, D latent width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .distributed import ObjectiveWrapper, unwrap
+
+IGNORE = -100  # a label the loss skips (e.g. media items that are padding)
+
+
+class LatentObjectLoss(ObjectiveWrapper):
+    """Wraps a (possibly DDP-wrapped) FlamingoModel: forward takes the usual batch plus
+    `object_labels` [B, M, K, A] (class index per attribute; `num_classes[a]` means no object;
+    IGNORE skips) and returns the model's output with `aux_loss` = weight * the cross-entropy
+    per counted label.
+
+    The heads live here, not in the model: they are a training device and are not saved.
+    """
+
+    def __init__(self, model: nn.Module, *, num_classes: Sequence[int], weight: float = 1.0):
+        if weight <= 0:
+            raise ValueError(f"weight: expected > 0, got {weight}")
+        if not num_classes or min(num_classes) < 1:
+            raise ValueError(f"num_classes: expected one positive count per attribute, got {list(num_classes)}")
+        super().__init__(model)
+        self.weight = weight
+        dim = unwrap(model).config.dim_media
+        self.heads = nn.ModuleList(nn.Linear(dim, n + 1) for n in num_classes)  # + "no object"
+
+    def forward(self, object_labels: torch.Tensor, **batch):
+        out = self.model(**batch, output_media_latents=True)
+        latents = out.media_latents
+        if latents is None:
+            raise ValueError("object_labels: given for a batch without media")
+        B, M, R, _ = latents.shape
+        if object_labels.ndim != 4 or object_labels.shape[:2] != (B, M) or object_labels.shape[-1] != len(self.heads):
+            raise ValueError(f"object_labels: expected [B={B}, M={M}, K, A={len(self.heads)}], "
+                             f"got {list(object_labels.shape)}")
+        K = object_labels.shape[2]
+        if K > R:
+            raise ValueError(f"object_labels: {K} objects per item, but the resampler has only {R} latents")
+        slots = latents[:, :, :K]  # [B, M, K, D]
+        counted = (object_labels != IGNORE).sum().clamp(min=1)  # all skipped: zero, not NaN
+        total = sum(nn.functional.cross_entropy(head(slots).flatten(0, 2).float(), object_labels[..., a].flatten(),
+                                                ignore_index=IGNORE, reduction="sum")
+                    for a, head in enumerate(self.heads))
+        out.aux_loss = self.weight * total / counted
+        return out
