@@ -79,21 +79,42 @@ def test_answers_are_in_answer_sets_and_correct(batch):
     position_answers = []
     for scene in items:
         qas = scenes.question_answers(scene, rng)
-        kinds = [kind for kind, _, _ in qas]
+        kinds = [qa.kind for qa in qas]
         assert kinds[:3] == ["colour", "shape", "count"]
         assert ("position" in kinds) == (len(scene.objects) >= 2)
-        for kind, question, answer in qas:
+        by_shape = {o.shape: o for o in scene.objects}
+        by_colour = {o.colour: o for o in scene.objects}
+        for kind, question, subject, answer in qas:
             assert answer in scenes.ANSWER_SETS[kind]
             assert question.endswith(" ?")
+            if kind == "colour":  # the subject is the shape the question names
+                assert question == f"what colour is the {subject} ?" and by_shape[subject].colour == answer
+            if kind == "shape":
+                assert question == f"what shape is the {subject} one ?" and by_colour[subject].shape == answer
             if kind == "count":
-                assert answer == scenes.NUMBER_WORDS[len(scene.objects)]
+                assert answer == scenes.NUMBER_WORDS[len(scene.objects)] and subject == ""
             if kind == "position":
                 by_name = {f"{o.colour} {o.shape}": o.x for o in scene.objects}
                 first, second = question.removeprefix("is the ").removesuffix(" ?").split(" left of the ")
                 assert answer == ("yes" if by_name[first] < by_name[second] else "no")
+                assert subject == second.split()[-1]
                 position_answers.append(answer)
     # Both answers occur in roughly equal numbers.
     assert 0.25 < position_answers.count("yes") / len(position_answers) < 0.75
+
+
+def test_order_lines_follow_the_fixed_cycle():
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(40):
+        name, words = scenes.order_line(rng).removesuffix(" .").split(" : ")
+        cycle = tuple(scenes.COLOURS) if name == "colours" else scenes.SHAPES
+        assert name in ("colours", "shapes")
+        words = words.split()
+        starts.add(words[0])
+        first = cycle.index(words[0])
+        assert words == [cycle[(first + i) % len(cycle)] for i in range(len(cycle) + 2)]
+    assert len(starts) > 4  # random starting words
 
 
 def test_prompt_templates(batch):
@@ -103,11 +124,15 @@ def test_prompt_templates(batch):
     assert scenes.caption_text(scene) == f"caption : {scenes.caption(scene)} ."
     question = "how many shapes are there ?"
     assert scenes.qa_prompt(question) == f"question : {question} answer :"
-    assert scenes.qa_text("how many shapes are there ?", "two").endswith("answer : two")
+    assert scenes.qa_text(question, "two").endswith("answer : two")
+    colour = "what colour is the circle ?"
+    assert scenes.qa_prompt(colour, "circle") == f"question : {colour} answer : circle"
+    assert scenes.qa_text(colour, "red", "circle") == f"question : {colour} answer : circle red"
 
 
 def test_text_is_single_spaced_words_from_the_vocabulary():
-    lines = scenes.text_corpus(300, seed=0)
+    rng = np.random.default_rng(0)
+    lines = scenes.text_corpus(300, seed=0) + [scenes.order_line(rng) for _ in range(20)]
     assert any(line.startswith("caption :") for line in lines)
     assert any(line.startswith("question :") for line in lines)
     for line in lines:

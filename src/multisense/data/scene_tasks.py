@@ -29,23 +29,37 @@ def scene_sample(scene: scenes.Scene, kind: str, rng: np.random.Generator) -> Sa
     media = [to_pixel_values(scene.image[None])]  # one frame [1, C, H, W]
     if kind == "caption":
         return Sample(f"{MARKER} {scenes.caption_prompt()}", f"{scenes.caption(scene)} .", media)
-    qas = {k: (q, a) for k, q, a in scenes.question_answers(scene, rng)}
-    question, answer = qas.get(kind, qas["colour"])
-    return Sample(f"{MARKER} {scenes.qa_prompt(question)}", answer, media)
+    qas = {qa.kind: qa for qa in scenes.question_answers(scene, rng)}
+    qa = qas.get(kind, qas["colour"])
+    return Sample(f"{MARKER} {scenes.qa_prompt(qa.question, qa.subject)}", qa.answer, media)
+
+
+def object_labels(scene: scenes.Scene) -> torch.Tensor:
+    """[K, 2] (colour, shape) class of each object left to right, for `train.slots.LatentObjectLoss`;
+    rows past the scene's objects hold the "no object" classes (len(COLOURS), len(SHAPES))."""
+    colours, shapes = list(scenes.COLOURS), list(scenes.SHAPES)
+    rows = [[colours.index(o.colour), shapes.index(o.shape)] for o in scene.objects]
+    rows += [[len(colours), len(shapes)]] * (scenes.MAX_OBJECTS - len(rows))
+    return torch.tensor(rows)
 
 
 def training_batches(tokenizer, *, batch_size: int, seed: int, image_size: int = 32,
-                     caption_share: float = 0.4) -> Iterator[dict]:
-    """Endless batches of fresh scenes: captions with probability caption_share, else a question."""
+                     caption_share: float = 0.4, with_objects: bool = False) -> Iterator[dict]:
+    """Endless batches of fresh scenes: captions with probability caption_share, else a question.
+    `with_objects`: also `object_labels` [B, 1, K, 2] (`object_labels`, one media item each)."""
     rng = np.random.default_rng(seed)
     questions = KINDS[1:]
     while True:
-        samples = []
+        samples, labels = [], []
         for _ in range(batch_size):
             scene = scenes.make_scene(rng, image_size=image_size)
             kind = "caption" if rng.random() < caption_share else questions[int(rng.integers(len(questions)))]
             samples.append(scene_sample(scene, kind, rng))
-        yield collate(samples, tokenizer)
+            labels.append(object_labels(scene))
+        batch = collate(samples, tokenizer)
+        if with_objects:
+            batch["object_labels"] = torch.stack(labels)[:, None]
+        yield batch
 
 
 def evaluation_set(kind: str, n: int, *, seed: int, image_size: int = 32) -> list[Sample]:

@@ -10,6 +10,7 @@ Shape letters: N scenes, H height, W width, K candidate placements, M objects in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "orange": (1.00, 0.56, 0.08),
 }
 SHAPES = ("circle", "square", "triangle", "cross")
+MAX_OBJECTS = 3  # a scene holds one to three objects
 NUMBER_WORDS = ("zero", "one", "two", "three")
 
 # Every possible answer per question kind, so that chance accuracy can be computed.
@@ -39,7 +41,7 @@ VOCABULARY: tuple[str, ...] = (
     *NUMBER_WORDS,
     *("yes", "no"),
     *("a", "and", ",", ".", ":", "?", "caption", "question", "answer"),
-    *("what", "colour", "shape", "is", "the", "how", "many", "shapes", "are", "there"),
+    *("what", "colour", "shape", "is", "the", "how", "many", "shapes", "are", "there", "colours"),
     *("left", "of"),
 )
 
@@ -70,10 +72,10 @@ class Scene:
 
 
 def sample_objects(
-    rng: np.random.Generator, *, image_size: int = 32, min_objects: int = 1, max_objects: int = 3
+    rng: np.random.Generator, *, image_size: int = 32, min_objects: int = 1, max_objects: int = MAX_OBJECTS
 ) -> tuple[SceneObject, ...]:
     """Draw the objects of a scene (no rendering), sorted left to right."""
-    if not 1 <= min_objects <= max_objects <= 3:
+    if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
         raise ValueError("scenes hold between one and three objects")
     count = int(rng.integers(min_objects, max_objects + 1))
     colours = rng.choice(len(COLOURS), size=count, replace=False)
@@ -153,7 +155,7 @@ def make_scene(
     *,
     image_size: int = 32,
     min_objects: int = 1,
-    max_objects: int = 3,
+    max_objects: int = MAX_OBJECTS,
     noise: float = 0.05,
 ) -> Scene:
     objects = sample_objects(rng, image_size=image_size, min_objects=min_objects, max_objects=max_objects)
@@ -186,13 +188,23 @@ def caption(scene: Scene) -> str:
     return describe_objects(scene.objects)
 
 
-def questions_about(objects: tuple[SceneObject, ...], rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """One (kind, question, answer) per kind about randomly chosen objects."""
+class QA(NamedTuple):
+    """One question about a scene. The prompt restates `subject` (the object the question names)
+    right before the one-word `answer`: "question : what colour is the circle ? answer : circle red"."""
+
+    kind: str
+    question: str
+    subject: str  # "" for count questions, which name no object
+    answer: str
+
+
+def questions_about(objects: tuple[SceneObject, ...], rng: np.random.Generator) -> list[QA]:
+    """One QA per kind about randomly chosen objects."""
     target = objects[int(rng.integers(len(objects)))]
     qas = [
-        ("colour", f"what colour is the {target.shape} ?", target.colour),
-        ("shape", f"what shape is the {target.colour} one ?", target.shape),
-        ("count", "how many shapes are there ?", NUMBER_WORDS[len(objects)]),
+        QA("colour", f"what colour is the {target.shape} ?", target.shape, target.colour),
+        QA("shape", f"what shape is the {target.colour} one ?", target.colour, target.shape),
+        QA("count", "how many shapes are there ?", "", NUMBER_WORDS[len(objects)]),
     ]
     if len(objects) >= 2:
         # Choose the answer first, then order the pair to match it, so yes and no are balanced.
@@ -202,12 +214,27 @@ def questions_about(objects: tuple[SceneObject, ...], rng: np.random.Generator) 
         if answer == "no":
             first, second = second, first
         question = f"is the {first.colour} {first.shape} left of the {second.colour} {second.shape} ?"
-        qas.append(("position", question, answer))
+        qas.append(QA("position", question, second.shape, answer))
     return qas
 
 
-def question_answers(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, str]]:
+def question_answers(scene: Scene, rng: np.random.Generator) -> list[QA]:
     return questions_about(scene.objects, rng)
+
+
+def order_line(rng: np.random.Generator) -> str:
+    """The colours, or the shapes, in their fixed cyclic order from a random start:
+    "colours : blue purple red green ...".
+
+    In every other line colours are interchangeable, and a tiny LM trained on those alone gives
+    the six colour words nearly the same hidden states after its first layer (between-colour
+    variance 0.1% of the state's, 12-14% with these lines; docs/results.md, session 8), so no
+    cross-attention query can tell "the red one" from "the blue one". Here the next word
+    depends on which colour (or shape) came before.
+    """
+    words, name = (tuple(COLOURS), "colours") if rng.random() < 0.5 else (SHAPES, "shapes")
+    start = int(rng.integers(len(words)))
+    return f"{name} : " + " ".join(words[(start + i) % len(words)] for i in range(len(words) + 2)) + " ."
 
 
 # ---- prompt templates (shared with the Flamingo training) ---------------------------------
@@ -225,12 +252,18 @@ def _caption_line(objects: tuple[SceneObject, ...]) -> str:
     return f"{caption_prompt()} {describe_objects(objects)} ."
 
 
-def qa_prompt(question: str) -> str:
-    return f"question : {question} answer :"
+def qa_prompt(question: str, subject: str = "") -> str:
+    """"question : {question} answer : {subject}": the prompt ends with the object the question
+    names, so that the answer is predicted at that word. The gated cross-attention looks up with
+    one query per token, and the frozen tiny LM carries little of a word to the tokens after it:
+    its hidden state at "answer :" varies with the named shape by 0.1% of its variance, at the
+    shape word itself by 5% (docs/results.md, session 8). Ending with "answer :", the demo's
+    colour and shape questions stayed at 0.6 (naming a random object present)."""
+    return f"question : {question} answer :" + (f" {subject}" if subject else "")
 
 
-def qa_text(question: str, answer: str) -> str:
-    return f"{qa_prompt(question)} {answer}"
+def qa_text(question: str, answer: str, subject: str = "") -> str:
+    return f"{qa_prompt(question, subject)} {answer}"
 
 
 def text_corpus(n: int, seed: int) -> list[str]:
@@ -248,6 +281,6 @@ def text_corpus(n: int, seed: int) -> list[str]:
         if choice == len(qas):
             lines.append(_caption_line(objects))
         else:
-            _, question, answer = qas[choice]
-            lines.append(qa_text(question, answer))
+            qa = qas[choice]
+            lines.append(qa_text(qa.question, qa.answer, qa.subject))
     return lines

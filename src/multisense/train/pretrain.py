@@ -35,12 +35,14 @@ from transformers import (
 
 from multisense.data.scenes import (
     COLOURS,
+    MAX_OBJECTS,
     SHAPES,
     SceneObject,
     caption,
     describe_objects,
     make_scenes,
     object_masks,
+    order_line,
     render,
     sample_objects,
     text_corpus,
@@ -52,12 +54,14 @@ from multisense.data.tokenizer import train_word_tokenizer
 from multisense.train.loop import fit
 
 # Bump on any change to what the backbones learn, so that stale caches are rebuilt.
-VERSION = "backbones-v5"
+VERSION = "backbones-v6"
 # v4: 1500 -> 1000 steps; v5: 700 steps of 16 rows instead of 32, to pay for the vision tower's
-# longer training within the demo's first-run budget (docs/results.md)
+# longer training within the demo's first-run budget (docs/results.md); v6: questions restate
+# their object before the answer, and colours and shapes in order (`scenes.order_line`)
 LM_STEPS = 700
 LM_BATCH = 16
-ICL_VERSION = "icl-lm-v1"  # the in-context LM (`pretrain_icl_lm`), cached beside them
+ICL_VERSION = "icl-lm-v2"  # the in-context LM (`pretrain_icl_lm`), cached beside them; v2: the
+# shared word tokenizer changed with backbones-v6 (new word order, "colours")
 ICL_LM_STEPS = 1500
 BLOCK = 128  # tokens per packed LM pretraining row
 # v5: 4000 steps of 16 scenes at lr 1e-3 instead of 600 of 64 at 2e-3. Shape is what the tower
@@ -81,8 +85,11 @@ def _encode_lines(tokenizer: PreTrainedTokenizerBase, lines: list[str]) -> dict[
 
 def pretrain_corpus(n: int, seed: int) -> list[str]:
     """The LM's text: scenes lines (captions, Q&A) and task lines (`data.tasks`: few-shot episodes,
-    comparisons, directions, digits and sums with the media described in words), half each."""
-    lines = text_corpus(n // 2, seed) + task_text_corpus(n - n // 2, seed + 1)
+    comparisons, directions, digits and sums with the media described in words), half each, plus
+    n / 5 lines of colours and shapes in order (`scenes.order_line`: they make the LM tell colour
+    words apart)."""
+    rng = np.random.default_rng(seed + 2)
+    lines = text_corpus(n // 2, seed) + task_text_corpus(n - n // 2, seed + 1) + [order_line(rng) for _ in range(n // 5)]
     order = np.random.default_rng(seed).permutation(len(lines))
     return [lines[i] for i in order]
 
@@ -299,9 +306,8 @@ def _clip_scenes(rng: np.random.Generator, *, image_size: int):
 
 # A patch belongs to the object that covers at least this share of its pixels, else to the background.
 _PATCH_COVER = 0.25
-_MAX_OBJECTS = 3
 # One class per (colour, shape, left-to-right rank) of the object under a patch, plus background.
-_PATCH_CLASSES = len(COLOURS) * len(SHAPES) * _MAX_OBJECTS + 1
+_PATCH_CLASSES = len(COLOURS) * len(SHAPES) * MAX_OBJECTS + 1
 
 
 def patch_labels(objects: tuple[SceneObject, ...], *, image_size: int, patch_size: int) -> np.ndarray:
@@ -316,7 +322,7 @@ def patch_labels(objects: tuple[SceneObject, ...], *, image_size: int, patch_siz
     best = cover.argmax(0)  # [P] the object covering most of each patch
     hit = cover.max(0) >= _PATCH_COVER
     colours, shapes = list(COLOURS), list(SHAPES)
-    classes = np.array([(colours.index(o.colour) * len(SHAPES) + shapes.index(o.shape)) * _MAX_OBJECTS + rank
+    classes = np.array([(colours.index(o.colour) * len(SHAPES) + shapes.index(o.shape)) * MAX_OBJECTS + rank
                         for rank, o in enumerate(objects)])
     labels[hit] = classes[best[hit]]
     return labels
