@@ -110,6 +110,10 @@ def test_patch_labels_name_the_object_under_each_patch():
     ):
         relabelled = pretrain.patch_labels(other, image_size=32, patch_size=4).reshape(8, 8)
         assert relabelled[int(objects[0].y) // 4, int(objects[0].x) // 4] != centres[0]
+    # The shape head's target: the shape alone, background its own class.
+    shapes = pretrain.patch_shapes(torch.from_numpy(grid))
+    assert [int(shapes[int(o.y) // 4, int(o.x) // 4]) for o in objects] == [scenes.SHAPES.index(o.shape) for o in objects]
+    assert int(shapes[0, 7]) == len(scenes.SHAPES)
 
 
 def test_pretrain_icl_lm_writes_a_loadable_llama_trained_on_episodes(tokenizer, tmp_path):
