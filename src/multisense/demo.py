@@ -22,7 +22,7 @@ import torch
 import transformers
 
 from .data import scenes
-from .data.scene_tasks import KINDS, evaluation_set, to_pixel_values, training_batches
+from .data.scene_tasks import KINDS, OBJECT_CLASSES, evaluation_set, to_pixel_values, training_batches
 from .encoders import load_vision_encoder
 from .eval import report
 from .eval.generation import exact_match, generate_answers
@@ -129,7 +129,7 @@ def run(cfg: DemoConfig) -> dict:
           f"trainable {trainable / 1e6:.2f}M, frozen {frozen / 1e6:.2f}M parameters")
 
     # The object-slot heads train with the model but are not part of it (not saved)
-    trained = (LatentObjectLoss(model, num_classes=(len(scenes.COLOURS), len(scenes.SHAPES)), weight=cfg.object_loss)
+    trained = (LatentObjectLoss(model, num_classes=OBJECT_CLASSES, weight=cfg.object_loss)
                if cfg.object_loss else model)
     optimizer = build_optimizer(trained, lr=cfg.lr, gate_lr=cfg.gate_lr)
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)

@@ -5,21 +5,30 @@ import numpy as np
 import torch
 
 from multisense.data import scenes
-from multisense.data.scene_tasks import object_labels, training_batches
+from multisense.data.scene_tasks import OBJECT_CLASSES, PLACES, object_labels, training_batches
 from multisense.train.pretrain import default_tokenizer
 
 
 def test_object_labels_name_each_object_left_to_right_then_none():
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    seen_places = set()
+    for _ in range(30):
         scene = scenes.make_scene(rng)
         labels = object_labels(scene)
-        assert labels.shape == (scenes.MAX_OBJECTS, 2)
+        n = len(scene.objects)
+        assert labels.shape == (scenes.MAX_OBJECTS, 3)
         for k, obj in enumerate(scene.objects):
             assert list(scenes.COLOURS)[labels[k, 0]] == obj.colour
             assert scenes.SHAPES[labels[k, 1]] == obj.shape
-        for k in range(len(scene.objects), scenes.MAX_OBJECTS):
-            assert labels[k].tolist() == [len(scenes.COLOURS), len(scenes.SHAPES)]
+            place = PLACES[labels[k, 2]]
+            seen_places.add(place)
+            # nothing left of the leftmost, nothing right of the rightmost, one object: "only"
+            assert (place == "only") == (n == 1)
+            assert (place == "leftmost") == (n > 1 and all(o.x > obj.x for o in scene.objects if o is not obj))
+            assert (place == "rightmost") == (n > 1 and all(o.x < obj.x for o in scene.objects if o is not obj))
+        for k in range(n, scenes.MAX_OBJECTS):
+            assert tuple(labels[k].tolist()) == OBJECT_CLASSES
+    assert seen_places == set(PLACES)
 
 
 def test_batches_with_objects_are_the_same_batches_plus_labels():
@@ -29,6 +38,6 @@ def test_batches_with_objects_are_the_same_batches_plus_labels():
     with_objects = training_batches(tok, batch_size=4, seed=3, with_objects=True)
     for _ in range(2):
         a, b = next(plain), next(with_objects)
-        assert b.pop("object_labels").shape == (4, 1, scenes.MAX_OBJECTS, 2)
+        assert b.pop("object_labels").shape == (4, 1, scenes.MAX_OBJECTS, len(OBJECT_CLASSES))
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)

@@ -34,19 +34,33 @@ def scene_sample(scene: scenes.Scene, kind: str, rng: np.random.Generator) -> Sa
     return Sample(f"{MARKER} {scenes.qa_prompt(qa.question, qa.subject)}", qa.answer, media)
 
 
+# Where an object stands among the scene's objects: the answer to a position question follows
+# from the place of the object it restates unless that is the middle one.
+PLACES = ("only", "leftmost", "middle", "rightmost")
+# Classes per attribute of `object_labels` (each also has a "no object" class after these).
+OBJECT_CLASSES = (len(scenes.COLOURS), len(scenes.SHAPES), len(PLACES))
+
+
+def _place(rank: int, count: int) -> int:
+    if count == 1:
+        return PLACES.index("only")
+    return PLACES.index("leftmost" if rank == 0 else "rightmost" if rank == count - 1 else "middle")
+
+
 def object_labels(scene: scenes.Scene) -> torch.Tensor:
-    """[K, 2] (colour, shape) class of each object left to right, for `train.slots.LatentObjectLoss`;
-    rows past the scene's objects hold the "no object" classes (len(COLOURS), len(SHAPES))."""
-    colours, shapes = list(scenes.COLOURS), list(scenes.SHAPES)
-    rows = [[colours.index(o.colour), shapes.index(o.shape)] for o in scene.objects]
-    rows += [[len(colours), len(shapes)]] * (scenes.MAX_OBJECTS - len(rows))
+    """[K, 3] (colour, shape, place) class of each object left to right, for
+    `train.slots.LatentObjectLoss`; rows past the scene's objects hold the "no object" classes
+    (OBJECT_CLASSES)."""
+    colours, shapes, n = list(scenes.COLOURS), list(scenes.SHAPES), len(scene.objects)
+    rows = [[colours.index(o.colour), shapes.index(o.shape), _place(k, n)] for k, o in enumerate(scene.objects)]
+    rows += [list(OBJECT_CLASSES)] * (scenes.MAX_OBJECTS - n)
     return torch.tensor(rows)
 
 
 def training_batches(tokenizer, *, batch_size: int, seed: int, image_size: int = 32,
                      caption_share: float = 0.4, with_objects: bool = False) -> Iterator[dict]:
     """Endless batches of fresh scenes: captions with probability caption_share, else a question.
-    `with_objects`: also `object_labels` [B, 1, K, 2] (`object_labels`, one media item each)."""
+    `with_objects`: also `object_labels` [B, 1, K, 3] (`object_labels`, one media item each)."""
     rng = np.random.default_rng(seed)
     questions = KINDS[1:]
     while True:
