@@ -55,8 +55,9 @@ class DemoConfig:
     # question's last token saturates on one latent early and stays there (entropy 0.1-0.3 nats);
     # with it, "what colour is the triangle" rose from 0.85 to 0.99 (docs/results.md, session 8).
     qk_norm: bool = True
-    # Weight of the object-slot loss (train/slots.py): latent k names the k-th object from the
-    # left. Without it, questions that name an object are answered with any colour or shape present.
+    # Weight of the object-slot loss (train/slots.py): latent k names the colour, shape and place
+    # of the k-th object from the left. Without it, questions that name an object are answered
+    # with any colour or shape present, and position questions stay at chance.
     object_loss: float = 1.0
     # Standardise the vision tower's features per channel (FlamingoConfig.standardize_media),
     # with statistics from the first calibration_batches training batches.
