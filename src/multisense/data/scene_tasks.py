@@ -69,7 +69,8 @@ def training_batches(tokenizer, *, batch_size: int, seed: int, image_size: int =
             scene = scenes.make_scene(rng, image_size=image_size)
             kind = "caption" if rng.random() < caption_share else questions[int(rng.integers(len(questions)))]
             samples.append(scene_sample(scene, kind, rng))
-            labels.append(object_labels(scene))
+            if with_objects:
+                labels.append(object_labels(scene))
         batch = collate(samples, tokenizer)
         if with_objects:
             batch["object_labels"] = torch.stack(labels)[:, None]

@@ -228,7 +228,7 @@ def order_line(rng: np.random.Generator) -> str:
 
     In every other line colours are interchangeable, and a tiny LM trained on those alone gives
     the six colour words nearly the same hidden states after its first layer (between-colour
-    variance 0.1% of the state's, 12-14% with these lines; docs/results.md, session 8), so no
+    variance 0.1% of the state's, 9-14% with these lines; docs/results.md, session 8), so no
     cross-attention query can tell "the red one" from "the blue one". Here the next word
     depends on which colour (or shape) came before.
     """
