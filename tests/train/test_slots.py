@@ -53,8 +53,9 @@ def test_skipped_labels_count_for_nothing():
     assert wrapped(torch.full_like(labels, IGNORE), **x).aux_loss.item() == 0.0
 
 
-def test_training_makes_each_latent_name_its_object():
-    """Labels that are a function of each image: the heads come to read them from the latents."""
+def test_training_fits_labels_that_depend_on_the_image():
+    """Labels that are a function of each image (a label per latent): resampler and heads together
+    come to read them. (That gradient reaches the resampler is tested above.)"""
     torch.manual_seed(0)
     model = tiny_flamingo()
     wrapped = LatentObjectLoss(model, num_classes=(2,))
