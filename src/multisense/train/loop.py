@@ -6,7 +6,7 @@ tokens and divided by the number of target tokens in the whole optimiser step: a
 `grad_accum` micro-batches, on every process. So accumulating 4 micro-batches of 8, or 2 processes of 16, gives the
 gradient of one batch of 32, whatever the padding. An optional z-loss (PaLM, Chowdhery et
 al. 2022) adds z_loss * log(Z)^2 per target token to keep the softmax normaliser near 1.
-Without labels the model's own `.loss` is used (e.g. CLIP's contrastive loss), averaged over
+Without labels the model's own `.loss` is used (e.g. the vision tower's patch losses), averaged over
 the micro-batches.
 
 A non-finite loss stops the run with an error naming the step, rather than passing NaN on
