@@ -124,6 +124,40 @@ def test_pretrain_icl_lm_writes_a_loadable_llama_trained_on_episodes(tokenizer, 
     assert model.config.model_type == "llama" and model.config.vocab_size == len(tok)
     summary = json.loads((out / pretrain.SUMMARY_FILE).read_text())
     assert summary["steps"] == 2 and summary["final_loss"] > 0
+    # Two steps form no lookup: the recorded check reads about chance, far below the bar.
+    assert summary["seed"] == 0 and summary["in_words_accuracy"] < pretrain.ICL_MIN_ACCURACY
+
+
+def _icl_build_scoring(accuracy_by_seed: dict[int, float], calls: list[int]):
+    """A cheap `pretrain_icl_lm` (2 steps) whose recorded in-words accuracy is given per seed."""
+    build = pretrain.pretrain_icl_lm
+
+    def fake(tokenizer, out_dir, *, seed, **kwargs):
+        calls.append(seed)
+        out = build(tokenizer, out_dir, **{**kwargs, "seed": seed, "corpus_lines": 40, "batch_size": 4})
+        summary = json.loads((out / pretrain.SUMMARY_FILE).read_text())
+        (out / pretrain.SUMMARY_FILE).write_text(json.dumps({**summary, "in_words_accuracy": accuracy_by_seed[seed]}))
+        return out
+
+    return fake
+
+
+def test_ensure_icl_lm_retries_the_next_seed_until_the_lookup_forms(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pretrain, "pretrain_icl_lm", _icl_build_scoring({1: 0.2, 2: 0.85, 3: 0.9}, calls))
+    with pytest.warns(UserWarning, match="seed 1: 8-shot accuracy in words 0.20"):
+        out = pretrain.ensure_icl_lm(tmp_path, progress=False, steps=2, seeds=(1, 2, 3))
+    assert calls == [1, 2]  # stopped at the first seed that formed the lookup
+    assert json.loads((out / pretrain.SUMMARY_FILE).read_text())["seed"] == 2
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "llama"
+
+
+def test_ensure_icl_lm_fails_loudly_and_caches_nothing_when_no_seed_forms_the_lookup(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pretrain, "pretrain_icl_lm", _icl_build_scoring({1: 0.2, 2: 0.25, 3: 0.3}, calls))
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match=r"formed no lookup.*\{1: 0.2, 2: 0.25, 3: 0.3\}"):
+        pretrain.ensure_icl_lm(tmp_path, progress=False, steps=2, seeds=(1, 2, 3))
+    assert calls == [1, 2, 3] and list(tmp_path.iterdir()) == []
 
 
 def test_ensure_icl_lm_builds_once_and_resolves_by_name(tmp_path, monkeypatch):
@@ -135,7 +169,7 @@ def test_ensure_icl_lm_builds_once_and_resolves_by_name(tmp_path, monkeypatch):
         return build(*args, **{**kwargs, "corpus_lines": 40, "batch_size": 4})
 
     monkeypatch.setattr(pretrain, "pretrain_icl_lm", counted)
-    first = pretrain.ensure_icl_lm(tmp_path, progress=False, steps=2)
+    first = pretrain.ensure_icl_lm(tmp_path, progress=False, steps=2, min_accuracy=0.0)
     lm, vision = pretrain.resolve_backbone_dirs("icl", cache_dir=tmp_path, progress=False)
     assert Path(lm) == first == tmp_path / pretrain.ICL_VERSION / "lm" and vision is None
     assert len(calls) == 1  # the second call found the cache
