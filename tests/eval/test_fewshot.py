@@ -6,6 +6,7 @@ import torch
 
 from multisense.config import load_config
 from multisense.data.collate import collate
+from multisense.data import scenes
 from multisense.data.tasks import get_task
 from multisense.eval import fewshot
 from multisense.train.trainer import TrainConfig, build_model, train
@@ -83,6 +84,11 @@ def test_in_words_episodes_describe_the_media_and_keep_the_labels_consistent():
         assert episode.target in task.answers
         if query in named:  # a demonstrated class: the answer is the label it was shown with
             assert episode.target == named[query]
+        # The very episode the task draws with images from the same generator, in words.
+        pictured = get_task("fewshot_mapped").episode(np.random.default_rng(i), 8, "eval")
+        assert episode.target == pictured.target
+        assert [d.split()[-1] for d in demos] == [d.split()[-1] for d in pictured.prompt.split(" . ")[:-1]]
+        assert set(named) == {"label : " + s for s in scenes.SHAPES}  # 8 shots tile the 4 shapes twice
 
 
 def test_eval_command_in_words_takes_a_flamingo_checkpoint_or_a_plain_lm(trained, tmp_path):
