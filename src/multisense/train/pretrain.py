@@ -79,7 +79,7 @@ BLOCK = 128  # tokens per packed LM pretraining row
 # learns last; for the same compute, more and smaller steps learn it sooner (linear probe of an
 # object's mean patch token: 0.59 after 600 x 64, 0.79 after 2000 x 32, 0.75 after 3000 x 16,
 # 0.91 after 4000 x 16; docs/results.md). v8: 4600 steps, since a step without the text tower
-# costs 15% less (object shape probe 0.986; v7's 4000 steps with the contrastive loss: 0.969).
+# costs 15% less (object shape probe 0.987; v7's 4000 steps with the contrastive loss: 0.969).
 VISION_STEPS = 4600
 VISION_BATCH = 16
 VISION_LR = 1e-3
@@ -309,7 +309,7 @@ class _PatchHeads(nn.Module):
     *conjunction*: hence one class per (colour, shape, rank). Shape is what the tower learns
     last and what the demo's captions failed on: the shape head raised the object-level shape
     probe from 0.88 to 0.97, and dropping the contrastive loss (and its text tower, 15% of a
-    step) bought the steps that took it to 0.986 in the same time (docs/results.md, sessions 8
+    step) bought the steps that took it to 0.987 in the same time (docs/results.md, sessions 8
     and 9). Only the tower is saved; the heads are thrown away.
     """
 
