@@ -2,7 +2,10 @@
 
 import json
 
+import transformers
+
 import multisense.demo as demo
+from multisense import FlamingoModel
 from multisense.train import pretrain
 
 
@@ -22,3 +25,7 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, monkeypatch):
     assert all(0.0 <= r["vision"] <= 1.0 and 0.0 <= r["text_only"] <= 1.0 for r in results.values())
     assert len(summary["final_gates"]["attn"]) == 4  # one gated block per layer of the 4-layer LM
     assert "| caption exact match |" in (out / "report.md").read_text()
+    # The saved model carries its tokenizer, media marker included, as `multisense eval` loads it.
+    model = FlamingoModel.from_pretrained(out / "model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "model")
+    assert tokenizer.convert_tokens_to_ids("<image>") == model.config.media_token_id

@@ -147,6 +147,7 @@ def run(cfg: DemoConfig) -> dict:
                   progress=cfg.progress, desc="flamingo", on_step=log_gates)
     t_train = time.perf_counter() - t1
     model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")  # with its media marker, as `multisense eval` loads it
 
     t2 = time.perf_counter()
     results = evaluate(model, tokenizer, cfg, seed=10_000 + cfg.seed)
