@@ -133,6 +133,12 @@ class Task:
         description of its media, the answer the one the media would give."""
         raise NotImplementedError
 
+    def word_episode(self, rng: np.random.Generator, shots: int, split: str) -> list[tuple[str, str]]:
+        """`shots` demonstrations then the query as (prompt, answer) pairs in words, for
+        `eval.fewshot.InWords`; tasks whose shots carry their words give the very episode
+        `episode_shots` draws from the same generator (ClassificationTask)."""
+        return self.text_shots(rng, shots + 1)
+
     # ---- shared renderings -------------------------------------------------------------
 
     def _shots(self, rng: np.random.Generator, shots: int, split: str) -> list[Shot]:
@@ -205,6 +211,10 @@ class ClassificationTask(Task):
         labels = self.labels(rng)
         return [(self.prompt.replace(MARKER, self.classes[c]), labels[c])
                 for c in rng.integers(len(self.classes), size=count)]
+
+    def word_episode(self, rng: np.random.Generator, shots: int, split: str) -> list[tuple[str, str]]:
+        # The same classes, labels and order as with images: demonstrations tile the classes alike.
+        return [(shot.words, shot.answer) for shot in self._shots(rng, shots, split)]
 
 
 class FewShotShapes(ClassificationTask):

@@ -199,10 +199,8 @@ class InWords:
     the frozen LM can do in context once an image reads like its description: the ceiling for
     Flamingo on the same task, measurable on the LM alone.
 
-    Where the task's shots carry their words (the classification tasks: `Shot.words`), an
-    episode is the very episode the task draws with images from the same generator (the same
-    classes, labels and order, so demonstrations tile the classes alike); other tasks describe
-    their media through `Task.text_shots`."""
+    Episodes come from `Task.word_episode`: for the classification tasks, the very episode the
+    task draws with images from the same generator (the same classes, labels and order)."""
 
     def __init__(self, task: Task):
         self.task = task
@@ -212,10 +210,6 @@ class InWords:
         return f"InWords({self.task!r})"
 
     def episode(self, rng, shots: int, split: str) -> Sample:
-        items = self.task.episode_shots(rng, shots, split)
-        if all(s.words is not None for s in items):
-            pairs = [(s.words, s.answer) for s in items]
-        else:
-            pairs = self.task.text_shots(rng, shots + 1)
+        pairs = self.task.word_episode(rng, shots, split)
         demos = [f"{prompt} {answer}" for prompt, answer in pairs[:-1]]
         return Sample(SEPARATOR.join(demos + [pairs[-1][0]]), pairs[-1][1])
