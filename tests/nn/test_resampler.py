@@ -95,3 +95,26 @@ def test_attention_maps_are_distributions_over_media_that_skip_masked_frames():
     assert maps.shape == (2, 1, 4, 15)
     assert (maps >= 0).all() and (maps.sum(-1) <= 1 + 1e-6).all() and (maps.sum(-1) > 0).all()
     assert not maps[0, 0, :, 10:].any() and not maps[1, 0, :, 5:].any()
+
+
+@pytest.mark.parametrize("interpolate", [False, True])
+def test_a_clip_reads_the_same_alone_and_padded_among_longer_clips(interpolate):
+    """Each clip gets the frame table at its own length, not at the batch's padded frame count."""
+    r = small(max_frames=8, interpolate_frames=interpolate)
+    with torch.no_grad():
+        r.frame_embs.weight.normal_()
+    short, long = torch.randn(1, 1, 4, 3, 16), torch.randn(1, 1, 8, 3, 16)
+    batch = torch.cat((torch.cat((short, torch.zeros_like(short)), 2), long))  # [2, 1, 8, 3, 16]
+    mask = torch.tensor([[[True] * 4 + [False] * 4], [[True] * 8]])
+    out = r(batch, frame_mask=mask)
+    torch.testing.assert_close(out[:1], r(short), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1:], r(long), rtol=1e-5, atol=1e-5)
+
+
+def test_without_interpolation_padding_beyond_the_table_is_no_error_while_every_clip_fits():
+    r = small(max_frames=4)
+    x = torch.randn(1, 2, 6, 3, 16)
+    mask = torch.tensor([[[True] * 4 + [False] * 2, [True] * 3 + [False] * 3]])
+    torch.testing.assert_close(r(x, frame_mask=mask)[:, :1], r(x[:, :1, :4]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="6 frames.*hold 4"):
+        r(x, frame_mask=torch.ones(1, 2, 6, dtype=torch.bool))

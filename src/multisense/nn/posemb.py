@@ -2,8 +2,10 @@
 
 A table trained for T frames serves F != T frames at inference by linear interpolation
 along time (Flamingo trains on 8 frames and runs on 30). Asking for more frames than the
-table holds without interpolation is an error, never a silent slice.
-Shapes: table [T, D] -> embeddings [F, D].
+table holds without interpolation is an error, never a silent slice. In a padded batch each
+clip gets the table at its own length: a 4-frame clip reads the same embeddings alone and
+padded to 8 frames.
+Shapes: table [T, D] -> embeddings [F, D]; per clip [B, M, F, D] (B batch, M clips).
 """
 
 from __future__ import annotations
@@ -37,3 +39,28 @@ class FrameEmbedding(nn.Module):
                 f"frames: got {num_frames} frames but the frame embeddings hold {self.max_frames}; "
                 "pass interpolate_frames=True to interpolate them linearly in time")
         return self.weight[:num_frames]
+
+    def for_clips(self, num_frames: int, frame_mask: torch.Tensor | None = None, *,
+                  interpolate: bool = False) -> torch.Tensor:
+        """Embeddings of a batch of clips padded to `num_frames`: [F, D] without a mask, else
+        [B, M, F, D] for `frame_mask` [B, M, F] (True = the frame exists).
+
+        A clip's length is its span, up to and including its last real frame, so a frame keeps
+        its place in time; frames past the span are padding and get zeros. With interpolation,
+        each clip gets the table resampled to its own length, not to the batch's."""
+        if frame_mask is None:
+            return self(num_frames, interpolate=interpolate)
+        frame_mask = frame_mask.bool()
+        steps = torch.arange(1, num_frames + 1, device=frame_mask.device)
+        span = (frame_mask * steps).amax(-1)  # [B, M] last real frame + 1 (0: an empty item)
+        longest = int(span.max())
+        if not interpolate:  # every clip reads a prefix of the same table
+            table = self(longest) if longest else self.weight[:0]
+            return F.pad(table, (0, 0, 0, num_frames - longest)).expand(*span.shape, -1, -1)
+        lengths = span.unique().tolist()  # at most F distinct spans: one small interpolation each
+        tables = self.weight.new_zeros(longest + 1, num_frames, self.weight.shape[1])
+        for n in lengths:
+            if n:
+                tables[n, :n] = self(n, interpolate=True)
+        return tables[span]  # [B, M, F, D]
+

@@ -1,19 +1,25 @@
 """Perceiver Resampler (Flamingo, Alayrac et al. 2022, appendix A.1.1).
 
 Compresses any number of frames of visual tokens to a fixed set of R latents per media item.
-Each of `depth` layers: the latents attend to [media tokens ; latents] (the latents are keys
-and values too), pre-LayerNorm on both, then a feed-forward; a final LayerNorm. No biases in
-the projections or the feed-forward. With dim=1024, depth=6, num_latents=64, heads=8,
-dim_head=64, ff_mult=4 and no frame embeddings this is the parameter layout of public
-Flamingo-style checkpoints.
+Every media item is resampled on its own. Each of `depth` layers is the published math:
+
+    xn = LN_media(x);  ln = LN_latents(lat)
+    q = W_q ln;  k, v = W_kv [xn ; ln]          # the latents are keys and values too
+    lat = lat + W_o softmax(q k^T / sqrt(Dh)) v
+    lat = lat + FF(lat)
+
+then a final LayerNorm. No biases in the projections or the feed-forward. With dim=1024, depth=6,
+num_latents=64, heads=8, dim_head=64, ff_mult=4 and no frame embeddings this is the parameter
+layout of public Flamingo-style checkpoints. `ResamplerLayer.forward` is that math, line for
+line; `ResamplerLayer.fused` computes the same thing fast, and is tested against it.
 
 Shape letters: B batch, M media items, F frames, S tokens per frame, D width, R latents,
 N = F*S media tokens per item, B' = B*M, T = N+R keys, H heads, Dh head width, I = H*Dh.
 Input [B, M, F, S, D] with an optional frame mask [B, M, F] (True = the frame exists);
-output [B, M, R, D]. Every media item is resampled on its own.
+output [B, M, R, D].
 
-Speed. About three quarters of the work is each layer's key/value projection of the N media
-tokens (docs/benchmarks.md), so each layer is arranged around that one matmul:
+Speed (the fused path). About three quarters of the work is each layer's key/value projection
+of the N media tokens (docs/benchmarks.md), so each layer is arranged around that one matmul:
   * The media tokens are the same in every layer, so their LayerNorm *normalisation* is
     computed once per forward, and each layer folds its LayerNorm affine into its weight:
         W (gamma * xhat + beta) = (W * gamma) xhat + W beta
@@ -29,8 +35,8 @@ tokens (docs/benchmarks.md), so each layer is arranged around that one matmul:
   * Large temporaries (the folded weights; without autograd, K and V and the bf16 copies of
     the weights that autocast makes) are buffers shared by the layers of one forward pass,
     not fresh allocations page-faulted in anew in every layer.
-The parameters keep the published names and shapes; outputs and gradients equal the
-straightforward layer's up to float rounding (tests/bench/test_resampler_reference.py).
+The parameters keep the published names and shapes; outputs and gradients equal the plain
+layer's up to float rounding (tests/nn/test_resampler.py).
 """
 
 from __future__ import annotations
@@ -43,6 +49,150 @@ from .attention import Attention, attend, merge_heads, split_heads
 from .checks import check_shape
 from .feedforward import FeedForward
 from .posemb import FrameEmbedding
+
+
+class ResamplerLayer(nn.Module):
+    """One resampler layer: the latents [B', R, D] attend to [media tokens ; latents]."""
+
+    def __init__(self, dim: int, *, heads: int, dim_head: int, ff_mult: int, qk_norm: bool = False):
+        super().__init__()
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads=heads, dim_head=dim_head, qk_norm=qk_norm)
+        self.ff = FeedForward(dim, mult=ff_mult)
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The published math. x [B', N, D] media tokens; latents [B', R, D]; mask [B', 1, 1, T]
+        (True = a key the latents may see) or None."""
+        xn, ln = self.norm_media(x), self.norm_latents(latents)
+        q = self.attn.queries(ln)  # [B', H, R, Dh]
+        k, v = self.attn.keys_values(torch.cat((xn, ln), dim=-2))  # [B', H, T, Dh]
+        latents = latents + self.attn.to_out(merge_heads(attend(q, k, v, mask)))
+        return latents + self.ff(latents)
+
+    def fused(self, x_t: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None,
+              scratch: dict | None = None) -> torch.Tensor:
+        """`forward`, fast. x_t [N, B', D]: the media tokens LayerNorm-normalised *without*
+        affine, token-major, shared by all layers (PerceiverResampler.forward); latents
+        [B', R, D]; mask [B', 1, 1, T] or None. `scratch`: buffers handed from layer to layer
+        within one forward pass."""
+        scratch = {} if scratch is None else scratch
+        dev = x_t.device.type
+        inference = not torch.is_grad_enabled()
+        cast = None  # inference under autocast: weight casts into shared buffers (see _linear)
+        if inference and torch.is_autocast_enabled(dev):
+            cast = scratch.setdefault("cast", {"like": x_t.new_empty(0)})
+        attn, norm, w = self.attn, self.norm_media, self.attn.to_kv.weight
+        lat_n = self.norm_latents(latents)
+        q = attn.q_norm(split_heads(_linear(lat_n, attn.to_q, cast), attn.heads))  # [B', H, R, Dh]
+        if not inference:
+            k, v = _MediaLatentKV.apply(x_t, lat_n, w, norm.weight, norm.bias, scratch)
+        else:  # no K/V is kept for a backward pass, so all layers share two buffers
+            shape = (x_t.shape[0] + lat_n.shape[1], x_t.shape[1], w.shape[0] // 2)
+            k, v = _scratch(scratch, "k", shape, x_t), _scratch(scratch, "v", shape, x_t)
+            with torch.autocast(dev, enabled=False):
+                lat_t = lat_n.transpose(0, 1).to(x_t.dtype).contiguous()
+                _project_kv(x_t, lat_t, w, norm.weight, norm.bias, k, v, scratch)
+        o = attend(q, attn.k_norm(_heads(k, attn.heads)), _heads(v, attn.heads), mask)
+        latents = latents + _linear(merge_heads(o), attn.to_out, cast)
+        return latents + _ff(self.ff, latents, cast)
+
+
+class PerceiverResampler(nn.Module):
+    """[B, M, F, S, D] (+ frame mask [B, M, F]) -> [B, M, R, D].
+
+    Args:
+        dim: width of the visual tokens and of the latents.
+        depth, num_latents, heads, dim_head, ff_mult: the usual transformer sizes.
+        max_frames: size of the learned frame-embedding table (None: no frame embeddings).
+        interpolate_frames: default for resampling the frame table to another frame count.
+        qk_norm: LayerNorm on each head's queries and keys.
+        fused: run `ResamplerLayer.fused` (the default) or the plain `ResamplerLayer.forward`.
+    """
+
+    def __init__(self, *, dim: int, depth: int = 6, num_latents: int = 64, heads: int = 8, dim_head: int = 64,
+                 ff_mult: int = 4, max_frames: int | None = None, interpolate_frames: bool = False,
+                 qk_norm: bool = False, fused: bool = True):
+        super().__init__()
+        self.dim = dim
+        self.num_latents = num_latents
+        self.interpolate_frames = interpolate_frames
+        self.fused = fused
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
+        self.frame_embs = FrameEmbedding(max_frames, dim) if max_frames else None
+        self.layers = nn.ModuleList(
+            ResamplerLayer(dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult, qk_norm=qk_norm)
+            for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, *,
+                interpolate_frames: bool | None = None) -> torch.Tensor:
+        s = check_shape("x", x, "B M F S D", D=self.dim)
+        B, M, F_, S = s["B"], s["M"], s["F"], s["S"]
+        if frame_mask is not None:
+            check_shape("frame_mask", frame_mask, "B M F", B=B, M=M, F=F_)
+            frame_mask = frame_mask.bool()
+        if self.frame_embs is not None:
+            interp = self.interpolate_frames if interpolate_frames is None else interpolate_frames
+            x = x + self.frame_embs.for_clips(F_, frame_mask, interpolate=interp).unsqueeze(-2)  # over S
+        x = x.reshape(B * M, F_ * S, self.dim)
+        mask = None
+        if frame_mask is not None:
+            # a missing frame hides its S tokens; the latents themselves are always visible
+            token_mask = frame_mask.reshape(B * M, F_, 1).expand(B * M, F_, S).reshape(B * M, F_ * S)
+            keep_latents = token_mask.new_ones(B * M, self.num_latents)
+            mask = torch.cat((token_mask, keep_latents), dim=-1)[:, None, None, :]
+        latents = self.latents.expand(B * M, -1, -1)
+        if self.fused:
+            latents = self._fused_layers(x, latents, mask)
+        else:
+            for layer in self.layers:
+                latents = layer(x, latents, mask)
+        return self.norm(latents).view(B, M, self.num_latents, self.dim)
+
+    def _fused_layers(self, x: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The media LayerNorm's normalisation, once for all layers (each folds in its own affine),
+        token-major [N, B', D] (a no-op copy for one media item), in the dtype the K/V matmuls run
+        in (autocast's, else the parameters'); then every layer's `fused` step."""
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.latents.dtype
+        x_ts: dict[float, torch.Tensor] = {}  # keyed by eps, in case layers were built with different ones
+        scratch: dict = {}  # buffers shared by the layers (see _scratch, _linear)
+        for layer in self.layers:
+            eps = layer.norm_media.eps
+            if eps not in x_ts:
+                x_ts[eps] = F.layer_norm(x, (self.dim,), eps=eps).to(dt).transpose(0, 1).contiguous()
+            latents = layer.fused(x_ts[eps], latents, mask, scratch)
+        return latents
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Where the latents look: the last layer's attention over the media tokens, mean over heads.
+
+        [B, M, F, S, D] -> [B, M, R, F*S]; each row sums to at most 1 (the rest goes to the latents).
+        Recomputed plainly from the layer's own weights and inputs, for plots rather than speed.
+        """
+        layer, seen = self.layers[-1], {}
+        hook = layer.register_forward_pre_hook(lambda module, args: seen.update(x=args[0], latents=args[1],
+                                                                                 mask=args[2]))
+        fused, self.fused = self.fused, False  # the plain path hands each layer the media tokens as they are
+        try:
+            self(x, frame_mask)
+        finally:
+            hook.remove()
+            self.fused = fused
+        media = layer.norm_media(seen["x"])  # [B', N, D]
+        lat_n = layer.norm_latents(seen["latents"])
+        q = layer.attn.queries(lat_n)
+        k, _ = layer.attn.keys_values(torch.cat((media, lat_n), dim=-2))
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B', H, R, N+R]
+        if seen["mask"] is not None:
+            scores = scores.masked_fill(~seen["mask"], float("-inf"))
+        n = media.shape[1]
+        return scores.softmax(-1).mean(1)[..., :n].reshape(*x.shape[:2], self.num_latents, n)
+
+
+# ----------------------------------------------------------------------------- the fused path's machinery
 
 
 def _scratch(scratch: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -160,116 +310,3 @@ class _MediaLatentKV(torch.autograd.Function):
 def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     """Token-major [T, B', H*Dh] -> a [B', H, T, Dh] view (SDPA takes any strides)."""
     return t.unflatten(-1, (heads, -1)).permute(1, 2, 0, 3)
-
-
-class ResamplerLayer(nn.Module):
-    def __init__(self, dim: int, *, heads: int, dim_head: int, ff_mult: int):
-        super().__init__()
-        self.norm_media = nn.LayerNorm(dim)
-        self.norm_latents = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads=heads, dim_head=dim_head)
-        self.ff = FeedForward(dim, mult=ff_mult)
-
-    def forward(self, x_t: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor | None,
-                scratch: dict | None = None) -> torch.Tensor:
-        """x_t [N, B', D]: media tokens LayerNorm-normalised *without* affine, token-major, shared
-        by all layers (PerceiverResampler.forward); latents [B', R, D]; mask [B', 1, 1, T] or None.
-        `scratch`: buffers handed from layer to layer within one forward pass."""
-        scratch = {} if scratch is None else scratch
-        dev = x_t.device.type
-        inference = not torch.is_grad_enabled()
-        cast = None  # inference under autocast: weight casts into shared buffers (see _linear)
-        if inference and torch.is_autocast_enabled(dev):
-            cast = scratch.setdefault("cast", {"like": x_t.new_empty(0)})
-        attn, norm, w = self.attn, self.norm_media, self.attn.to_kv.weight
-        lat_n = self.norm_latents(latents)
-        q = attn.q_norm(split_heads(_linear(lat_n, attn.to_q, cast), attn.heads))  # [B', H, R, Dh]
-        if not inference:
-            k, v = _MediaLatentKV.apply(x_t, lat_n, w, norm.weight, norm.bias, scratch)
-        else:  # no K/V is kept for a backward pass, so all layers share two buffers
-            shape = (x_t.shape[0] + lat_n.shape[1], x_t.shape[1], w.shape[0] // 2)
-            k, v = _scratch(scratch, "k", shape, x_t), _scratch(scratch, "v", shape, x_t)
-            with torch.autocast(dev, enabled=False):
-                lat_t = lat_n.transpose(0, 1).to(x_t.dtype).contiguous()
-                _project_kv(x_t, lat_t, w, norm.weight, norm.bias, k, v, scratch)
-        o = attend(q, _heads(k, attn.heads), _heads(v, attn.heads), mask)
-        latents = latents + _linear(merge_heads(o), attn.to_out, cast)
-        return latents + _ff(self.ff, latents, cast)
-
-
-class PerceiverResampler(nn.Module):
-    """[B, M, F, S, D] (+ frame mask [B, M, F]) -> [B, M, R, D].
-
-    Args:
-        dim: width of the visual tokens and of the latents.
-        depth, num_latents, heads, dim_head, ff_mult: the usual transformer sizes.
-        max_frames: size of the learned frame-embedding table (None: no frame embeddings).
-        interpolate_frames: default for resampling the frame table to another frame count.
-    """
-
-    def __init__(self, *, dim: int, depth: int = 6, num_latents: int = 64, heads: int = 8, dim_head: int = 64,
-                 ff_mult: int = 4, max_frames: int | None = None, interpolate_frames: bool = False):
-        super().__init__()
-        self.dim = dim
-        self.num_latents = num_latents
-        self.interpolate_frames = interpolate_frames
-        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
-        self.frame_embs = FrameEmbedding(max_frames, dim) if max_frames else None
-        self.layers = nn.ModuleList(
-            ResamplerLayer(dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None, *,
-                interpolate_frames: bool | None = None) -> torch.Tensor:
-        s = check_shape("x", x, "B M F S D", D=self.dim)
-        B, M, F_, S = s["B"], s["M"], s["F"], s["S"]
-        if self.frame_embs is not None:
-            interp = self.interpolate_frames if interpolate_frames is None else interpolate_frames
-            x = x + self.frame_embs(F_, interpolate=interp).unsqueeze(1)  # [F, 1, D] over S
-        x = x.reshape(B * M, F_ * S, self.dim)
-        mask = None
-        if frame_mask is not None:
-            check_shape("frame_mask", frame_mask, "B M F", B=B, M=M, F=F_)
-            # a missing frame hides its S tokens; the latents themselves are always visible
-            token_mask = frame_mask.bool().reshape(B * M, F_, 1).expand(B * M, F_, S).reshape(B * M, F_ * S)
-            keep_latents = token_mask.new_ones(B * M, self.num_latents)
-            mask = torch.cat((token_mask, keep_latents), dim=-1)[:, None, None, :]
-        # The media LayerNorm's normalisation, once for all layers (each folds in its own affine),
-        # token-major [N, B', D] (a no-op copy for one media item), in the dtype the K/V matmuls
-        # run in (autocast's, else the parameters').
-        dev = x.device.type
-        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.latents.dtype
-        x_ts: dict[float, torch.Tensor] = {}  # keyed by eps, in case layers were built with different ones
-        latents = self.latents.expand(B * M, -1, -1)
-        scratch: dict = {}  # buffers shared by the layers (see _scratch, _linear)
-        for layer in self.layers:
-            eps = layer.norm_media.eps
-            if eps not in x_ts:
-                x_ts[eps] = F.layer_norm(x, (self.dim,), eps=eps).to(dt).transpose(0, 1).contiguous()
-            latents = layer(x_ts[eps], latents, mask, scratch)
-        return self.norm(latents).view(B, M, self.num_latents, self.dim)
-
-    @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Where the latents look: the last layer's attention over the media tokens, mean over heads.
-
-        [B, M, F, S, D] -> [B, M, R, F*S]; each row sums to at most 1 (the rest goes to the latents).
-        Recomputed plainly from the layer's own weights and inputs, for plots rather than speed.
-        """
-        layer, seen = self.layers[-1], {}
-        hook = layer.register_forward_pre_hook(lambda module, args: seen.update(x_t=args[0], latents=args[1],
-                                                                                 mask=args[2]))
-        try:
-            self(x, frame_mask)
-        finally:
-            hook.remove()
-        norm = layer.norm_media
-        media = seen["x_t"].transpose(0, 1).to(norm.weight.dtype) * norm.weight + norm.bias  # [B', N, D]
-        lat_n = layer.norm_latents(seen["latents"])
-        q = layer.attn.queries(lat_n)
-        k, _ = layer.attn.keys_values(torch.cat((media, lat_n), dim=-2))
-        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B', H, R, N+R]
-        if seen["mask"] is not None:
-            scores = scores.masked_fill(~seen["mask"], float("-inf"))
-        n = media.shape[1]
-        return scores.softmax(-1).mean(1)[..., :n].reshape(*x.shape[:2], self.num_latents, n)

@@ -1,5 +1,6 @@
-"""The optimised resampler and attention (folded LayerNorm affine, K/V written into buffers,
-custom backward) against a straightforward reading of the Flamingo equations."""
+"""The fused resampler path (folded LayerNorm affine, K/V written into buffers, custom backward)
+against the plain layer (`ResamplerLayer.forward`, the published math), which is itself checked
+against the equations written out here once more."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from multisense.nn import PerceiverResampler
 
 
-def reference(r: PerceiverResampler, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+def written_out(r: PerceiverResampler, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
     """DESIGN.md section 1, line by line: LN both, q from latents, k/v from [media ; latents]."""
     B, M, F_, S, D = x.shape
     if r.frame_embs is not None:
@@ -23,8 +24,9 @@ def reference(r: PerceiverResampler, x: torch.Tensor, frame_mask: torch.Tensor |
         a = layer.attn
         ln = layer.norm_latents(lat)
         kv_in = torch.cat((layer.norm_media(x), ln), dim=-2)
-        q = a.to_q(ln).unflatten(-1, (a.heads, -1)).transpose(1, 2)
+        q = a.q_norm(a.to_q(ln).unflatten(-1, (a.heads, -1)).transpose(1, 2))
         k, v = (t.unflatten(-1, (a.heads, -1)).transpose(1, 2) for t in a.to_kv(kv_in).chunk(2, -1))
+        k = a.k_norm(k)
         scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
@@ -32,6 +34,23 @@ def reference(r: PerceiverResampler, x: torch.Tensor, frame_mask: torch.Tensor |
         lat = lat + a.to_out(o)
         lat = lat + layer.ff(lat)
     return r.norm(lat).view(B, M, r.num_latents, D)
+
+
+def reference(r: PerceiverResampler, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The same resampler through the library's plain layers."""
+    fused, r.fused = r.fused, False
+    try:
+        return r(x, frame_mask)
+    finally:
+        r.fused = fused
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_the_plain_layers_are_the_written_out_equations(qk_norm):
+    r = resampler(max_frames=3, qk_norm=qk_norm).double()
+    x = torch.randn(2, 2, 3, 5, 32, dtype=torch.float64)
+    fm = torch.tensor([[[1, 1, 1], [1, 0, 1]], [[1, 1, 1], [1, 1, 1]]]).bool()
+    torch.testing.assert_close(reference(r, x, fm), written_out(r, x, fm))
 
 
 def resampler(seed=0, **kw):
@@ -46,9 +65,10 @@ def resampler(seed=0, **kw):
     return r
 
 
+@pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_forward_and_gradients_match_the_reference(masked):
-    r = resampler(max_frames=3)
+def test_forward_and_gradients_match_the_reference(masked, qk_norm):
+    r = resampler(max_frames=3, qk_norm=qk_norm)
     x = torch.randn(2, 3, 3, 5, 32, dtype=torch.float64)
     r = r.double()
     fm = torch.rand(2, 3, 3) > 0.3 if masked else None
@@ -91,8 +111,9 @@ def test_layers_with_different_eps_each_get_their_own_normalisation():
 
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
-def test_inference_path_with_shared_kv_buffers_matches_the_reference(context):
-    r = resampler(max_frames=2).double()
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_inference_path_with_shared_kv_buffers_matches_the_reference(context, qk_norm):
+    r = resampler(max_frames=2, qk_norm=qk_norm).double()
     x = torch.randn(2, 2, 2, 5, 32, dtype=torch.float64)
     fm = torch.rand(2, 2, 2) > 0.3
     ref = reference(r, x, fm)
