@@ -30,6 +30,24 @@ TINY_LMS = {
 }
 
 
+# Every model type of the adapter table (multisense.lm.adapters.DECODER_LAYERS), from a tiny
+# config: the common sizes, plus what each type needs to fit them.
+_COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=64, max_position_embeddings=128, head_dim=8, pad_token_id=0, bos_token_id=1,
+               eos_token_id=2)
+_PER_TYPE = {"gptj": dict(rotary_dim=4), "codegen": dict(rotary_dim=4), "falcon": dict(head_dim=None),
+             "opt": dict(ffn_dim=64, word_embed_proj_dim=32), "mixtral": dict(num_local_experts=2)}
+
+
+def tiny_lm_of_type(model_type: str, seed: int = 0, attn_implementation: str | None = None,
+                    **config) -> torch.nn.Module:
+    """A tiny causal LM of any model type in the adapter table, random weights, eval mode."""
+    values = {k: v for k, v in {**_COMMON, **_PER_TYPE.get(model_type, {}), **config}.items() if v is not None}
+    torch.manual_seed(seed)
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return tf.AutoModelForCausalLM.from_config(tf.AutoConfig.for_model(model_type, **values), **kw).eval()
+
+
 def tiny_lm(arch: str = "gpt2", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return TINY_LMS[arch]().eval()

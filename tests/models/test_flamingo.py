@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import multisense as ms
-from tests.conftest import VOCAB, interleaved_ids, tiny_flamingo, tiny_lm, tiny_vision
+from multisense.lm.adapters import DECODER_LAYERS
+from tests.conftest import VOCAB, interleaved_ids, tiny_flamingo, tiny_lm, tiny_lm_of_type, tiny_vision
 
 MARKER = VOCAB - 1
 MODES = ["immediate", "all_previous", "window:2"]
@@ -26,6 +27,23 @@ def test_closed_gates_equal_the_frozen_lm_bit_for_bit(arch):
     ids[1, [4, 5]] = 7
     out = model(ids, attention_mask=torch.ones_like(ids), pixel_values=pixels(2, 2))
     assert torch.equal(out.logits, lm(ids, attention_mask=torch.ones_like(ids)).logits)
+
+
+@pytest.mark.parametrize("model_type", sorted(DECODER_LAYERS))
+def test_closed_gates_equal_the_frozen_lm_for_every_model_type_in_the_adapter_table(model_type):
+    """Gemma's embedding module scales its rows by sqrt(width): the marker embedding must be taken
+    in the module's output space for the marker token to read as the LM reads it."""
+    torch.manual_seed(1)
+    model = ms.FlamingoModel.from_lm(tiny_lm_of_type(model_type), tiny_vision(), media_token_id=7, num_latents=4,
+                                     resampler_depth=1, resampler_heads=2, resampler_dim_head=8, xattn_heads=2,
+                                     xattn_dim_head=8, ff_mult=2).eval()
+    lm = tiny_lm_of_type(model_type)
+    ids = interleaved_ids(2, 12, [[], []])
+    ids[ids == 7] = 8
+    ids[0, [2, 7]], ids[1, [4, 5]] = 7, 7
+    mask = torch.ones_like(ids)
+    out = model(ids, attention_mask=mask, pixel_values=pixels(2, 2))
+    assert torch.equal(out.logits, lm(ids, attention_mask=mask).logits)
 
 
 def test_new_marker_token_beyond_the_vocabulary_gets_its_own_trainable_embedding():
@@ -106,18 +124,131 @@ def test_train_mode_keeps_frozen_backbones_in_eval():
 @pytest.mark.parametrize("arch_", ["gpt2", "llama"])
 @pytest.mark.parametrize("mode", ["immediate", "all_previous"])
 def test_greedy_generation_with_caches_equals_recomputation_including_a_second_turn(arch_, mode):
+    """Turn 1 with unequal media counts (2 images, then 1 and a padding slot); turn 2 one new image each."""
     model = tiny_flamingo(arch_, gates=1.0, mode=mode).eval()
-    ids = interleaved_ids(2, 6, [[1], [4]])
-    pix1, pix2 = pixels(2, 1, seed=1), pixels(2, 1, seed=2)
+    ids = interleaved_ids(2, 6, [[1, 3], [4]])
+    pix1, pix2 = pixels(2, 2, seed=1), pixels(2, 1, seed=2)
+    mask1 = torch.tensor([[[True], [True]], [[True], [False]]])
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    first = model.generate(ids, pixel_values=pix1, return_dict_in_generate=True, **kw)
-    assert torch.equal(first.sequences, model.generate(ids, pixel_values=pix1, use_cache=False, **kw))
+    first = model.generate(ids, pixel_values=pix1, frame_mask=mask1, return_dict_in_generate=True, **kw)
+    assert torch.equal(first.sequences, model.generate(ids, pixel_values=pix1, frame_mask=mask1, use_cache=False, **kw))
 
     follow = torch.cat((first.sequences, interleaved_ids(2, 3, [[1], [1]], seed=5)), dim=1)
     cached = model.generate(follow, pixel_values=pix2, past_key_values=first.past_key_values, **kw)
-    recomputed = model.generate(follow, pixel_values=torch.cat((pix1, pix2), 1), use_cache=False, **kw)
+    # every sample's media in order, its new image right after its own real ones
+    both = torch.stack([torch.cat((pix1[0], pix2[0])), torch.cat((pix1[1, :1], pix2[1], pix1[1, 1:]))])
+    mask = torch.tensor([[[True], [True], [True]], [[True], [True], [False]]])
+    recomputed = model.generate(follow, pixel_values=both, frame_mask=mask, use_cache=False, **kw)
     assert torch.equal(cached, recomputed)
     assert cached.shape[1] == follow.shape[1] + 6
+
+
+def test_second_turn_logits_with_the_cache_equal_recomputation_when_media_counts_differ():
+    model = tiny_flamingo(gates=1.0).eval()
+    ids1, ids2 = interleaved_ids(2, 6, [[1, 3], [4]]), interleaved_ids(2, 4, [[1], [1]], seed=3)
+    pix1, pix2 = pixels(2, 2, seed=1), pixels(2, 1, seed=2)
+    mask1 = torch.tensor([[[True], [True]], [[True], [False]]])
+    turn1 = model(ids1, pixel_values=pix1, frame_mask=mask1, use_cache=True)
+    turn2 = model(ids2, pixel_values=pix2, past_key_values=turn1.past_key_values).logits
+    both = torch.stack([torch.cat((pix1[0], pix2[0])), torch.cat((pix1[1, :1], pix2[1], pix1[1, 1:]))])
+    mask = torch.tensor([[[True], [True], [True]], [[True], [True], [False]]])
+    whole = model(torch.cat((ids1, ids2), 1), pixel_values=both, frame_mask=mask).logits[:, ids1.shape[1]:]
+    torch.testing.assert_close(turn2, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_second_turn_after_num_return_sequences_takes_one_new_image_per_sample():
+    model = tiny_flamingo(gates=1.0).eval()
+    ids = interleaved_ids(2, 5, [[0], [2]])
+    pix1, pix2 = pixels(2, 1, seed=1), pixels(2, 1, seed=2)
+    torch.manual_seed(0)
+    first = model.generate(ids, pixel_values=pix1, do_sample=True, num_return_sequences=2, max_new_tokens=3,
+                           pad_token_id=0, return_dict_in_generate=True)
+    follow = torch.cat((first.sequences, interleaved_ids(4, 2, [[0]] * 4, seed=4)), 1)  # 4 rows: 2 per sample
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    cached = model.generate(follow, pixel_values=pix2, past_key_values=first.past_key_values, **kw)
+    both = torch.cat((pix1, pix2), 1).repeat_interleave(2, 0)  # each row's own media, spelled out
+    assert torch.equal(cached, model.generate(follow, pixel_values=both, use_cache=False, **kw))
+
+
+def test_second_turn_after_beam_search_routes_each_new_image_to_its_sample():
+    model = tiny_flamingo(gates=1.0).eval()
+    ids = interleaved_ids(2, 5, [[0], [2]])
+    kw = dict(num_beams=2, max_new_tokens=3, pad_token_id=0)
+
+    def second_turn(pix2):
+        first = model.generate(ids, pixel_values=pixels(2, 1, seed=1), return_dict_in_generate=True, **kw)
+        follow = torch.cat((first.sequences, interleaved_ids(2, 2, [[0], [0]], seed=4)), 1)
+        return model.generate(follow, pixel_values=pix2, past_key_values=first.past_key_values,
+                              output_scores=True, return_dict_in_generate=True, **kw)
+
+    pix2 = pixels(2, 1, seed=2)
+    changed = pix2.clone()
+    changed[1] = torch.randn_like(changed[1])
+    a, b = second_turn(pix2), second_turn(changed)
+    assert a.sequences.shape == b.sequences.shape == (2, 5 + 3 + 2 + 3)
+    assert torch.equal(a.sequences_scores[0], b.sequences_scores[0])  # sample 0 never sees sample 1's image
+    assert not torch.equal(a.sequences_scores[1], b.sequences_scores[1])
+
+
+@pytest.mark.parametrize("texts, images", [(2, 1), (4, 2), (3, 2)])
+def test_a_batch_size_mismatch_between_texts_and_media_names_both(texts, images):
+    model = tiny_flamingo()
+    ids = interleaved_ids(texts, 6, [[1]] * texts)
+    match = rf"input_ids holds {texts} sequences but pixel_values/media_features hold media for {images} samples"
+    with pytest.raises(ValueError, match=match):
+        model(ids, pixel_values=pixels(images, 1))
+    with pytest.raises(ValueError, match=match):
+        model.generate(ids, pixel_values=pixels(images, 1), max_new_tokens=2, pad_token_id=0)
+
+
+def test_cross_attn_every_beyond_the_lm_depth_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"cross_attn_every: expected 1 to 2 .* got 4"):
+        tiny_flamingo(cross_attn_every=4)
+
+
+def test_a_wrong_or_empty_frame_mask_is_named():
+    model = tiny_flamingo()
+    ids = interleaved_ids(1, 6, [[1]])
+    with pytest.raises(ValueError, match=r"frame_mask: expected shape \[B=1, M=1, F=2\], got \[1, 2\]"):
+        model(ids, pixel_values=pixels(1, 1, frames=2), frame_mask=torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="frame_mask: no frame is marked present"):
+        model(ids, pixel_values=pixels(1, 1), frame_mask=torch.zeros(1, 1, 1, dtype=torch.bool))
+
+
+def test_training_builds_no_cache_and_evaluation_returns_one_that_continues():
+    model = tiny_flamingo(gates=0.5)
+    ids = interleaved_ids(1, 6, [[1]])
+    assert model.train()(ids, pixel_values=pixels(1, 1), labels=ids).past_key_values is None
+    out = model.eval()(ids, pixel_values=pixels(1, 1))
+    assert isinstance(out.past_key_values, ms.FlamingoCache) and out.past_key_values.get_seq_length() == 6
+
+
+def test_a_cache_changed_behind_the_model_is_refused():
+    model = tiny_flamingo(gates=0.5).eval()
+    ids = interleaved_ids(1, 6, [[1]])
+    cache = model(ids, pixel_values=pixels(1, 1)).past_key_values
+    model.lm(interleaved_ids(1, 2, [[]], seed=3), **{model._cache_argument: cache})  # the LM alone grows it
+    with pytest.raises(ValueError, match="changed outside FlamingoModel"):
+        model(interleaved_ids(1, 2, [[]], seed=4), past_key_values=cache)
+
+
+def test_backbones_in_bfloat16_work_and_equal_the_bf16_lm_at_closed_gates():
+    """The marker is an ordinary token (7) of the LM, so at closed gates the whole input reads as the LM reads it."""
+    lm, vision = tiny_lm().to(torch.bfloat16), tiny_vision().to(torch.bfloat16)
+    model = ms.FlamingoModel.from_lm(lm, vision, media_token_id=7, num_latents=4, resampler_depth=1,
+                                     resampler_heads=2, resampler_dim_head=8, xattn_heads=2, xattn_dim_head=8).eval()
+    assert model.resampler.latents.dtype == torch.float32  # the trainable parts stay float32
+    ids = interleaved_ids(2, 8, [[], []])
+    ids[ids == 7] = 8
+    ids[0, 1], ids[1, 3] = 7, 7
+    out = model(ids, pixel_values=pixels(2, 1))
+    assert out.logits.dtype == torch.bfloat16
+    assert torch.equal(out.logits, tiny_lm().to(torch.bfloat16)(ids).logits)
+    for block in model.gated_layers:
+        block.attn_gate.alpha.data.fill_(0.5)
+    model(ids, pixel_values=pixels(2, 1), labels=ids).loss.backward()
+    assert model.resampler.latents.grad is not None and model.resampler.latents.grad.dtype == torch.float32
+    assert model.generate(ids, pixel_values=pixels(2, 1), max_new_tokens=3, pad_token_id=0).shape == (2, 11)
 
 
 def test_media_are_encoded_once_per_generate_call():
@@ -198,7 +329,8 @@ def test_config_records_backbone_identity_and_rejects_unknown_keys(tmp_path):
     model = tiny_flamingo()
     model.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["lm"]["model_type"] == "gpt2" and len(cfg["lm"]["fingerprint"]) == 16
+    assert cfg["lm"]["model_type"] == "gpt2"
+    assert set(cfg["lm"]["fingerprint"]) == {"float32", "bfloat16", "float16"}
     assert cfg["vision"]["class"] == "CLIPVisionModel"
     with pytest.raises(ValueError, match="unknown key 'cross_attn_evry'; did you mean 'cross_attn_every'"):
         tiny_flamingo(cross_attn_evry=2)
@@ -258,3 +390,61 @@ def test_calibration_checks_its_batches_like_forward():
     with pytest.raises(ValueError, match="exactly one of pixel_values and media_features"):
         model.calibrate_media([{"frame_mask": torch.ones(1, 1, 1, dtype=torch.bool)}])
     assert torch.equal(model.media_std, torch.ones_like(model.media_std))  # nothing half-set
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_same_lm_reloaded_in_lower_precision_is_accepted_another_is_not(tmp_path, dtype):
+    import transformers as tf
+
+    lm_dir, vis_dir = tmp_path / "lm", tmp_path / "vision"
+    tiny_lm().save_pretrained(lm_dir)
+    tiny_vision().save_pretrained(vis_dir)
+    lm, vision = tf.AutoModelForCausalLM.from_pretrained(lm_dir), tf.CLIPVisionModel.from_pretrained(vis_dir)
+    model = ms.FlamingoModel.from_lm(lm, vision, media_token_id=MARKER, num_latents=4, resampler_depth=1,
+                                     resampler_heads=2, resampler_dim_head=8, xattn_heads=2, xattn_dim_head=8)
+    model.save_pretrained(tmp_path / "ckpt")
+    low = tf.AutoModelForCausalLM.from_pretrained(lm_dir, dtype=dtype)
+    loaded = ms.FlamingoModel.from_pretrained(tmp_path / "ckpt", lm=low)
+    assert next(loaded.lm.parameters()).dtype == dtype
+    other = tiny_lm(seed=5).to(dtype)
+    with pytest.raises(ValueError, match="lm: its weights differ"):
+        ms.FlamingoModel.from_pretrained(tmp_path / "ckpt", lm=other)
+
+
+def test_checkpoints_record_absolute_backbone_paths_and_load_from_another_directory(tmp_path, monkeypatch):
+    import transformers as tf
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    tiny_lm().save_pretrained("lm")
+    tiny_vision().save_pretrained("vision")
+    model = ms.FlamingoModel.from_lm(tf.AutoModelForCausalLM.from_pretrained("lm"),
+                                     tf.CLIPVisionModel.from_pretrained("vision"), media_token_id=MARKER,
+                                     num_latents=4, resampler_depth=1, resampler_heads=2, resampler_dim_head=8,
+                                     xattn_heads=2, xattn_dim_head=8)
+    model.save_pretrained("ckpt")
+    cfg = json.loads((tmp_path / "work" / "ckpt" / "config.json").read_text())
+    assert cfg["lm"]["name_or_path"] == str(tmp_path / "work" / "lm")
+    assert cfg["vision"]["name_or_path"] == str(tmp_path / "work" / "vision")
+    monkeypatch.chdir(tmp_path)
+    ms.FlamingoModel.from_pretrained("work/ckpt")
+    (tmp_path / "work" / "lm").rename(tmp_path / "work" / "gone")
+    with pytest.raises(ValueError, match=r"lm: the checkpoint records '.*work/lm', which is not a directory here"):
+        ms.FlamingoModel.from_pretrained("work/ckpt")
+
+
+def test_save_pretrained_keeps_the_tokenizer_with_its_marker(tmp_path):
+    import transformers as tf
+
+    from multisense.data.tokenizer import train_word_tokenizer
+
+    tok = train_word_tokenizer(["a red circle ."])
+    lm = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok) + 1))
+    lm.save_pretrained(tmp_path / "lm")
+    lm = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    model = ms.FlamingoModel.from_lm(lm, tiny_vision(), tokenizer=tok, num_latents=4, resampler_depth=1,
+                                     resampler_heads=2, resampler_dim_head=8, xattn_heads=2, xattn_dim_head=8)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = ms.FlamingoModel.from_pretrained(tmp_path / "ckpt", vision_encoder=model.vision_encoder)
+    assert loaded.tokenizer.convert_tokens_to_ids("<image>") == model.config.media_token_id
+    assert tf.AutoTokenizer.from_pretrained(tmp_path / "ckpt")("<image> a")["input_ids"][0] == model.config.media_token_id

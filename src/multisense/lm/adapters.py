@@ -1,13 +1,21 @@
-"""Where each Hugging Face causal LM keeps its stack of decoder layers.
+"""Where each Hugging Face causal LM keeps its stack of decoder layers, and its KV cache argument.
 
-A table keyed by `config.model_type`, then a generic fallback: the one `nn.ModuleList`
+Layers: a table keyed by `config.model_type`, then a generic fallback: the one `nn.ModuleList`
 whose length is `config.num_hidden_layers`. A model neither can place gets an error that
 says which attribute to name (`decoder_layers_attr="model.layers"`).
+
+The cache: transformers renamed the forward argument that carries the KV cache from
+`past_key_values` to `cache` (5.24). It is read off the forward's signature, the public
+contract, so a further rename is an error at construction, not a cache silently lost mid-way.
 """
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
+
+CACHE_ARGUMENTS = ("cache", "past_key_values")
 
 DECODER_LAYERS = {
     "gpt2": "transformer.h",
@@ -60,3 +68,14 @@ def find_decoder_layers(lm: nn.Module, attr: str | None = None) -> tuple[str, nn
         f"cannot find the decoder layers of model_type {model_type!r} ({type(lm).__name__}); pass "
         f"decoder_layers_attr='path.to.layers' naming its nn.ModuleList of decoder layers "
         f"(ModuleLists in this model: {candidates[:6]})")
+
+
+def cache_argument(lm: nn.Module) -> str:
+    """The name under which `lm.forward` takes its KV cache (CACHE_ARGUMENTS, newest first)."""
+    parameters = inspect.signature(lm.forward).parameters
+    for name in CACHE_ARGUMENTS:
+        if name in parameters:
+            return name
+    raise ValueError(f"lm: {type(lm).__name__}.forward takes none of {CACHE_ARGUMENTS}; multisense needs to "
+                     "hand the language model its KV cache")
+

@@ -34,8 +34,9 @@ def hook_before_layers(layers: nn.ModuleList, layer_ids: list[int], fn: HiddenFn
 
 def cross_attn_layer_ids(num_layers: int, every: int) -> list[int]:
     """Layers that get a gated block in front: every n-th, counting so the last layer has one."""
-    if every < 1:
-        raise ValueError(f"cross_attn_every: expected a positive integer, got {every}")
+    if not 1 <= every <= num_layers:
+        raise ValueError(f"cross_attn_every: expected 1 to {num_layers} (the LM's number of layers), got {every}; "
+                         "a larger value leaves the LM without any gated block")
     return [i for i in range(num_layers) if (i + 1) % every == 0]
 
 
@@ -48,6 +49,7 @@ class checkpoint_layers:
 
     def __init__(self, layers: nn.ModuleList):
         from torch.utils.checkpoint import checkpoint
+        from transformers import Cache
 
         self.layers = list(layers)
         for layer in self.layers:
@@ -56,6 +58,10 @@ class checkpoint_layers:
             def forward(*args, _inner=inner, **kwargs):
                 if not torch.is_grad_enabled():
                     return _inner(*args, **kwargs)
+                # A layer that writes to a KV cache would write twice (forward, then recompute).
+                if any(isinstance(v, Cache) for v in (*args, *kwargs.values())):
+                    raise ValueError("activation checkpointing: a decoder layer got a KV cache while computing "
+                                     "gradients; train with use_cache=False")
                 return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
 
             layer.forward = forward

@@ -7,10 +7,21 @@ model computes the frozen LM's logits bit for bit, and it learns to look.
 
 The gated blocks are attached with forward pre-hooks (`multisense.lm.inject`), so the LM
 keeps its module tree, weight names, KV cache and `generate`. Media travel as arguments:
-for the length of one call they sit in a private session, never on the layers.
+for the length of one `forward` or `generate` call they sit in a `_Call`, never on the
+layers. Before every LM forward in that call (one per decoding step in `generate`),
+`_before_lm` runs these steps, each a method below:
+  1. `_check_cache`: the call's own FlamingoCache reached the LM (found by identity, so
+     transformers may pass it under any keyword);
+  2. `_join_media` (first step only): the media are matched to the LM's rows (generate
+     repeats rows for beams and num_return_sequences) and appended to the cache's media,
+     each sample's new items right after its own real ones;
+  3. the media index of every token, continuing the marker count the cache holds;
+  4. `check_media_counts`: markers and media agree per sample;
+  5. the routing of tokens to media latents, shared by every gated layer;
+  6. `_embed_markers`: the marker tokens get the trainable marker embedding.
 
 Shape letters: B batch, L text length, M media items, F frames, C/H/W pixels, S tokens per
-frame, Dv vision width, R latents, D LM width.
+frame, Dv vision width, R latents, D LM width, H heads, Dh head width.
 """
 
 from __future__ import annotations
@@ -24,15 +35,15 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import DynamicCache
+from transformers import Cache, DynamicCache
 
 from ..config import check_keys, from_dict
 from ..encoders import as_encoder, load_vision_encoder
-from ..lm.adapters import find_decoder_layers
+from ..lm.adapters import cache_argument, find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
 from ..nn.checks import check_shape
-from .io import fingerprint, load_checkpoint, load_into, save_checkpoint
+from .io import fingerprints, load_checkpoint, load_into, same_weights, save_checkpoint
 
 
 @dataclass
@@ -74,36 +85,74 @@ class FlamingoConfig:
 
 
 class FlamingoCache(DynamicCache):
-    """The LM's KV cache plus, per gated layer, the K/V of the media latents seen so far.
+    """The LM's KV cache plus what a later call needs to go on with media.
 
-    `marker_counts` [B] counts the media markers among the cached tokens, so the media index
-    of a new token continues where the cache left off; a later turn may append new media.
+    media_kv: per gated layer, the K/V of every media item seen so far, 2 x [B, M, H, R, Dh];
+    media_present: [B, M] which of those items are real (each sample's real items first);
+    marker_counts: [B] media markers among the cached tokens, counted when the cache held
+    `counted_tokens` tokens. A cache whose length differs from that was changed outside
+    FlamingoModel (cropped, or filled by a plain LM call), and is refused rather than read with
+    a wrong marker count.
+
+    Beam search reorders the LM's rows within each sample's beams; the media and marker
+    counts of those rows are the same, so they need no reordering.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.media_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # 2 x [B, M, H, R, Dh]
-        self.media_present: torch.Tensor | None = None  # [B, M] bool
-        self.marker_counts: torch.Tensor | None = None  # [B]
+        self.media_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.media_present: torch.Tensor | None = None
+        self.marker_counts: torch.Tensor | None = None
+        self.counted_tokens = 0
+
+    def cached_markers(self) -> tuple[torch.Tensor | None, int]:
+        """(media markers among the cached tokens [B], or None for an empty cache; cached tokens)."""
+        past = self.get_seq_length()
+        if past == 0:
+            return None, 0
+        if self.marker_counts is None or self.counted_tokens != past:
+            raise ValueError(f"past_key_values: the cache holds {past} tokens, but FlamingoModel counted media "
+                             f"markers over {self.counted_tokens}; it was changed outside FlamingoModel (cropped, "
+                             "or filled by the language model alone), so its media markers are unknown")
+        return self.marker_counts, past
 
 
 @dataclass
-class _Session:
-    """Media of the call in flight: per gated layer K/V of the latents, and which items exist."""
+class _Call:
+    """One call of forward or generate, as the LM's hooks see it."""
 
-    media_kv: list[tuple[torch.Tensor, torch.Tensor]] | None
+    media_kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per gated layer, 2 x [B, M, H, R, Dh]
     present: torch.Tensor | None  # [B, M] bool
+    cache: FlamingoCache | None
+    generating: bool  # generate may repeat the rows (beams, num_return_sequences)
+    joined: bool = False  # media matched to the LM's rows and to the cache's media
     routing: MediaRouting | None = None
 
 
-def _cat_media(old, new, dim: int = 1):
-    if old is None:
-        return new
-    if new is None:
-        return old
-    if isinstance(old, torch.Tensor):
-        return torch.cat((old, new), dim=dim)
-    return [(torch.cat((ko, kn), dim), torch.cat((vo, vn), dim)) for (ko, vo), (kn, vn) in zip(old, new)]
+def _append_media(old_kv, old_present, new_kv, new_present):
+    """The cache's media followed by new ones, per sample: each sample's real items first, in
+    order, then padding. Media index m of a sample is its m-th real item, so new items must
+    come right after that sample's own real ones, not after the batch's padding slots."""
+    if old_kv is None or new_kv is None:
+        return (new_kv, new_present) if old_kv is None else (old_kv, old_present)
+    present = torch.cat((old_present, new_present), dim=1)  # [B, M1 + M2]
+    order = torch.argsort((~present).to(torch.uint8), dim=1, stable=True)  # real ones first, in order
+    rows = torch.arange(present.shape[0], device=present.device).unsqueeze(-1)
+    kv = [(torch.cat((ko, kn), 1)[rows, order], torch.cat((vo, vn), 1)[rows, order])
+          for (ko, vo), (kn, vn) in zip(old_kv, new_kv)]
+    return kv, present[rows, order]
+
+
+def _pop_cache(kwargs: dict):
+    """The cache a caller passed, under either name transformers has used for it."""
+    given = {k: kwargs.pop(k) for k in ("past_key_values", "cache") if kwargs.get(k) is not None}
+    if len(given) > 1:
+        raise ValueError("pass the cache as past_key_values or as cache, not both")
+    cache = next(iter(given.values()), None)
+    if cache is not None and not isinstance(cache, FlamingoCache):
+        raise ValueError(f"past_key_values: expected a multisense.FlamingoCache (it keeps the media's K/V and "
+                         f"marker count beside the LM's cache), got {type(cache).__name__}")
+    return cache
 
 
 class FlamingoModel(nn.Module):
@@ -115,6 +164,7 @@ class FlamingoModel(nn.Module):
             raise ValueError("media_token_id: required (or pass tokenizer= to from_lm to add an <image> token)")
         self.config = config
         self.lm = lm
+        self.tokenizer = None  # set by from_lm / from_pretrained when there is one; saved beside the weights
         self.vision_encoder = as_encoder(vision_encoder, config.dim_media) if vision_encoder is not None else None
         dim_media = config.dim_media or (self.vision_encoder.dim if self.vision_encoder is not None else None)
         if dim_media is None:
@@ -125,7 +175,10 @@ class FlamingoModel(nn.Module):
         if self.vision_encoder is not None:
             for p in self.vision_encoder.parameters():
                 p.requires_grad_(False)
+        self._cache_argument = cache_argument(lm)
 
+        # The new parts are built in float32 whatever the backbones' dtype (they train, and
+        # their inputs and outputs are cast at the boundaries); `model.to(dtype)` casts them too.
         if config.standardize_media:  # identity until calibrate_media; saved with the trainable weights
             self.register_buffer("media_mean", torch.zeros(dim_media))
             self.register_buffer("media_std", torch.ones(dim_media))
@@ -143,12 +196,9 @@ class FlamingoModel(nn.Module):
                                      ff_on_media_tokens_only=config.ff_on_media_tokens_only,
                                      qk_norm=config.qk_norm, mode=config.mode)
             for _ in self.layer_ids)
-        # the marker's embedding is ours and trainable; the LM's embedding matrix stays frozen
-        vocab = embeddings.num_embeddings
-        w = embeddings.weight.detach()
-        init = w[config.media_token_id] if config.media_token_id < vocab else w.float().mean(0).to(w.dtype)
-        self.marker_embedding = nn.Parameter(init.clone())
-        self._session: _Session | None = None
+        # The marker's embedding is ours and trainable; the LM's embedding matrix stays frozen.
+        self.marker_embedding = nn.Parameter(_marker_init(embeddings, config.media_token_id))
+        self._call: _Call | None = None
         self._hooks = [lm.register_forward_pre_hook(self._before_lm, with_kwargs=True)]
         self._hooks += hook_before_layers(layers, self.layer_ids, self._run_gated_layer)
         self.lm.eval()
@@ -163,7 +213,8 @@ class FlamingoModel(nn.Module):
                 **overrides) -> "FlamingoModel":
         """Wrap any HF causal LM. Keywords are FlamingoConfig fields (cross_attn_every=4, num_latents=64, ...).
 
-        With a `tokenizer` and no `media_token_id`, an `<image>` special token is added to it.
+        With a `tokenizer` and no `media_token_id`, an `<image>` special token is added to it;
+        the tokenizer is kept and saved by `save_pretrained`.
         """
         config = (config or FlamingoConfig()).replace(**overrides)
         if media_token_id is None and config.media_token_id is None and tokenizer is not None:
@@ -171,16 +222,18 @@ class FlamingoModel(nn.Module):
             media_token_id = tokenizer.convert_tokens_to_ids("<image>")
         if media_token_id is not None:
             config.media_token_id = media_token_id
-        config.lm = {"name_or_path": getattr(lm.config, "_name_or_path", "") or "",
+        config.lm = {"name_or_path": _local_path(getattr(lm.config, "_name_or_path", "")),
                      "model_type": lm.config.model_type, "class": type(lm).__name__,
-                     "fingerprint": fingerprint(lm)}
+                     "fingerprint": fingerprints(lm)}
         if vision_encoder is not None:
             enc = as_encoder(vision_encoder, config.dim_media)
             hf = getattr(enc, "model", None)
-            config.vision = {"name_or_path": getattr(getattr(hf, "config", None), "_name_or_path", "") or "",
-                             "class": type(hf if hf is not None else enc).__name__, "fingerprint": fingerprint(enc)}
+            config.vision = {"name_or_path": _local_path(getattr(getattr(hf, "config", None), "_name_or_path", "")),
+                             "class": type(hf if hf is not None else enc).__name__, "fingerprint": fingerprints(enc)}
             vision_encoder = enc
-        return cls(lm, vision_encoder, config)
+        model = cls(lm, vision_encoder, config)
+        model.tokenizer = tokenizer
+        return model
 
     # ------------------------------------------------------------------ media
 
@@ -189,13 +242,13 @@ class FlamingoModel(nn.Module):
         """Encode and resample media -> (latents [B, M, R, Dv], present [B, M]), or (None, None)."""
         if pixel_values is None and media_features is None:
             return None, None
+        frame_mask = self._check_frame_mask(pixel_values if pixel_values is not None else media_features, frame_mask)
         feats = self.media_tokens(pixel_values, media_features, frame_mask)
-        B, M, F = feats.shape[:3]
+        feats = feats.to(self.resampler.latents.dtype)
+        B, M = feats.shape[:2]
         if self.config.standardize_media:
             feats = (feats - self.media_mean.to(feats.dtype)) / self.media_std.to(feats.dtype)
         if frame_mask is not None:
-            check_shape("frame_mask", frame_mask, "B M F", B=B, M=M, F=F)
-            frame_mask = frame_mask.bool()
             present = frame_mask.any(-1)
             in_order = present == (torch.arange(M, device=present.device) < present.sum(-1, keepdim=True))
             if not in_order.all():
@@ -203,6 +256,19 @@ class FlamingoModel(nn.Module):
         else:
             present = torch.ones(B, M, dtype=torch.bool, device=feats.device)
         return self.resampler(feats, frame_mask), present
+
+    @staticmethod
+    def _check_frame_mask(media: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """frame_mask [B, M, F] against the media's first three dims, before anything reads it."""
+        if frame_mask is None:
+            return None
+        if media.ndim >= 3:
+            B, M, F = media.shape[:3]
+            check_shape("frame_mask", frame_mask, "B M F", B=B, M=M, F=F)
+        frame_mask = frame_mask.bool()
+        if not frame_mask.any():
+            raise ValueError("frame_mask: no frame is marked present; pass no media instead of only padding")
+        return frame_mask
 
     def media_tokens(self, pixel_values: torch.Tensor | None, media_features: torch.Tensor | None,
                      frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -263,66 +329,102 @@ class FlamingoModel(nn.Module):
         self.media_std.copy_(std.clamp_min(max(1e-3 * float(std.mean()), 1e-12)))
         return self
 
+    # ------------------------------------------------------------------ one call
+
     @contextmanager
-    def _media(self, latents: torch.Tensor | None, present: torch.Tensor | None, cache=None):
-        """Open a session for one call: K/V of the latents for every gated layer, joined to a cache's media."""
+    def _media_call(self, input_ids: torch.Tensor, latents: torch.Tensor | None, present: torch.Tensor | None,
+                    cache: FlamingoCache | None, *, generating: bool = False):
+        """Hand one call's media to the LM's hooks: K/V of the latents for every gated layer."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            raise ValueError("input_ids: required, a [B, L] tensor; the media marker tokens locate the media")
+        if present is not None:
+            self._check_batch(input_ids.shape[0], present.shape[0], cache)
         kv = [blk.media_kv(latents) for blk in self.gated_layers] if latents is not None else None
-        if isinstance(cache, FlamingoCache):
-            kv, present = _cat_media(cache.media_kv, kv), _cat_media(cache.media_present, present)
-            cache.media_kv, cache.media_present = kv, present
-        self._session = _Session(media_kv=kv, present=present)
+        self._call = _Call(media_kv=kv, present=present, cache=cache, generating=generating)
         try:
             yield
         finally:
-            self._session = None
+            self._call = None
+
+    @staticmethod
+    def _check_batch(texts: int, media: int, cache: FlamingoCache | None) -> None:
+        """One row of media per sequence; or, continuing a cache whose rows generate repeated
+        (num_return_sequences), one row per sample those rows came from."""
+        held = cache.marker_counts.shape[0] if cache is not None and cache.marker_counts is not None else None
+        if media == texts or (held == texts and texts % media == 0):
+            return
+        raise ValueError(f"input_ids holds {texts} sequences but pixel_values/media_features hold media for {media} "
+                         "samples; give one row of media per sequence (pad missing items with frame_mask)")
 
     # ------------------------------------------------------------------ hooks
 
     def _before_lm(self, module, args, kwargs):
-        """Runs before every LM forward: find each token's media, check the counts, embed markers."""
-        st = self._session
-        if st is None:
-            return None
+        """Runs before every LM forward; steps 1-6 of the module docstring."""
+        call = self._call
+        if call is None:
+            return None  # the LM called on its own (e.g. a distillation teacher): exactly the frozen LM
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             raise ValueError("input_ids: required, the media marker tokens locate the media")
-        cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None else 0
-        if past > 0 and not isinstance(cache, FlamingoCache):
-            raise ValueError("past_key_values: continuing with media needs a FlamingoCache")
-        offset = cache.marker_counts if past > 0 else None
+        self._check_cache(call, args, kwargs)
+        if not call.joined:
+            self._join_media(call, rows=ids.shape[0])
+        offset, past = call.cache.cached_markers() if call.cache is not None else (None, 0)
         midx = media_index(ids, self.config.media_token_id, offset=offset)
-
-        if st.media_kv is not None and st.media_kv[0][0].shape[0] != ids.shape[0]:
-            # generate() expanded the batch (num_return_sequences / beams): expand the media alike
-            rep = ids.shape[0] // st.media_kv[0][0].shape[0]
-            st.media_kv = [(k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)) for k, v in st.media_kv]
-            st.present = st.present.repeat_interleave(rep, 0)
-            if isinstance(cache, FlamingoCache):
-                cache.media_kv, cache.media_present = st.media_kv, st.present
-        num_media = st.present.shape[1] if st.present is not None else 0
-        have = st.present.sum(-1) if st.present is not None else torch.zeros_like(midx[:, -1])
+        have = call.present.sum(-1) if call.present is not None else torch.zeros_like(midx[:, -1])
         check_media_counts(midx[:, -1], have)
-        if isinstance(cache, FlamingoCache) and kwargs.get("use_cache", True) is not False:
-            cache.marker_counts = midx[:, -1]
-        num_latents = st.media_kv[0][0].shape[-2] if st.media_kv else 0
-        st.routing = MediaRouting.build(midx, num_media=num_media, num_latents=num_latents, mode=self.config.mode)
+        if call.cache is not None:  # the LM appends these tokens to the cache
+            call.cache.marker_counts, call.cache.counted_tokens = midx[:, -1], past + ids.shape[1]
+        num_media = call.present.shape[1] if call.present is not None else 0
+        num_latents = call.media_kv[0][0].shape[-2] if call.media_kv else 0
+        call.routing = MediaRouting.build(midx, num_media=num_media, num_latents=num_latents, mode=self.config.mode)
+        return self._embed_markers(ids, args, kwargs)
 
+    def _check_cache(self, call: _Call, args, kwargs) -> None:
+        """The call's own FlamingoCache must reach the LM, under whatever keyword transformers
+        uses; another cache that already holds tokens cannot go on with media."""
+        caches = [v for v in (*args, *kwargs.values()) if isinstance(v, Cache)]
+        if call.cache is not None and not any(c is call.cache for c in caches):
+            got = [type(c).__name__ for c in caches] or "no cache"
+            raise RuntimeError(f"FlamingoModel: {type(self.lm).__name__} was called without the FlamingoCache of this "
+                               f"call (it got {got}); expected transformers to pass it on as {self._cache_argument!r}, "
+                               "so the media's marker count cannot be followed")
+        if call.cache is None and any(c.get_seq_length() > 0 for c in caches):
+            raise ValueError("past_key_values: continuing with media needs a multisense.FlamingoCache")
+
+    def _join_media(self, call: _Call, rows: int) -> None:
+        """Match the call's media to the LM's `rows` (generate repeats each sample's row for beams
+        and num_return_sequences) and append them to the cache's media."""
+        kv, present, cache = call.media_kv, call.present, call.cache
+        held = cache.marker_counts.shape[0] if cache is not None and cache.marker_counts is not None else None
+        if held is not None and held != rows:
+            raise ValueError(f"past_key_values: holds {held} sequences but the language model got {rows}")
+        if present is not None and present.shape[0] != rows:
+            b = present.shape[0]
+            if rows % b or not (call.generating or held is not None):
+                raise ValueError(f"input_ids holds {rows} sequences but the media are for {b} samples")
+            kv = [(k.repeat_interleave(rows // b, 0), v.repeat_interleave(rows // b, 0)) for k, v in kv]
+            present = present.repeat_interleave(rows // b, 0)
+        if cache is not None:
+            kv, present = _append_media(cache.media_kv, cache.media_present, kv, present)
+            cache.media_kv, cache.media_present = kv, present
+        call.media_kv, call.present, call.joined = kv, present, True
+
+    def _embed_markers(self, ids: torch.Tensor, args, kwargs):
+        """Replace the LM's embedding of the marker tokens by the trainable marker embedding."""
         is_marker = ids == self.config.media_token_id
-        if bool(is_marker.any()):
-            emb = self.lm.get_input_embeddings()
-            safe_ids = ids.masked_fill(is_marker, 0)
-            embeds = torch.where(is_marker.unsqueeze(-1), self.marker_embedding.to(emb.weight.dtype), emb(safe_ids))
-            kwargs = {**kwargs, "input_ids": None, "inputs_embeds": embeds}
-            args = args[1:] if args else args
-        return args, kwargs
+        if not bool(is_marker.any()):
+            return None
+        embeds = self.lm.get_input_embeddings()(ids.masked_fill(is_marker, 0))
+        embeds = torch.where(is_marker.unsqueeze(-1), self.marker_embedding.to(embeds.dtype), embeds)
+        return (args[1:] if args else args), {**kwargs, "input_ids": None, "inputs_embeds": embeds}
 
     def _run_gated_layer(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
-        st = self._session
-        if st is None or st.routing is None:
+        call = self._call
+        if call is None or call.routing is None:
             return hidden
-        kv = st.media_kv[i] if st.media_kv is not None else None
-        return self.gated_layers[i](hidden, routing=st.routing, media_kv=kv)
+        kv = call.media_kv[i] if call.media_kv is not None else None
+        return self.gated_layers[i](hidden, routing=call.routing, media_kv=kv)
 
     # ------------------------------------------------------------------ public API
 
@@ -333,13 +435,25 @@ class FlamingoModel(nn.Module):
         """Returns the LM's usual output (loss when labels are given, logits, past_key_values),
         plus `media_latents` [B, M, R, Dv] (None without media) with `output_media_latents`.
 
+        The cache (`past_key_values=` or `cache=`, a FlamingoCache) is made here when the LM
+        would use one: in eval mode by its config's `use_cache`, never in training mode, where a
+        cache would only cost memory (and activation checkpointing would fill it twice).
         Marker tokens never carry loss: the frozen LM head has no logit for a new marker.
         """
+        cache = _pop_cache(lm_kwargs)
+        use_cache = lm_kwargs.pop("use_cache", None)
+        if use_cache is None:
+            use_cache = cache is not None or (not self.training and getattr(self.lm.config, "use_cache", True))
+        if use_cache and cache is None:
+            cache = FlamingoCache(config=self.lm.config)
+        if cache is not None:
+            lm_kwargs[self._cache_argument] = cache
         latents, present = self.encode_media(pixel_values, media_features, frame_mask)
         if labels is not None:
             labels = labels.masked_fill(labels == self.config.media_token_id, -100)
-        with self._media(latents, present, lm_kwargs.get("past_key_values")):
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+        with self._media_call(input_ids, latents, present, cache):
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=use_cache,
+                          **lm_kwargs)
         if output_media_latents:
             out.media_latents = latents
         return out
@@ -347,21 +461,25 @@ class FlamingoModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
-                 frame_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
+                 frame_mask: torch.Tensor | None = None, **kwargs):
         """transformers' `generate` plus media. Media are encoded and resampled once per call.
 
         To continue a conversation, pass `return_dict_in_generate=True`, then the next call gets
         the whole token history as input_ids, `past_key_values=out.past_key_values` and only the
-        new media; the cache keeps the earlier media's K/V.
+        new media (one row per sequence, or per sample when num_return_sequences repeated the
+        rows); the cache keeps the earlier media's K/V.
         """
+        cache = _pop_cache(kwargs)
+        config = kwargs.get("generation_config") or self.lm.generation_config
+        if cache is None and kwargs.get("use_cache", getattr(config, "use_cache", True)):
+            cache = FlamingoCache(config=self.lm.config)
+        if cache is not None:
+            kwargs[self._cache_argument] = cache
         latents, present = self.encode_media(pixel_values, media_features, frame_mask)
-        if kwargs.get("use_cache", True) and past_key_values is None:
-            past_key_values = FlamingoCache(config=self.lm.config)
         if self.config.media_token_id < self.lm.get_input_embeddings().num_embeddings:
             kwargs["suppress_tokens"] = list(kwargs.get("suppress_tokens") or []) + [self.config.media_token_id]
-        with self._media(latents, present, past_key_values):
-            return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                    past_key_values=past_key_values, **kwargs)
+        with self._media_call(input_ids, latents, present, cache, generating=True):
+            return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def train(self, mode: bool = True):
         """Frozen backbones stay in eval mode (no dropout), whatever the mode of the new parts."""
@@ -380,20 +498,25 @@ class FlamingoModel(nn.Module):
                 "ff": [b.ff_gate.value() for b in self.gated_layers]}
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, state_dict: dict | None = None) -> Path:
-        """config.json + model.safetensors of the trainable weights; backbones are recorded, not copied.
+        """config.json + model.safetensors of the trainable weights, and the tokenizer when the
+        model has one; backbones are recorded (absolute path, class, fingerprints), not copied.
 
         `state_dict`: the trainable weights to write instead of this module's own, e.g. the
         full tensors gathered from a sharded (FSDP2) model.
         """
         config = {"architecture": "flamingo", **dataclasses.asdict(self.config)}
-        return save_checkpoint(save_directory, config, state_dict or self.trainable_state_dict())
+        directory = save_checkpoint(save_directory, config, state_dict or self.trainable_state_dict())
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
+        return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,
                         vision_encoder: nn.Module | None = None, check_backbones: bool = True,
                         **overrides) -> "FlamingoModel":
         """Rebuild from save_pretrained's directory; backbones load from their recorded local paths
-        unless given. A backbone whose weights differ from the recorded ones is an error.
+        unless given. A backbone whose weights differ from the recorded ones is an error (the
+        same weights in another precision, e.g. loaded with dtype=torch.bfloat16, are not).
 
         `overrides` may change how the trained weights are used, not their shapes: `mode`
         (media masking) and `interpolate_frames`.
@@ -416,13 +539,37 @@ class FlamingoModel(nn.Module):
             vision_encoder = as_encoder(vision_encoder, config.dim_media)
         if check_backbones:
             for name, module, ident in (("lm", lm, config.lm), ("vision_encoder", vision_encoder, config.vision)):
-                if module is not None and ident.get("fingerprint") and fingerprint(module) != ident["fingerprint"]:
+                if module is not None and ident.get("fingerprint") and not same_weights(module, ident["fingerprint"]):
                     raise ValueError(f"{name}: its weights differ from those this checkpoint was trained on "
                                      f"({ident.get('name_or_path') or 'unnamed'}); pass check_backbones=False "
                                      "to load anyway")
         model = cls(lm, vision_encoder, config)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
+        if (Path(directory) / "tokenizer_config.json").is_file():
+            model.tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
         return model
+
+
+def _marker_init(embeddings: nn.Module, media_token_id: int) -> torch.Tensor:
+    """The marker embedding's starting value, in the embedding module's *output* space (Gemma's
+    scales its rows by sqrt(width)), so that a marker that is a token of the LM reads exactly as
+    that token: its own embedding, or for a new id the mean embedding of the vocabulary.
+    At least float32, the precision the trainable parts train in."""
+    vocab = embeddings.num_embeddings
+    weight = embeddings.weight
+    with torch.no_grad():
+        if media_token_id < vocab:
+            init = embeddings(torch.tensor([media_token_id], device=weight.device))[0]
+        else:  # the mean over the vocabulary in chunks: never a [V, D] copy of a large vocabulary
+            chunks = torch.arange(vocab, device=weight.device).split(4096)
+            init = sum(embeddings(c).double().sum(0) for c in chunks) / vocab
+    return init.to(torch.promote_types(weight.dtype, torch.float32)).clone()
+
+
+def _local_path(name_or_path: str) -> str:
+    """A backbone's directory as an absolute path, so a checkpoint loads from any working
+    directory; names that are not local directories are kept as given."""
+    return str(Path(name_or_path).resolve()) if name_or_path and Path(name_or_path).is_dir() else name_or_path or ""
 
 
 def _backbone_class(identity: dict, name: str, auto=None) -> type:
@@ -430,7 +577,8 @@ def _backbone_class(identity: dict, name: str, auto=None) -> type:
     known to exist here."""
     path = identity.get("name_or_path")
     if not path or not Path(path).is_dir():
-        raise ValueError(f"{name}: the checkpoint records {path!r}, not a local directory; pass {name}= explicitly")
+        raise ValueError(f"{name}: the checkpoint records {path!r}, which is not a directory here; "
+                         f"pass {name}= explicitly")
     cls = getattr(transformers, identity.get("class", ""), None) or auto
     if cls is None:
         raise ValueError(f"{name}: unknown class {identity.get('class')!r}; pass {name}= explicitly")

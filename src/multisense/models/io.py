@@ -21,16 +21,39 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def fingerprint(module: nn.Module) -> str:
-    """A cheap identity of a module's weights: every name, shape and dtype, plus up to 256 evenly
-    spaced values of each tensor (hashing all of a 7B model's bytes would take minutes)."""
+# The precisions a backbone may be reloaded in: a checkpoint records a fingerprint for each, so
+# the same LM loaded with `dtype=torch.bfloat16` is recognised, and another LM is not.
+FINGERPRINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def fingerprint(module: nn.Module, dtype: torch.dtype = torch.float32) -> str:
+    """A cheap identity of a module's weights: every name and shape, plus up to 256 evenly spaced
+    values of each tensor (hashing all of a 7B model's bytes would take minutes), floating values
+    rounded to `dtype`. Rounding the recorded fp32 weights to bf16 gives exactly what
+    `from_pretrained(dtype=torch.bfloat16)` loads, so the fingerprint does not depend on the
+    precision a backbone is loaded in, only on its weights."""
     h = hashlib.sha256()
     for name, p in module.state_dict().items():
-        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+        h.update(f"{name}:{tuple(p.shape)};".encode())
         flat = p.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 256)]
+        if sample.is_floating_point():
+            sample = sample.to(dtype)
         h.update(sample.float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def fingerprints(module: nn.Module) -> dict[str, str]:
+    """`fingerprint` at every precision of FINGERPRINT_DTYPES, as a checkpoint records them."""
+    return {name: fingerprint(module, dtype) for name, dtype in FINGERPRINT_DTYPES.items()}
+
+
+def same_weights(module: nn.Module, recorded: dict[str, str]) -> bool:
+    """Whether `module` holds the weights `recorded` (by `fingerprints`) were taken of, in whatever
+    precision it was loaded: compared at its lowest floating precision."""
+    dtypes = {p.dtype for p in module.state_dict().values() if p.is_floating_point()}
+    name = "float16" if torch.float16 in dtypes else "bfloat16" if torch.bfloat16 in dtypes else "float32"
+    return recorded.get(name) == fingerprint(module, FINGERPRINT_DTYPES[name])
 
 
 def _replace_atomically(path: Path, write) -> None:

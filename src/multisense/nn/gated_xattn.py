@@ -5,7 +5,9 @@ Inserted before frozen language-model layers:
     y = y + tanh(alpha_ff)   * FF(y)
 Both alphas start at exactly 0, so at initialisation the block returns y unchanged, bit for
 bit. With `ff_on_media_tokens_only`, the FF branch is applied only to tokens that see media,
-so text-only input keeps the original LM even after training.
+so text-only input keeps the original LM even after training. The branches compute in the
+block's own dtype and are added to the residual stream in its dtype, so a float32 block can sit
+in a bfloat16 language model.
 
 Shape letters: B batch, L text length, D text width, M media items, R latents per item,
 Dm media width, H heads, Dh head width, Ls longest run of tokens that see one media item.
@@ -55,7 +57,7 @@ class GatedCrossAttentionBlock(nn.Module):
         Computed once per prompt during generation and cached beside the LM's KV cache.
         """
         check_shape("media", media, "B M R Dm", Dm=self.dim_media)
-        return self.attn.keys_values(media)
+        return self.attn.keys_values(media.to(self.norm.weight.dtype))
 
     def forward(self, x: torch.Tensor, media: torch.Tensor | None = None, media_index: torch.Tensor | None = None,
                 *, mode: str | None = None, routing: MediaRouting | None = None,
@@ -65,15 +67,16 @@ class GatedCrossAttentionBlock(nn.Module):
         `routing` (built once per forward and shared by all layers) replaces media_index/mode.
         """
         s = check_shape("x", x, "B L D", D=self.dim)
+        dt = self.norm.weight.dtype
         if media is None and media_kv is None:  # no media at all: the attention branch adds nothing
-            out, sees = torch.zeros_like(x), x.new_zeros(s["B"], s["L"], 1, dtype=torch.bool)
+            out, sees = x.new_zeros(x.shape, dtype=dt), x.new_zeros(s["B"], s["L"], 1, dtype=torch.bool)
         else:
-            out, sees = self._cross_attend(x, media, media_index, mode, routing, media_kv)
-        x = x + self.attn_gate(out)
-        ff = self.ff(x)
+            out, sees = self._cross_attend(x.to(dt), media, media_index, mode, routing, media_kv)
+        x = x + self.attn_gate(out).to(x.dtype)
+        ff = self.ff(x.to(dt))
         if self.ff_on_media_tokens_only:
             ff = ff.masked_fill(~sees, 0.0)
-        return x + self.ff_gate(ff)
+        return x + self.ff_gate(ff).to(x.dtype)
 
     def _cross_attend(self, x, media, media_index, mode, routing, media_kv):
         """-> (attention output [B, L, D], sees_media [B, L, 1]); zero where a token sees no media."""
