@@ -113,7 +113,8 @@ def _command(backbones, out, **extra) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # src first: the subprocesses import this checkout's code, whatever else is installed
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
 
 
 def test_a_killed_run_resumes_to_the_same_weights(backbones, tmp_path):
