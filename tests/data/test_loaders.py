@@ -292,6 +292,19 @@ def test_position_resumes_at_the_next_record(mixed, world_size, rank):
     assert resumed.position == 0 and [d.text for d in resumed] == full
 
 
+def test_a_pass_resumed_at_the_end_of_an_epoch_ends_that_epoch(mixed):
+    # A checkpoint taken right after an epoch's last document holds a position past every record
+    # this rank owns (12 records); the pass from there yields nothing and is the rest of that
+    # epoch, not "a whole pass gave no document": the next batch comes from the next epoch.
+    texts = [d.text for d in DocumentLoader(mixed, image_size=S, rank=1, world_size=2)]
+    at_end = DocumentLoader(mixed, image_size=S, rank=1, world_size=2, start=12, epoch=3)
+    batch = next(batches(at_end, WordTokenizer(), 2, epochs=None))
+    assert batch["input_ids"].shape[0] == 2 and at_end.epoch == 4
+    at_end = DocumentLoader(mixed, image_size=S, rank=1, world_size=2, start=12, epoch=3)
+    assert [d.text for d in at_end] == [] and (at_end.epoch, at_end.position) == (4, 0)
+    assert [d.text for d in at_end] == texts and (at_end.epoch, at_end.position) == (5, 0)
+
+
 def test_arguments_are_checked_up_front(data, mixed):
     with pytest.raises(ValueError, match="on_error: expected 'skip' or 'raise', got 'ignore'"):
         DocumentLoader(mixed, image_size=S, on_error="ignore")

@@ -32,8 +32,9 @@ mid-stream is reported the same way and the loader moves on to the next file.
 
 Records are numbered across all files in order, bad ones included. Rank r of world_size owns
 the records whose number is r modulo world_size. `loader.position` is the number of the next
-record to read; pass it back as `start` to resume. One `for` loop over the loader is one pass
-(epoch) from `position` to the end, after which `position` returns to 0.
+record to read and `loader.epoch` the number of whole passes done; pass them back as `start`
+and `epoch` to resume exactly (skipped bad records included). One `for` loop over the loader is
+one pass from `position` to the end, after which `position` returns to 0 and `epoch` goes up.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class DocumentLoader:
 
     def __init__(self, paths_or_globs, *, image_size: int, mean: float | Sequence[float] = 0.5,
                  std: float | Sequence[float] = 0.5, marker: str = "<image>", on_error: str = "skip",
-                 rank: int = 0, world_size: int = 1, start: int = 0):
+                 rank: int = 0, world_size: int = 1, start: int = 0, epoch: int = 0):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error: expected 'skip' or 'raise', got {on_error!r}")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
@@ -118,13 +119,15 @@ class DocumentLoader:
                              f"world_size={world_size!r}")
         if not isinstance(start, int) or start < 0:
             raise ValueError(f"start: expected a record number >= 0, got {start!r}")
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch: expected a count of passes >= 0, got {epoch!r}")
         if not marker:
             raise ValueError("marker: expected a non-empty string")
         self.files = _expand(paths_or_globs)
         self.marker, self.on_error, self.rank, self.world_size = marker, on_error, rank, world_size
         self.image_size, self.mean, self.std = image_size, mean, std
         self.transform(Image.new("RGB", (1, 1)))  # bad image_size/mean/std fail here, not mid-epoch
-        self.position = start
+        self.position, self.epoch = start, epoch
         self.errors: list[BadRecord] = []
 
     def __iter__(self) -> Iterator[Document]:
@@ -154,7 +157,7 @@ class DocumentLoader:
                     continue
                 self.position = index  # set before yielding: a checkpoint taken now resumes after this record
                 yield doc
-        self.position = 0
+        self.position, self.epoch = 0, self.epoch + 1
 
     def transform(self, image: Image.Image) -> torch.Tensor:
         """One Pillow image -> [C, H, W], normalised."""
@@ -300,6 +303,10 @@ def batches(documents: Iterable[Document], tokenizer, batch_size: int, *, epochs
     pending: list[Document] = []
     epoch = 0
     while epochs is None or epoch < epochs:
+        # A loader resumed from a checkpoint taken after an epoch's last document starts past
+        # every record it owns: that empty pass is the rest of the epoch. Only a pass from the
+        # first record (other iterables have no position) that gives nothing is an error.
+        whole_pass = getattr(documents, "position", 0) == 0
         count = 0
         for doc in documents:
             count += 1
@@ -307,7 +314,7 @@ def batches(documents: Iterable[Document], tokenizer, batch_size: int, *, epochs
             if len(pending) == batch_size:
                 yield collate(pending, tokenizer, marker=marker)
                 pending = []
-        if count == 0 and epochs is None:
+        if count == 0 and whole_pass and epochs is None:
             raise ValueError("documents: a whole pass gave no document (all records bad, or a used-up iterator)")
         epoch += 1
     if pending:
