@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -117,8 +118,10 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
 
 
-def test_a_killed_run_resumes_to_the_same_weights(backbones, tmp_path):
-    extra = {"train.steps": 30, "train.save_every": 3}
+def _kill_after_first_checkpoint_then_resume(backbones, tmp_path, **extra) -> dict:
+    """Train `whole` uninterrupted; train `killed`, SIGKILL it once its first checkpoint exists,
+    run the same command again (train.resume=auto). Returns the manifest of the checkpoint the
+    kill left (read before the resume, whose keep_last may delete it)."""
     subprocess.run(_command(backbones, tmp_path / "whole", **extra), check=True, env=_env(), capture_output=True)
     run = tmp_path / "killed"
     proc = subprocess.Popen(_command(backbones, run, **extra), env=_env(), stdout=subprocess.DEVNULL,
@@ -129,11 +132,58 @@ def test_a_killed_run_resumes_to_the_same_weights(backbones, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = ckpt.latest(run / "checkpoints")
-    assert killed_at is not None and killed_at.name != "step-000030", "the run was not killed mid-way"
-    subprocess.run(_command(backbones, run, **extra), check=True, env=_env(), capture_output=True)
-    whole, resumed = final_weights(tmp_path / "whole"), final_weights(run)
+    assert killed_at is not None and killed_at.name != f"step-{extra['train.steps']:06d}", "not killed mid-way"
+    manifest = json.loads((killed_at / ckpt.MANIFEST).read_text())
+    resumed = subprocess.run(_command(backbones, run, **extra), env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return manifest
+
+
+def _assert_same_weights(a, b) -> None:
+    whole, resumed = final_weights(a), final_weights(b)
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(backbones, tmp_path):
+    _kill_after_first_checkpoint_then_resume(backbones, tmp_path, **{"train.steps": 30, "train.save_every": 3})
+    _assert_same_weights(tmp_path / "whole", tmp_path / "killed")
+
+
+def write_documents(root: Path, records: list) -> Path:
+    """A JSONL file of `records` (dicts, or raw lines), beside one tiny PNG per colour they use."""
+    from PIL import Image
+
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
+    root.mkdir(parents=True, exist_ok=True)
+    for name, rgb in colours.items():
+        Image.new("RGB", (4, 4), rgb).save(root / f"{name}.png")
+    path = root / "train.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+# 6 records, the second bad (its image is missing): 5 documents an epoch. At batch 2 and
+# save_every 3, every checkpoint falls inside an epoch past the first (step 3: epoch 1 after its
+# first record, so the resume meets the bad record first), and batches span epochs.
+DOCUMENTS = [{"text": "<image> red circle", "media": ["red.png"]},
+             {"text": "<image> green square", "media": ["missing.png"]},
+             {"text": "<image> blue triangle", "media": ["blue.png"]},
+             {"text": "<image> yellow cross", "media": ["yellow.png"]},
+             {"text": "<image> green circle . <image> red square", "media": ["green.png", "red.png"]},
+             {"text": "<image> blue cross", "media": ["blue.png"]}]
+
+
+def file_data(path: Path) -> dict:
+    return {"data.task": "null", "data.task_args": "{}", "data.paths": f"[{path}]"}
+
+
+def test_a_killed_file_data_run_resumes_in_its_second_epoch_to_the_same_weights(backbones, tmp_path):
+    data = write_documents(tmp_path / "data", DOCUMENTS)
+    extra = {**file_data(data), "train.steps": 12, "train.save_every": 3}
+    (position,) = _kill_after_first_checkpoint_then_resume(backbones, tmp_path, **extra)["data_position"]
+    assert position["epoch"] >= 1 and position["position"] > 0  # resumed past the first epoch, mid-way
+    _assert_same_weights(tmp_path / "whole", tmp_path / "killed")
 
 
 def test_a_corrupt_or_truncated_checkpoint_is_named_and_not_loaded(backbones, tmp_path):
@@ -171,6 +221,23 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(backbones, tmp_p
     assert one.keys() == two.keys()
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_each_process_saves_and_resumes_its_own_place_in_the_files(backbones, tmp_path):
+    data = write_documents(tmp_path / "data", DOCUMENTS)
+    extra = {**file_data(data), "train.steps": 2, "train.save_every": 2}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "multisense", "train", *overrides(backbones, tmp_path / "two", **extra)]
+    two = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    manifest = json.loads((ckpt.latest(tmp_path / "two" / "checkpoints") / ckpt.MANIFEST).read_text())
+    # rank 0 owns records 0, 2, 4 (3 documents an epoch), rank 1 records 1 (bad), 3, 5 (2): after
+    # 4 documents each, rank 0 is past record 0 of its second epoch, rank 1 past record 5 of it
+    assert manifest["data_position"] == [{"epoch": 1, "position": 1}, {"epoch": 1, "position": 6}]
+    # one process cannot continue two processes' shares of the files
+    with pytest.raises(ValueError, match=r"written by 2 processes, resumed by 1.*--nproc_per_node 2"):
+        train(config(backbones, tmp_path / "two", **{**extra, "train.steps": 4}))
+    assert ckpt.latest(tmp_path / "two" / "checkpoints").name == "step-000002"
 
 
 def test_a_dual_tower_clip_checkpoint_loads_its_vision_tower(tmp_path):

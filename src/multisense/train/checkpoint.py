@@ -5,8 +5,9 @@ A checkpoint is a directory `step-000100/`:
     model.safetensors   trainable weights (the frozen backbones are not copied)
     state.pt            optimiser and scheduler state and torch RNG states, read back with
                         `torch.load(weights_only=True)`: tensors and plain containers, no pickle
-    checkpoint.json     step, data position, Python/numpy RNG states, the run config, and the
-                        size and sha256 of both files above
+    checkpoint.json     step, data position (the trainer's: the step, or every process's
+                        loader epoch and position), Python/numpy RNG states, the run config,
+                        and the size and sha256 of both files above
 
 It is written under a temporary name, flushed, then renamed into place, so a run killed at
 any moment leaves either a complete checkpoint or none. Loading checks every size and hash

@@ -12,7 +12,9 @@ Data are a procedural task (`data.task`, a name from `multisense.data.tasks.TASK
 (`data.paths`: JSONL and tar shards, `multisense.data.loaders`). Sample i of a task is drawn
 from its own seeded generator, so the data position is just the step, and process r of N
 takes samples r, r+N, ... of each global batch: 2 processes of batch b see exactly the samples
-of 1 process of batch 2b.
+of 1 process of batch 2b. With files, process r reads the records numbered r modulo N; each
+process's loader has its own (epoch, position), and a checkpoint holds every process's, so a
+resume continues at the next record of each, whatever bad records were skipped.
 """
 
 from __future__ import annotations
@@ -143,9 +145,46 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[FlamingoMod
 # ---------------------------------------------------------------------------------- data
 
 
+def file_loader(cfg: DataConfig, env: distributed.Env, at: dict | None = None):
+    """This process's DocumentLoader of `data.paths`, at `at` ({"epoch", "position"}: one entry
+    of a checkpoint's data_position) or at the first record."""
+    from ..data.loaders import DocumentLoader
+
+    at = at or {"epoch": 0, "position": 0}
+    return DocumentLoader(cfg.paths, image_size=cfg.image_size, on_error=cfg.on_error, rank=env.rank,
+                          world_size=env.world_size, start=at["position"], epoch=at["epoch"])
+
+
+def loader_positions(loader, env: distributed.Env) -> list[dict]:
+    """Every process's {"epoch", "position"}, in rank order (a collective: every rank calls it)."""
+    mine = torch.tensor([loader.epoch, loader.position], dtype=torch.long, device=env.device)
+    gathered = [mine]
+    if env.world_size > 1:
+        gathered = [torch.empty_like(mine) for _ in range(env.world_size)]
+        torch.distributed.all_gather(gathered, mine)
+    return [{"epoch": epoch, "position": position} for epoch, position in (t.tolist() for t in gathered)]
+
+
+def resume_position(manifest: dict, where: str, env: distributed.Env) -> dict:
+    """This process's {"epoch", "position"} in the files from a checkpoint's manifest."""
+    saved = manifest.get("data_position")
+    if not isinstance(saved, list):
+        raise ValueError(f"checkpoint {where}: holds no loader positions for data.paths (data_position "
+                         f"{saved!r}: a task run's step, or a checkpoint from before per-process positions); "
+                         "start afresh in a new train.out_dir")
+    if len(saved) != env.world_size:
+        # Process r owns the records r modulo N: at another N the records are shared out anew
+        # and no set of positions continues each process's share exactly.
+        raise ValueError(f"checkpoint {where}: written by {len(saved)} processes, resumed by {env.world_size}; "
+                         "with data.paths each process resumes at its own place in the files, so resume "
+                         f"with the same number of processes (torchrun --nproc_per_node {len(saved)})")
+    return saved[env.rank]
+
+
 def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accum: int,
-                  start_step: int, words: bool = False) -> Iterator[dict]:
-    """This process's micro-batches from `start_step` on: grad_accum per optimiser step."""
+                  start_step: int, words: bool = False, loader=None) -> Iterator[dict]:
+    """This process's micro-batches from `start_step` on: grad_accum per optimiser step. With
+    files, they come from `loader` (file_loader; a fresh one at the first record if None)."""
     b, world = cfg.batch_size, env.world_size
     per_step = b * world * grad_accum  # samples in one global optimiser step
     if cfg.task:
@@ -165,13 +204,11 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
         raise ValueError("data: set either data.task or data.paths")
     if words:
         raise ValueError("train.distill_words: needs data.task (documents from files carry no words)")
-    from ..data.loaders import DocumentLoader, batches
+    from ..data.loaders import batches
 
-    # Records are numbered across the files; process r reads those equal to r modulo N. The
-    # position is global, so it is exact as long as no record is skipped as bad.
-    loader = DocumentLoader(cfg.paths, image_size=cfg.image_size, on_error=cfg.on_error, rank=env.rank,
-                            world_size=world, start=start_step * per_step)
-    yield from batches(loader, tokenizer, b, epochs=None)
+    # The loader, not the step, knows where this process is in the files (bad records skipped,
+    # passes wrapped): the trainer saves its epoch and position with every checkpoint.
+    yield from batches(loader if loader is not None else file_loader(cfg, env), tokenizer, b, epochs=None)
 
 
 def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: torch.device) -> Iterator[dict]:
@@ -248,10 +285,12 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.optim.warmup_steps, total_steps=run.steps,
                               min_lr_ratio=cfg.optim.min_lr_ratio)
 
-    start_step = 0
+    start_step, position = 0, None
     source = {"auto": ckpt.latest(out / "checkpoints"), "never": None}.get(run.resume, run.resume)
     if source is not None:
         manifest, weights, state = ckpt.load(source)
+        if not cfg.data.task:
+            position = resume_position(manifest, str(source), env)
         _load_full_state(wrapped, optimizer, weights, state["optimizer"], where=str(source))
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(manifest["rng"], state["rng"])
@@ -262,8 +301,9 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
     logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists())
     words = run.distill_words > 0
+    loader = None if cfg.data.task else file_loader(cfg.data, env, position)
     batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
-                            words=words)
+                            words=words, loader=loader)
     trained = InWordsDistillation(wrapped, run.distill_words) if words else wrapped
 
     final_weights: dict = {}
@@ -271,12 +311,14 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     def save(step: int) -> None:
         weights, optim_state = _full_state(wrapped, optimizer)
         final_weights.update(weights)
+        # a task's sample i is seeded, so its position is the step; files: every process's loader
+        data_position = step if loader is None else loader_positions(loader, env)
         if env.is_main:
             rng_plain, rng_tensors = ckpt.rng_state()
             ckpt.save(out / "checkpoints", step=step, weights=weights, keep_last=run.keep_last,
                       state={"optimizer": optim_state, "scheduler": scheduler.state_dict(),
                              "rng": rng_tensors},
-                      info={"data_position": step, "rng": rng_plain, "world_size": env.world_size,
+                      info={"data_position": data_position, "rng": rng_plain, "world_size": env.world_size,
                             "config": json.loads(json.dumps(to_dict(cfg)))})
         distributed.barrier()
 
