@@ -240,6 +240,29 @@ def test_each_process_saves_and_resumes_its_own_place_in_the_files(backbones, tm
     assert ckpt.latest(tmp_path / "two" / "checkpoints").name == "step-000002"
 
 
+@pytest.fixture
+def no_backbones(monkeypatch):
+    """Fail the test if train() gets as far as loading the backbones."""
+    from multisense.train import trainer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbones were loaded")
+
+    monkeypatch.setattr(trainer, "build_model", refuse)
+
+
+def test_resume_never_refuses_an_out_dir_that_holds_a_run(backbones, tmp_path, no_backbones):
+    out = tmp_path / "run"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "metrics.csv").write_text("step,loss\n1,2.0\n")
+    (out / "checkpoints" / "step-000001").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=rf"train.out_dir {out}: already holds a run.*"
+                                              r"a new train.out_dir, or train.resume=auto"):
+        train(config(backbones, out, **{"train.resume": "never"}))
+    assert (out / "logs" / "metrics.csv").read_text() == "step,loss\n1,2.0\n"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "logs"]
+
+
 def test_a_dual_tower_clip_checkpoint_loads_its_vision_tower(tmp_path):
     import transformers as tf
 

@@ -254,6 +254,21 @@ def _load_full_state(model, optimizer, weights: dict, optim: dict, *, where: str
                    options=StateDictOptions(full_state_dict=True, strict=False))
 
 
+# What a run leaves in its out_dir (module docstring): any of them means a run is there.
+RUN_FILES = ("config.yaml", "checkpoints", "logs", "model")
+
+
+def check_out_dir(run: RunConfig) -> None:
+    """train.resume=never starts from scratch: refuse an out_dir that holds a run already, whose
+    checkpoints (pruned by keep_last against the new ones), metrics and model would mix with it."""
+    out = Path(run.out_dir)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if run.resume == "never" and held:
+        raise FileExistsError(f"train.out_dir {out}: already holds a run ({', '.join(held)}) and train.resume=never "
+                              "would mix a new run into it; choose a new train.out_dir, or train.resume=auto to "
+                              "continue that run")
+
+
 def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = None,
           measure: Callable[[int, FlamingoModel], dict | None] | None = None) -> dict:
     """Run (or resume) training as configured; returns a summary (steps, final loss, seconds, history).
@@ -262,6 +277,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     gates), `measure(step, model)` at step 0 and after every step; what it returns joins the
     step's record (and the logs).
     """
+    check_out_dir(cfg.train)
     env = distributed.setup(cfg.train.device)
     run = cfg.train
     out = Path(run.out_dir)
