@@ -78,3 +78,13 @@ def test_resume_appends_and_an_existing_log_is_not_overwritten(tmp_path):
     assert _rows(tmp_path / "metrics.csv") == [["step", "loss", "acc"], ["1", "2.0", ""], ["2", "1.0", "0.5"]]
     events = sorted(e for p in tmp_path.glob("events.out.tfevents.*") for e in read_events(p))
     assert events == [(1, "loss", 2.0), (2, "acc", 0.5), (2, "loss", 1.0)]
+
+
+def test_flush_puts_every_row_logged_so_far_on_disk(tmp_path):
+    log = RunLogger(tmp_path, flush_every=1000)
+    log.log(1, {"loss": 2.0})
+    log.log(2, {"loss": 1.0})
+    log.flush()
+    assert _rows(tmp_path / "metrics.csv") == [["step", "loss"], ["1", "2.0"], ["2", "1.0"]]
+    assert [e[0] for e in read_events(_event_file(tmp_path))] == [1, 2]
+    log.close()

@@ -77,6 +77,19 @@ def test_train_writes_checkpoints_logs_and_a_loadable_model(backbones, tmp_path)
     assert "media_std" in saved and not torch.equal(saved["media_std"], torch.ones_like(saved["media_std"]))
 
 
+def test_every_row_logged_is_on_disk_when_a_checkpoint_is_written(backbones, tmp_path, monkeypatch):
+    out, on_disk, save = tmp_path / "run", {}, ckpt.save
+
+    def spy(directory, *, step, **kwargs):
+        rows = (out / "logs" / "metrics.csv").read_text().splitlines()[1:]
+        on_disk[step] = [int(r.split(",")[0]) for r in rows]
+        return save(directory, step=step, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save", spy)
+    train(config(backbones, out))  # 4 steps, a row each, a checkpoint every 2
+    assert on_disk == {2: [1, 2], 4: [1, 2, 3, 4]}
+
+
 # With a large eps Adam's update is lr * m / eps, linear in the gradient; with the default eps
 # its first steps are nearly lr * sign(g), which turns float rounding in near-zero gradients
 # into differences of 2 * lr. The comparisons below are about gradients, so they use a large eps.
@@ -134,6 +147,9 @@ def _kill_after_first_checkpoint_then_resume(backbones, tmp_path, **extra) -> di
     killed_at = ckpt.latest(run / "checkpoints")
     assert killed_at is not None and killed_at.name != f"step-{extra['train.steps']:06d}", "not killed mid-way"
     manifest = json.loads((killed_at / ckpt.MANIFEST).read_text())
+    # every row logged up to the checkpoint survived the SIGKILL
+    logged = [int(r.split(",")[0]) for r in (run / "logs" / "metrics.csv").read_text().splitlines()[1:]]
+    assert logged[:manifest["step"]] == list(range(1, manifest["step"] + 1))
     resumed = subprocess.run(_command(backbones, run, **extra), env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return manifest

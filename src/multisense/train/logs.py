@@ -98,7 +98,8 @@ class RunLogger:
     `enabled=False` (ranks other than 0) makes every method a no-op and touches no file.
     `resume=True` appends to an existing `metrics.csv` and starts a new event file beside the old
     ones (TensorBoard reads them all); without it an existing log is an error, not overwritten.
-    Files are flushed every `flush_every` calls and on `close()`.
+    Files are flushed every `flush_every` calls, on `flush()` (the trainer calls it at every
+    checkpoint, so a run killed after one keeps every row logged before it) and on `close()`.
     """
 
     def __init__(self, log_dir: str | os.PathLike, *, enabled: bool = True, resume: bool = False,
@@ -137,6 +138,12 @@ class RunLogger:
         self._tb.write(_record(_event(time.time(), int(step), values=values)))
         self._calls += 1
         if self._calls % self.flush_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand every row and event logged so far to the OS: they survive the process being
+        killed (not a machine crash; that would need fsync)."""
+        if self.enabled:
             self._csv.flush()
             self._tb.flush()
 

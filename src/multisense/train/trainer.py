@@ -330,6 +330,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         # a task's sample i is seeded, so its position is the step; files: every process's loader
         data_position = step if loader is None else loader_positions(loader, env)
         if env.is_main:
+            logger.flush()  # the logs on disk reach at least as far as the checkpoint
             rng_plain, rng_tensors = ckpt.rng_state()
             ckpt.save(out / "checkpoints", step=step, weights=weights, keep_last=run.keep_last,
                       state={"optimizer": optim_state, "scheduler": scheduler.state_dict(),
@@ -341,13 +342,15 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     history: list[dict] = []
 
     def on_step(step: int) -> dict | None:
-        if step % run.save_every == 0 or step == run.steps:
-            save(step)
         return measure(step, model) if measure is not None else None
 
-    def log(record: dict) -> None:
-        if record["step"] % run.log_every == 0 or record["step"] == run.steps:
-            logger.log(record["step"], record)
+    def on_record(record: dict) -> None:
+        step = record["step"]
+        if step % run.log_every == 0 or step == run.steps:
+            logger.log(step, record)
+        # after the step's row is logged: a run killed after this checkpoint has every row up to it
+        if step % run.save_every == 0 or step == run.steps:
+            save(step)
 
     start = time.perf_counter()
     initial = measure(start_step, model) if measure is not None else None
@@ -356,7 +359,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                       max_grad_norm=cfg.optim.max_grad_norm, grad_accum=run.grad_accum,
                       precision=_precision(run.precision, env.device), z_loss=run.z_loss,
                       start_step=start_step, progress=run.progress and env.is_main, desc="train",
-                      on_step=on_step, on_record=log)
+                      on_step=on_step, on_record=on_record)
         if env.is_main:
             model.save_pretrained(out / "model", state_dict=final_weights)
             tokenizer.save_pretrained(out / "model")
