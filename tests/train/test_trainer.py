@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,17 @@ def test_every_row_logged_is_on_disk_when_a_checkpoint_is_written(backbones, tmp
     monkeypatch.setattr(ckpt, "save", spy)
     train(config(backbones, out))  # 4 steps, a row each, a checkpoint every 2
     assert on_disk == {2: [1, 2], 4: [1, 2, 3, 4]}
+
+
+def test_a_resume_replaces_the_rows_logged_after_its_checkpoint(backbones, tmp_path):
+    out = tmp_path / "run"
+    train(config(backbones, out))  # 4 steps, checkpoints at 2 and 4
+    # as if killed after step 4 was logged but before its checkpoint was written
+    shutil.rmtree(ckpt.latest(out / "checkpoints"))
+    shutil.rmtree(out / "model")
+    train(config(backbones, out))
+    steps = [r.split(",")[0] for r in (out / "logs" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3", "4"]
 
 
 # With a large eps Adam's update is lr * m / eps, linear in the gradient; with the default eps

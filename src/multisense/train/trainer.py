@@ -315,7 +315,8 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
-    logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists())
+    logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists(),
+                       resume_step=start_step)
     words = run.distill_words > 0
     loader = None if cfg.data.task else file_loader(cfg.data, env, position)
     batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
