@@ -306,7 +306,7 @@ def test_a_pass_resumed_at_the_end_of_an_epoch_ends_that_epoch(mixed):
 
 
 def test_arguments_are_checked_up_front(data, mixed):
-    with pytest.raises(ValueError, match="on_error: expected 'skip' or 'raise', got 'ignore'"):
+    with pytest.raises(ValueError, match="on_error: expected one of 'skip', 'raise', got 'ignore'"):
         DocumentLoader(mixed, image_size=S, on_error="ignore")
     with pytest.raises(ValueError, match="rank, world_size"):
         DocumentLoader(mixed, image_size=S, rank=2, world_size=2)

@@ -291,6 +291,45 @@ def test_resume_never_refuses_an_out_dir_that_holds_a_run(backbones, tmp_path, n
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "logs"]
 
 
+INVALID = [
+    ({"model.flamingo.mode": "windw:2"}, r"model.flamingo.mode: expected one of 'immediate', 'all_previous'"),
+    ({"model.flamingo.num_latents": 0}, r"model.flamingo.num_latents: expected a number >= 1, got 0"),
+    ({"train.precision": "fp16"}, r"train.precision: expected one of 'fp32', 'bf16', 'auto', got 'fp16'"),
+    ({"data.on_error": "ignore"}, r"data.on_error: expected one of 'skip', 'raise', got 'ignore'"),
+    ({"train.distributed": "foo"}, r"train.distributed: expected one of 'ddp', 'fsdp2', got 'foo'"),
+    ({"train.device": "tpu"}, r"train.device: expected one of 'auto', 'cpu', 'cuda', got 'tpu'"),
+    ({"train.resume": "runs/nowhere"}, r"train.resume: expected 'auto', 'never' or a checkpoint directory"),
+    ({"train.steps": -1}, r"train.steps: expected a number >= 1, got -1"),
+    ({"data.batch_size": 0}, r"data.batch_size: expected a number >= 1, got 0"),
+    ({"train.grad_accum": 0}, r"train.grad_accum: expected a number >= 1, got 0"),
+    ({"train.save_every": 0}, r"train.save_every: expected a number >= 1, got 0"),
+    ({"optim.lr": -1e-3}, r"optim.lr: expected a number > 0, got -0.001"),
+    ({"optim.betas": "[0.9, 1.5]"}, r"optim.betas\[1\]: expected a number >= 0 and < 1, got 1.5"),
+    ({"optim.eps": "nan"}, r"optim.eps: expected a number > 0, got nan"),
+    ({"data.task": "vidoe"}, r"data.task='vidoe'.*unknown task 'vidoe'; did you mean 'video'"),
+    ({"data.task_args": "{fraems: 4}"}, r"data.task='video', data.task_args=\{'fraems': 4\}.*fraems"),
+    ({"data.task": "null"}, r"data: set data.task .* or data.paths"),
+    ({"data.paths": "[a.jsonl]"}, r"data: set data.task .* or data.paths .*not both"),
+    ({"data.task": "null", "data.paths": "[nowhere/*.jsonl]"}, r"data.paths: 'nowhere/\*.jsonl' matches no"),
+    ({"data.calibration_samples": 1}, r"data.calibration_samples: expected a number >= 2, got 1"),
+]
+
+
+@pytest.mark.parametrize("values, message", INVALID, ids=[", ".join(v) for v, _ in INVALID])
+def test_an_invalid_value_is_named_before_anything_loads_or_is_written(backbones, tmp_path, no_backbones,
+                                                                        values, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train(config(backbones, out, **values))
+    assert not out.exists()
+
+
+def test_distillation_on_files_is_refused_before_anything_loads(backbones, tmp_path, no_backbones):
+    data = write_documents(tmp_path / "data", DOCUMENTS)
+    with pytest.raises(ValueError, match=r"train.distill_words: needs data.task"):
+        train(config(backbones, tmp_path / "run", **{**file_data(data), "train.distill_words": 1.0}))
+
+
 def test_a_dual_tower_clip_checkpoint_loads_its_vision_tower(tmp_path):
     import transformers as tf
 

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ..config import check_choice
 from .collate import Document, collate
 from .images import image_to_tensor
 
@@ -79,7 +80,13 @@ class _Bad(Exception):
     """A record that cannot become a Document; the loader adds the place."""
 
 
-def _expand(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+ON_ERROR = ("skip", "raise")
+
+
+def expand_paths(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike],
+                 where: str = "paths_or_globs") -> list[str]:
+    """The .jsonl files and tar shards that paths, globs (sorted) and directories stand for, in
+    order; errors name `where` (the argument, or a config key)."""
     items = [paths_or_globs] if isinstance(paths_or_globs, (str, os.PathLike)) else list(paths_or_globs)
     files = []
     for item in map(os.fspath, items):
@@ -88,13 +95,13 @@ def _expand(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> 
         else:
             found = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
         if not found or not all(map(os.path.isfile, found)):
-            raise ValueError(f"paths_or_globs: {item!r} matches no .jsonl file or tar shard")
+            raise ValueError(f"{where}: {item!r} matches no .jsonl file or tar shard")
         for p in found:
             if _kind(p) is None:
-                raise ValueError(f"paths_or_globs: {p!r} is neither .jsonl nor .tar/.tar.gz/.tgz")
+                raise ValueError(f"{where}: {p!r} is neither .jsonl nor .tar/.tar.gz/.tgz")
         files += found
     if not files:
-        raise ValueError("paths_or_globs: expected at least one path, got none")
+        raise ValueError(f"{where}: expected at least one path, got none")
     return files
 
 
@@ -112,8 +119,7 @@ class DocumentLoader:
     def __init__(self, paths_or_globs, *, image_size: int, mean: float | Sequence[float] = 0.5,
                  std: float | Sequence[float] = 0.5, marker: str = "<image>", on_error: str = "skip",
                  rank: int = 0, world_size: int = 1, start: int = 0, epoch: int = 0):
-        if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error: expected 'skip' or 'raise', got {on_error!r}")
+        check_choice(on_error, ON_ERROR, "on_error")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank!r}, "
                              f"world_size={world_size!r}")
@@ -123,7 +129,7 @@ class DocumentLoader:
             raise ValueError(f"epoch: expected a count of passes >= 0, got {epoch!r}")
         if not marker:
             raise ValueError("marker: expected a non-empty string")
-        self.files = _expand(paths_or_globs)
+        self.files = expand_paths(paths_or_globs)
         self.marker, self.on_error, self.rank, self.world_size = marker, on_error, rank, world_size
         self.image_size, self.mean, self.std = image_size, mean, std
         self.transform(Image.new("RGB", (1, 1)))  # bad image_size/mean/std fail here, not mid-epoch

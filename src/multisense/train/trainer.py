@@ -32,13 +32,14 @@ import torch
 import transformers
 import yaml
 
-from ..config import load_config, to_dict
+from ..config import check_choice, check_number, load_config, to_dict
 from ..data.collate import collate
 from ..encoders import load_vision_encoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
 from ..models.io import check_fits
+from ..nn.masks import parse_mode
 from . import checkpoint as ckpt
 from . import distributed
 from .distill import InWordsDistillation
@@ -114,6 +115,72 @@ class TrainConfig:
 
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
+PRECISIONS = ("fp32", "bf16", "auto")  # what fit() takes, and "auto" (_precision)
+DEVICES = ("auto", "cpu", "cuda")  # what distributed.setup takes
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every value before anything loads or is written: a typo costs no backbone load and
+    leaves no run directory. Errors name the dotted key (`train.precision: expected ...`)."""
+    from ..data.loaders import ON_ERROR, expand_paths
+    from ..data.tasks import get_task
+
+    model, data, optim, run = cfg.model.flamingo, cfg.data, cfg.optim, cfg.train
+    try:
+        parse_mode(model.mode)  # the model's own rule; its error names `mode`
+    except ValueError as err:
+        raise ValueError(f"model.flamingo.{err}") from None
+    for key in ("cross_attn_every", "num_latents", "resampler_depth", "resampler_heads", "resampler_dim_head",
+                "xattn_heads", "xattn_dim_head", "ff_mult"):
+        check_number(getattr(model, key), f"model.flamingo.{key}", at_least=1)
+    if model.max_frames is not None:
+        check_number(model.max_frames, "model.flamingo.max_frames", at_least=1)
+
+    if bool(data.task) == bool(data.paths):
+        raise ValueError("data: set data.task (a task name) or data.paths (JSONL files / tar shards), "
+                         + ("not both (data.task=null to train on files)" if data.task else "neither is set"))
+    if data.task:
+        try:  # building a task is cheap; it checks the name, task_args and image_size together
+            get_task(data.task, image_size=data.image_size, **data.task_args)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"data.task={data.task!r}, data.task_args={data.task_args!r}, "
+                             f"data.image_size={data.image_size}: {err}") from None
+    else:
+        expand_paths(data.paths, where="data.paths")
+    if data.paths and run.distill_words > 0:
+        raise ValueError("train.distill_words: needs data.task (documents from files carry no words)")
+    check_choice(data.on_error, ON_ERROR, "data.on_error")
+    check_number(data.image_size, "data.image_size", at_least=1)
+    check_number(data.batch_size, "data.batch_size", at_least=1)
+    check_number(data.max_shots, "data.max_shots", at_least=0)
+    if model.standardize_media:  # a standard deviation needs two samples
+        check_number(data.calibration_samples, "data.calibration_samples", at_least=2)
+
+    check_number(optim.lr, "optim.lr", above=0)
+    if optim.gate_lr is not None:
+        check_number(optim.gate_lr, "optim.gate_lr", above=0)
+    check_number(optim.weight_decay, "optim.weight_decay", at_least=0)
+    for i, beta in enumerate(optim.betas):
+        check_number(beta, f"optim.betas[{i}]", at_least=0, below=1)
+    check_number(optim.eps, "optim.eps", above=0)
+    check_number(optim.warmup_steps, "optim.warmup_steps", at_least=0)
+    check_number(optim.min_lr_ratio, "optim.min_lr_ratio", at_least=0, at_most=1)
+    if optim.max_grad_norm is not None:
+        check_number(optim.max_grad_norm, "optim.max_grad_norm", above=0)
+
+    for key in ("steps", "grad_accum", "save_every", "log_every"):
+        check_number(getattr(run, key), f"train.{key}", at_least=1)
+    check_number(run.keep_last, "train.keep_last", at_least=0)  # 0 keeps every checkpoint
+    check_number(run.z_loss, "train.z_loss", at_least=0)
+    check_number(run.distill_words, "train.distill_words", at_least=0)
+    check_choice(run.precision, PRECISIONS, "train.precision")
+    check_choice(run.distributed, distributed.STRATEGIES, "train.distributed")
+    check_choice(run.device, DEVICES, "train.device")
+    if run.resume not in ("auto", "never") and not (Path(run.resume) / ckpt.MANIFEST).is_file():
+        raise ValueError(f"train.resume: expected 'auto', 'never' or a checkpoint directory (one holding "
+                         f"{ckpt.MANIFEST}), got {run.resume!r}")
+    if not run.out_dir:
+        raise ValueError("train.out_dir: expected a directory, got an empty string")
 
 
 def resolve_preset(name_or_path: str) -> Path:
@@ -200,10 +267,6 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
                         for i in mine[j * b:(j + 1) * b]]
                 yield collate(docs, tokenizer, words=words)
             step += 1
-    if not cfg.paths:
-        raise ValueError("data: set either data.task or data.paths")
-    if words:
-        raise ValueError("train.distill_words: needs data.task (documents from files carry no words)")
     from ..data.loaders import batches
 
     # The loader, not the step, knows where this process is in the files (bad records skipped,
@@ -214,8 +277,6 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
 def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: torch.device) -> Iterator[dict]:
     """The first `samples` training samples, the same on every process and for any batch size
     (for calibrate_media)."""
-    if samples < 2:
-        raise ValueError(f"data.calibration_samples: expected at least 2, got {samples}")
     size = max(d for d in range(1, min(samples, 32) + 1) if samples % d == 0)
     single = distributed.Env(device=device)
     batches = micro_batches(dataclasses.replace(cfg, batch_size=size), tokenizer, env=single, grad_accum=1,
@@ -277,6 +338,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     gates), `measure(step, model)` at step 0 and after every step; what it returns joins the
     step's record (and the logs).
     """
+    validate(cfg)
     check_out_dir(cfg.train)
     env = distributed.setup(cfg.train.device)
     run = cfg.train
