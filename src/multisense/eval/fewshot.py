@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
     for item in args.task_arg:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--task-arg {item!r}: expected KEY=VALUE")
+            raise ValueError(f"--task-arg {item!r}: expected KEY=VALUE")
         task_args[key] = yaml.safe_load(value)
     overrides = {k: v for k, v in (("mode", args.mode), ("interpolate_frames", args.interpolate_frames))
                  if v is not None}

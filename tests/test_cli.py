@@ -1,0 +1,34 @@
+import pytest
+
+from multisense import cli
+
+BAD = ["train", "data.task=video", "train.precision=fp16"]
+
+
+def test_a_user_error_is_one_line_on_stderr_with_exit_code_2(capsys):
+    assert cli.main(BAD) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "multisense train: error: train.precision: expected one of 'fp32', 'bf16', 'auto', got 'fp16'\n"
+
+
+def test_debug_raises_with_the_traceback(monkeypatch):
+    with pytest.raises(ValueError, match="train.precision"):
+        cli.main(["--debug", *BAD])
+    monkeypatch.setenv("MULTISENSE_DEBUG", "1")
+    with pytest.raises(ValueError, match="train.precision"):
+        cli.main(BAD)
+
+
+def test_an_error_that_is_not_the_users_keeps_its_traceback(monkeypatch):
+    def bug(argv):
+        raise TypeError("a bug in multisense")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        cli.main(["train"])
+
+
+def test_eval_argument_errors_take_the_same_form(capsys, tmp_path):
+    assert cli.main(["eval", "--model", str(tmp_path), "--task", "video", "--task-arg", "frames"]) == 2
+    assert capsys.readouterr().err == "multisense eval: error: --task-arg 'frames': expected KEY=VALUE\n"
