@@ -82,7 +82,7 @@ def test_transform_takes_any_mode_and_per_channel_mean_std():
     assert x[:, 0, 0].tolist() == pytest.approx([1.0, 1.0, 0.0])
     with pytest.raises(ValueError, match="image_size"):
         image_to_tensor(grey, 0)
-    with pytest.raises(ValueError, match="mean/std"):
+    with pytest.raises(ValueError, match="mean: expected a float or 3 per-channel values"):
         image_to_tensor(grey, 2, mean=(0.5, 0.5))
 
 
@@ -318,6 +318,13 @@ def test_arguments_are_checked_up_front(data, mixed):
         DocumentLoader(data / "red.png", image_size=S)
     with pytest.raises(ValueError, match="image_size"):
         DocumentLoader(mixed, image_size=0)
+    # images would become inf or NaN
+    for std in (0, -0.5, (0.5, 0.0, 0.5), float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"^std: expected finite values > 0"):
+            DocumentLoader(mixed, image_size=S, std=std)
+    for mean in (float("nan"), (0.5, float("inf"), 0.5)):
+        with pytest.raises(ValueError, match=r"^mean: expected finite values"):
+            DocumentLoader(mixed, image_size=S, mean=mean)
     # a directory or a glob stands for its .jsonl files and shards, sorted
     assert DocumentLoader(data, image_size=S).files == [str(p) for p in mixed]
     assert DocumentLoader(str(data / "*.tar"), image_size=S).files == [str(mixed[1])]
