@@ -174,6 +174,20 @@ def test_ensure_icl_lm_builds_once_and_resolves_by_name(tmp_path, monkeypatch):
     assert Path(lm) == first == tmp_path / pretrain.ICL_VERSION / "lm" and vision is None
     assert len(calls) == 1  # the second call found the cache
     assert not list(tmp_path.glob("*.partial-*"))
-    assert pretrain.resolve_backbone_dirs("some/dir", "other/dir") == ("some/dir", "other/dir")
     with pytest.raises(ValueError, match="model.vision"):
-        pretrain.resolve_backbone_dirs("some/dir", "icl")
+        pretrain.resolve_backbone_dirs(str(first), "icl")
+
+
+def test_a_backbone_that_is_no_local_directory_is_named_before_anything_builds(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "ensure_default_backbones", lambda *a, **k: pytest.fail("built the defaults"))
+    lm, vision = tmp_path / "lm", tmp_path / "vision"
+    lm.mkdir()
+    vision.mkdir()
+    assert pretrain.resolve_backbone_dirs(str(lm), str(vision)) == (str(lm), str(vision))
+    # not transformers' "Repo id must be in the form ...": the key, and what it takes
+    with pytest.raises(FileNotFoundError, match=r"model.lm: expected a local directory, 'default' or 'icl', "
+                                                r"got 'no/such/lm'"):
+        pretrain.resolve_backbone_dirs("no/such/lm", "default")
+    with pytest.raises(FileNotFoundError, match=r"model.vision: expected a local directory or 'default', "
+                                                r"got 'no/such/tower'"):
+        pretrain.resolve_backbone_dirs("default", "no/such/tower")

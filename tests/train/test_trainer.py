@@ -324,6 +324,11 @@ def test_an_invalid_value_is_named_before_anything_loads_or_is_written(backbones
     assert not out.exists()
 
 
+def test_a_tokenizer_that_is_no_local_directory_is_named_before_anything_loads(backbones, tmp_path, no_backbones):
+    with pytest.raises(FileNotFoundError, match=r"model.tokenizer: expected a local directory.*'no/such/tok'"):
+        train(config(backbones, tmp_path / "run", **{"model.tokenizer": "no/such/tok"}))
+
+
 def test_distillation_on_files_is_refused_before_anything_loads(backbones, tmp_path, no_backbones):
     data = write_documents(tmp_path / "data", DOCUMENTS)
     with pytest.raises(ValueError, match=r"train.distill_words: needs data.task"):

@@ -464,6 +464,14 @@ def resolve_backbone_dirs(lm: str, vision: str | None = None, *, cache_dir: str 
     first use."""
     if vision == "icl":
         raise ValueError('model.vision: "icl" names a language model; expected "default" or a directory')
+    # Checked before anything builds; transformers would take a missing path for a Hub repo id
+    # and fail with "Repo id must be in the form ...".
+    if lm not in ("default", "icl") and not os.path.isdir(lm):
+        raise FileNotFoundError(f"model.lm: expected a local directory, 'default' or 'icl', got {lm!r} "
+                                "(no such directory)")
+    if vision not in (None, "default") and not os.path.isdir(vision):
+        raise FileNotFoundError(f"model.vision: expected a local directory or 'default', got {vision!r} "
+                                "(no such directory)")
     if "default" in (lm, vision):
         defaults = ensure_default_backbones(cache_dir, progress=progress)
         lm = str(defaults.lm) if lm == "default" else lm

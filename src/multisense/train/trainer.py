@@ -126,6 +126,10 @@ def validate(cfg: TrainConfig) -> None:
     from ..data.tasks import get_task
 
     model, data, optim, run = cfg.model.flamingo, cfg.data, cfg.optim, cfg.train
+    # model.lm and model.vision are checked by pretrain.resolve_backbone_dirs, before it builds anything
+    if cfg.model.tokenizer is not None and not os.path.isdir(cfg.model.tokenizer):
+        raise FileNotFoundError(f"model.tokenizer: expected a local directory, or null for model.lm's, got "
+                                f"{cfg.model.tokenizer!r} (no such directory)")
     try:
         parse_mode(model.mode)  # the model's own rule; its error names `mode`
     except ValueError as err:
