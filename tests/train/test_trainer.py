@@ -335,6 +335,13 @@ def test_distillation_on_files_is_refused_before_anything_loads(backbones, tmp_p
         train(config(backbones, tmp_path / "run", **{**file_data(data), "train.distill_words": 1.0}))
 
 
+def test_an_image_size_the_vision_encoder_was_not_built_for_is_named_before_training(backbones, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"data.image_size: 48, but the vision encoder .* takes 32-pixel images"):
+        train(config(backbones, out, **{"data.image_size": 48}))
+    assert not out.exists()
+
+
 def test_a_dual_tower_clip_checkpoint_loads_its_vision_tower(tmp_path):
     import transformers as tf
 

@@ -213,6 +213,18 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[FlamingoMod
     return FlamingoModel.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.flamingo), tokenizer
 
 
+def check_image_size(data: DataConfig, model: FlamingoModel, vision: str) -> None:
+    """data.image_size must be the size the vision encoder was configured for (a Hugging Face
+    encoder's `image_size`; an encoder without one is not checked): else the first batch fails
+    inside the encoder, or position embeddings meet a grid they were not trained on."""
+    config = getattr(getattr(model.vision_encoder, "model", None), "config", None)
+    config = getattr(config, "vision_config", config)  # a dual-tower config holds its tower's
+    size = getattr(config, "image_size", None)
+    if isinstance(size, int) and size != data.image_size:
+        raise ValueError(f"data.image_size: {data.image_size}, but the vision encoder (model.vision={vision!r}) "
+                         f"takes {size}-pixel images; set data.image_size={size}")
+
+
 # ---------------------------------------------------------------------------------- data
 
 
@@ -350,6 +362,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     torch.manual_seed(run.seed)
     np.random.seed(run.seed)
     model, tokenizer = build_model(cfg.model, progress=run.progress and env.is_main)
+    check_image_size(cfg.data, model, cfg.model.vision)
     model.to(env.device)
     if cfg.model.flamingo.standardize_media:  # before a checkpoint, which holds the same statistics
         model.calibrate_media(calibration_batches(cfg.data, tokenizer, samples=cfg.data.calibration_samples,
