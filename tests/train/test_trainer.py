@@ -312,6 +312,8 @@ INVALID = [
     ({"data.paths": "[a.jsonl]"}, r"data: set data.task .* or data.paths .*not both"),
     ({"data.task": "null", "data.paths": "[nowhere/*.jsonl]"}, r"data.paths: 'nowhere/\*.jsonl' matches no"),
     ({"data.calibration_samples": 1}, r"data.calibration_samples: expected a number >= 2, got 1"),
+    ({"data.std": 0}, r"data.std: expected finite values > 0, got 0"),
+    ({"data.mean": "[0.5, 0.5]"}, r"data.mean: expected a float or 3 per-channel values"),
 ]
 
 
@@ -340,6 +342,17 @@ def test_an_image_size_the_vision_encoder_was_not_built_for_is_named_before_trai
     with pytest.raises(ValueError, match=r"data.image_size: 48, but the vision encoder .* takes 32-pixel images"):
         train(config(backbones, out, **{"data.image_size": 48}))
     assert not out.exists()
+
+
+def test_data_mean_and_std_normalise_the_images_read_from_files(backbones, tmp_path):
+    from multisense.train import distributed
+    from multisense.train.trainer import file_loader
+
+    data = write_documents(tmp_path / "data", DOCUMENTS[:1])  # one red image
+    default = config(backbones, tmp_path / "run", **file_data(data))
+    assert next(iter(file_loader(default.data, distributed.Env()))).media[0][0, :, 0, 0].tolist() == [1, -1, -1]
+    mine = config(backbones, tmp_path / "run", **file_data(data), **{"data.mean": "[0, 0.5, 1]", "data.std": 0.5})
+    assert next(iter(file_loader(mine.data, distributed.Env()))).media[0][0, :, 0, 0].tolist() == [2, -1, -2]
 
 
 def test_a_dual_tower_clip_checkpoint_loads_its_vision_tower(tmp_path):

@@ -66,6 +66,11 @@ class DataConfig:
     max_shots: int = 8  # demonstrations per training episode: 0..max_shots
     paths: list[str] = field(default_factory=list)  # JSONL files / tar shards (globs allowed)
     image_size: int = 32
+    # Files only: each image scaled to [0, 1], then (x - mean) / std, per channel or for all three.
+    # The defaults give [-1, 1], the range the procedural tasks render in (they ignore these);
+    # set a pretrained encoder's own, e.g. CLIP's [0.481, 0.458, 0.408] / [0.269, 0.261, 0.276].
+    mean: float | list[float] = 0.5
+    std: float | list[float] = 0.5
     on_error: str = "skip"  # bad records in files: "skip" (reported) or "raise"
     batch_size: int = 8  # per process and micro-batch
     seed: int = 0
@@ -122,6 +127,7 @@ DEVICES = ("auto", "cpu", "cuda")  # what distributed.setup takes
 def validate(cfg: TrainConfig) -> None:
     """Check every value before anything loads or is written: a typo costs no backbone load and
     leaves no run directory. Errors name the dotted key (`train.precision: expected ...`)."""
+    from ..data.images import normalisation
     from ..data.loaders import ON_ERROR, expand_paths
     from ..data.tasks import get_task
 
@@ -155,6 +161,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("train.distill_words: needs data.task (documents from files carry no words)")
     check_choice(data.on_error, ON_ERROR, "data.on_error")
     check_number(data.image_size, "data.image_size", at_least=1)
+    normalisation(data.mean, data.std, where="data.")
     check_number(data.batch_size, "data.batch_size", at_least=1)
     check_number(data.max_shots, "data.max_shots", at_least=0)
     if model.standardize_media:  # a standard deviation needs two samples
@@ -234,8 +241,8 @@ def file_loader(cfg: DataConfig, env: distributed.Env, at: dict | None = None):
     from ..data.loaders import DocumentLoader
 
     at = at or {"epoch": 0, "position": 0}
-    return DocumentLoader(cfg.paths, image_size=cfg.image_size, on_error=cfg.on_error, rank=env.rank,
-                          world_size=env.world_size, start=at["position"], epoch=at["epoch"])
+    return DocumentLoader(cfg.paths, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std, on_error=cfg.on_error,
+                          rank=env.rank, world_size=env.world_size, start=at["position"], epoch=at["epoch"])
 
 
 def loader_positions(loader, env: distributed.Env) -> list[dict]:
