@@ -305,6 +305,22 @@ def test_a_pass_resumed_at_the_end_of_an_epoch_ends_that_epoch(mixed):
     assert [d.text for d in at_end] == texts and (at_end.epoch, at_end.position) == (5, 0)
 
 
+def test_a_bad_record_is_reported_once_not_every_epoch(mixed, caplog):
+    loader = DocumentLoader(mixed, image_size=S)
+    with caplog.at_level(logging.WARNING, logger="multisense.data"):
+        for _ in range(3):
+            assert len(list(loader)) == 10
+    assert len(caplog.records) == 2 and len(loader.errors) == 2  # records 3 and 9, from the first pass
+    # a loader resumed in a later epoch met them in its first: it reports nothing again
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="multisense.data"):
+        resumed = DocumentLoader(mixed, image_size=S, start=2, epoch=1)
+        assert len(list(resumed)) == 8
+    assert caplog.records == [] and resumed.errors == []
+    with pytest.raises(ValueError, match="a.jsonl:4"):  # on_error="raise" raises in every epoch
+        list(DocumentLoader(mixed, image_size=S, on_error="raise", epoch=1))
+
+
 def test_arguments_are_checked_up_front(data, mixed):
     with pytest.raises(ValueError, match="on_error: expected one of 'skip', 'raise', got 'ignore'"):
         DocumentLoader(mixed, image_size=S, on_error="ignore")

@@ -26,7 +26,8 @@ extracted to disk.
 Bad records (invalid JSON, missing or empty text, missing image file or member, unreadable or
 corrupt image, marker/media count mismatch, an empty clip or frames of different sizes) are
 reported with file and line (JSONL, 1-based) or shard and key (tar). on_error="skip" logs a
-warning on the "multisense.data" logger, appends a `BadRecord` to `loader.errors` and goes on;
+warning on the "multisense.data" logger, appends a `BadRecord` to `loader.errors` and goes on,
+in the first epoch only (later passes skip the same records silently);
 on_error="raise" raises ValueError naming the place and the reason. A shard that breaks off
 mid-stream is reported the same way and the loader moves on to the next file.
 
@@ -177,8 +178,11 @@ class DocumentLoader:
                         reason)
         if self.on_error == "raise":
             raise ValueError(f"{bad} (on_error='raise'; pass on_error='skip' to skip bad records)")
-        log.warning("%s (skipped)", bad)
-        self.errors.append(bad)
+        # Every pass meets the same bad records: report them in the first only (a loader resumed
+        # in a later epoch met them in its first), so neither the log nor `errors` keeps growing.
+        if self.epoch == 0:
+            log.warning("%s (skipped)", bad)
+            self.errors.append(bad)
 
     # Sources: each yields (line or key, build) per record; build() -> Document, None if not wanted.
 
