@@ -32,3 +32,22 @@ def test_an_error_that_is_not_the_users_keeps_its_traceback(monkeypatch):
 def test_eval_argument_errors_take_the_same_form(capsys, tmp_path):
     assert cli.main(["eval", "--model", str(tmp_path), "--task", "video", "--task-arg", "frames"]) == 2
     assert capsys.readouterr().err == "multisense eval: error: --task-arg 'frames': expected KEY=VALUE\n"
+
+
+def _help(argv: list[str], capsys, monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare words
+
+
+def test_demo_help_describes_every_flag_with_its_default(capsys, monkeypatch):
+    import dataclasses
+
+    from multisense.demo import DemoConfig
+
+    text = _help(["demo", "--help"], capsys, monkeypatch)
+    for f in dataclasses.fields(DemoConfig):
+        assert f.metadata.get("help"), f"DemoConfig.{f.name} has no help text"
+        assert f"{' '.join(f.metadata['help'].split())} (default: {f.default})" in text, f.name

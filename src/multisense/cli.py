@@ -30,14 +30,15 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointErro
 def _demo(argv: list[str]) -> int:
     from .demo import DemoConfig, run
 
-    parser = argparse.ArgumentParser(prog="multisense demo", description="Flamingo on procedural scenes, on CPU")
-    for f in dataclasses.fields(DemoConfig):
-        flag = "--" + f.name.replace("_", "-")
+    parser = argparse.ArgumentParser(prog="multisense demo", description="Flamingo on procedural scenes, on CPU",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(DemoConfig):  # one flag per field, its help from the field's metadata
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default)
+            parser.add_argument(flag, type=kind, default=f.default, help=text)
     args = parser.parse_args(argv)
     run(DemoConfig(**vars(args)))
     return 0
