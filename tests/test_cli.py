@@ -51,3 +51,9 @@ def test_demo_help_describes_every_flag_with_its_default(capsys, monkeypatch):
     for f in dataclasses.fields(DemoConfig):
         assert f.metadata.get("help"), f"DemoConfig.{f.name} has no help text"
         assert f"{' '.join(f.metadata['help'].split())} (default: {f.default})" in text, f.name
+
+
+def test_eval_help_shows_the_defaults(capsys, monkeypatch):
+    text = _help(["eval", "--help"], capsys, monkeypatch)
+    for default in ("[0, 2, 4, 8]", "[0, 1, 2]", "100", "16"):
+        assert f"(default: {default})" in text
