@@ -57,3 +57,9 @@ def test_eval_help_shows_the_defaults(capsys, monkeypatch):
     text = _help(["eval", "--help"], capsys, monkeypatch)
     for default in ("[0, 2, 4, 8]", "[0, 1, 2]", "100", "16"):
         assert f"(default: {default})" in text
+
+
+def test_eval_of_a_model_that_is_no_local_directory_is_named(capsys):
+    assert cli.main(["eval", "--model", "no/such/model", "--task", "video"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multisense eval: error: --model: expected a local directory") and "'no/such/model'" in err

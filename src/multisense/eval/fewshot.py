@@ -160,6 +160,9 @@ def main(argv: list[str]) -> int:
         task_args[key] = yaml.safe_load(value)
     overrides = {k: v for k, v in (("mode", args.mode), ("interpolate_frames", args.interpolate_frames))
                  if v is not None}
+    if not Path(args.model).is_dir():  # transformers would take it for a Hub repo id
+        raise FileNotFoundError(f"--model: expected a local directory written by save_pretrained (with "
+                                f"--in-words, or a causal-LM directory), got {args.model!r} (no such directory)")
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     task = get_task(args.task, **task_args)
     if args.truncate_frames:
