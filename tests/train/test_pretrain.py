@@ -1,6 +1,7 @@
 """Default backbones: a few training steps produce loadable Hugging Face folders, cached once."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,21 @@ def test_a_backbone_that_is_no_local_directory_is_named_before_anything_builds(t
     with pytest.raises(FileNotFoundError, match=r"model.vision: expected a local directory or 'default', "
                                                 r"got 'no/such/tower'"):
         pretrain.resolve_backbone_dirs("default", "no/such/tower")
+
+
+def test_a_built_cache_gets_the_modes_the_umask_gives(tmp_path):
+    # mkdtemp makes a 0700 folder and safetensors 0600 files: the cache would be its owner's only
+    from safetensors.torch import save_file
+
+    def build(partial):
+        (partial / "lm").mkdir()
+        save_file({"w": torch.zeros(2)}, str(partial / "lm" / "model.safetensors"))
+
+    old = os.umask(0o022)
+    try:
+        pretrain._build_atomically(tmp_path / "cache", build)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777
+             for p in [tmp_path / "cache", *(tmp_path / "cache").rglob("*")]}
+    assert modes == {"cache": 0o755, "cache/lm": 0o755, "cache/lm/model.safetensors": 0o644}

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..files import give_default_mode
+
 MANIFEST = "checkpoint.json"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -85,6 +87,7 @@ def save(directory: str | os.PathLike, *, step: int, weights: dict[str, torch.Te
     tmp.mkdir()
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        give_default_mode(tmp / WEIGHTS)  # safetensors leaves it 0600 (multisense.files)
         torch.save(state, tmp / STATE)
         files = {}
         for name in (WEIGHTS, STATE):

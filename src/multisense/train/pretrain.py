@@ -50,6 +50,7 @@ from multisense.data.tasks import VOCABULARY as TASK_VOCABULARY
 from multisense.data.tasks import FewShotMapped
 from multisense.data.tasks import text_corpus as task_text_corpus
 from multisense.data.tokenizer import train_word_tokenizer
+from multisense.files import give_default_mode
 from multisense.train.loop import fit
 
 # Bump on any change to what the backbones learn, so that stale caches are rebuilt.
@@ -395,6 +396,9 @@ def _build_atomically(root: Path, build) -> None:
     partial = Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=root.parent))
     try:
         build(partial)
+        # mkdtemp's 0700 and safetensors' 0600 would keep the cache from anyone but its builder
+        for path in [partial, *partial.rglob("*")]:
+            give_default_mode(path)
         if root.exists():  # forced rebuild, or a damaged cache
             shutil.rmtree(root)
         os.replace(partial, root)
