@@ -355,6 +355,16 @@ def test_data_mean_and_std_normalise_the_images_read_from_files(backbones, tmp_p
     assert next(iter(file_loader(mine.data, distributed.Env()))).media[0][0, :, 0, 0].tolist() == [2, -1, -2]
 
 
+def test_a_bad_record_is_reported_once_by_a_run_that_calibrates_on_the_files(backbones, tmp_path, caplog):
+    import logging
+
+    data = write_documents(tmp_path / "data", DOCUMENTS)
+    with caplog.at_level(logging.WARNING, logger="multisense.data"):
+        train(config(backbones, tmp_path / "run", **file_data(data), **{"train.steps": 4}))  # 8 documents
+    assert [r.getMessage() for r in caplog.records if "missing.png" in r.getMessage()] == \
+        [f"{data}:2: missing image 'missing.png' ({data.parent / 'missing.png'}) (skipped)"]
+
+
 def test_a_dual_tower_clip_checkpoint_loads_its_vision_tower(tmp_path):
     import transformers as tf
 

@@ -302,8 +302,11 @@ def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: tor
     (for calibrate_media)."""
     size = max(d for d in range(1, min(samples, 32) + 1) if samples % d == 0)
     single = distributed.Env(device=device)
-    batches = micro_batches(dataclasses.replace(cfg, batch_size=size), tokenizer, env=single, grad_accum=1,
-                            start_step=0)
+    cfg = dataclasses.replace(cfg, batch_size=size)
+    # Files: the training loader reports the bad records it meets in its first epoch; this loader
+    # reads the same records, so it starts as if in a later epoch, which reports none again.
+    loader = None if cfg.task else file_loader(cfg, single, {"epoch": 1, "position": 0})
+    batches = micro_batches(cfg, tokenizer, env=single, grad_accum=1, start_step=0, loader=loader)
     for _ in range(samples // size):
         yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in next(batches).items()}
 
