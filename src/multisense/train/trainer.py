@@ -7,6 +7,7 @@ The run directory holds `checkpoints/step-*/` (atomic, exact resume), `logs/metr
 TensorBoard event files, `config.yaml` (the resolved config) and, at the end, `model/`
 (save_pretrained). A run started again with the same `out_dir` resumes from its newest
 checkpoint (`train.resume: auto`): weights, optimiser, schedule, step, data position and RNG.
+Every config value is checked (`validate`) before anything loads or is written.
 
 Data are a procedural task (`data.task`, a name from `multisense.data.tasks.TASKS`) or files
 (`data.paths`: JSONL and tar shards, `multisense.data.loaders`). Sample i of a task is drawn
