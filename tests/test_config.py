@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from multisense.config import apply_overrides, from_dict, load_config
+from multisense.config import apply_overrides, check_choice, check_number, from_dict, load_config
 
 
 @dataclass
@@ -44,3 +44,17 @@ def test_overrides_parse_yaml_scalars_and_do_not_touch_the_input(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("inner:\n  size: 7\n")
     assert load_config(Outer, preset, ["name=y"]) == Outer(name="y", inner=Inner(size=7))
+
+
+def test_value_checks_name_the_key_and_what_was_expected():
+    check_choice("bf16", ("fp32", "bf16"), "train.precision")
+    with pytest.raises(ValueError, match=r"^train.precision: expected one of 'fp32', 'bf16', got 'fp16'$"):
+        check_choice("fp16", ("fp32", "bf16"), "train.precision")
+    check_number(1, "train.steps", at_least=1)
+    with pytest.raises(ValueError, match=r"^train.steps: expected a number >= 1, got -5$"):
+        check_number(-5, "train.steps", at_least=1)
+    with pytest.raises(ValueError, match=r"^optim.betas\[1\]: expected a number >= 0 and < 1, got 1.0$"):
+        check_number(1.0, "optim.betas[1]", at_least=0, below=1)
+    for bad in (float("nan"), float("inf")):  # never meant; NaN would pass every comparison
+        with pytest.raises(ValueError, match=r"optim.lr: expected a number > 0"):
+            check_number(bad, "optim.lr", above=0)

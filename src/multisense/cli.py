@@ -6,26 +6,39 @@
     multisense experiment NAME|all              the claims checked: gate_init, frame_embeddings, masking
     multisense bench [...]                      block throughput and memory benchmarks
     multisense bench training [...]             training throughput, memory, DDP scaling
+
+An error in what was given (a config value, a path, a run already there) is one line,
+`multisense <command>: error: ...`, and exit code 2; `multisense --debug <command> ...` (or
+MULTISENSE_DEBUG=1) shows its traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+
+# The library's errors about what a user gave: a config value or argument (ValueError, which
+# also covers the config's unknown keys and wrong types), a missing file or directory, an
+# out_dir that holds a run, a loss gone non-finite (it names the step). Their message is the
+# whole story. Anything else (TypeError, KeyError, RuntimeError, ...) is a bug or an
+# environment failure and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
 
 
 def _demo(argv: list[str]) -> int:
     from .demo import DemoConfig, run
 
-    parser = argparse.ArgumentParser(prog="multisense demo", description="Flamingo on procedural scenes, on CPU")
-    for f in dataclasses.fields(DemoConfig):
-        flag = "--" + f.name.replace("_", "-")
+    parser = argparse.ArgumentParser(prog="multisense demo", description="Flamingo on procedural scenes, on CPU",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(DemoConfig):  # one flag per field, its help from the field's metadata
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default)
+            parser.add_argument(flag, type=kind, default=f.default, help=text)
     args = parser.parse_args(argv)
     run(DemoConfig(**vars(args)))
     return 0
@@ -64,10 +77,20 @@ COMMANDS = {"demo": _demo, "train": _train, "eval": _eval, "experiment": _experi
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug = os.environ.get("MULTISENSE_DEBUG", "") not in ("", "0")
+    if argv[:1] == ["--debug"]:
+        debug, argv = True, argv[1:]
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return COMMANDS[argv[0]](argv[1:])
+    command, rest = argv[0], argv[1:]
+    try:
+        return COMMANDS[command](rest)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"multisense {command}: error: {err}", file=sys.stderr)  # argparse's form, and its exit code
+        return 2
 
 
 if __name__ == "__main__":

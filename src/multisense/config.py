@@ -5,12 +5,16 @@ are the source of truth; YAML only holds presets. Every key is checked: an unkno
 error that names its full dotted path and suggests the nearest valid one, and a value of the
 wrong type is an error naming the key and the expected type. Overrides use the command-line
 form `optim.lr=3e-4 model.flamingo.mode=all_previous`, values parsed as YAML scalars.
+`check_choice` and `check_number` check a value beyond its type (one of a set, within bounds),
+with the same kind of error: the dotted key, what was expected, what was given.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import operator
 import types
 import typing
 from pathlib import Path
@@ -29,6 +33,26 @@ def check_keys(cls: type, values: dict, where: str = "") -> None:
             near = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {where + near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
             raise ValueError(f"{cls.__name__}: unknown key {where + str(key)!r}{hint}")
+
+
+def check_choice(value: Any, choices: tuple, where: str) -> None:
+    """Raise ValueError naming `where` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{where}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def check_number(value: float, where: str, *, at_least: float | None = None, above: float | None = None,
+                 at_most: float | None = None, below: float | None = None) -> None:
+    """Raise ValueError naming `where` unless `value` is finite and within every bound given
+    (NaN passes no comparison, inf is never a meant setting)."""
+    given = {">=": at_least, ">": above, "<=": at_most, "<": below}
+    bounds = {op: bound for op, bound in given.items() if bound is not None}
+    if not (math.isfinite(value) and all(_COMPARE[op](value, bound) for op, bound in bounds.items())):
+        expected = " and ".join(f"{op} {bound}" for op, bound in bounds.items())
+        raise ValueError(f"{where}: expected a number {expected}, got {value!r}")
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

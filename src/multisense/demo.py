@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,41 +33,47 @@ from .train.pretrain import ensure_default_backbones
 from .train.slots import LatentObjectLoss
 
 
+def option(default, text: str):
+    """A DemoConfig field with its `multisense demo --help` text (cli._demo reads it)."""
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class DemoConfig:
     # 1000 steps (v4: 1500) keep the first run, the v5 tower's longer pretraining included, under 10 minutes
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 2e-3
+    steps: int = option(1000, "optimiser steps of Flamingo training")
+    batch_size: int = option(32, "scenes per step")
+    lr: float = option(2e-3, "peak learning rate (AdamW; warmup, then cosine decay)")
     # A scalar alpha moves about gate_lr per Adam step: at 2e-2 the gates were still below 0.5
     # after 600 steps; at 0.1 they open within the first hundred.
-    gate_lr: float = 0.1
-    warmup_steps: int = 30
+    gate_lr: float = option(0.1, "learning rate of the tanh gates' alphas")
+    warmup_steps: int = option(30, "steps of linear learning-rate warmup")
     # Scenes hold at most 3 objects. With 16 latents, training on ideal per-object features
     # reached caption EM 0.09 and shape 0.33 in 300 steps; with 4 latents 0.30 and 0.72, as
     # good as feeding the features to the gated blocks directly (docs/results.md).
-    num_latents: int = 4
-    resampler_depth: int = 2
-    cross_attn_every: int = 1
-    heads: int = 4
-    dim_head: int = 32
+    num_latents: int = option(4, "Perceiver Resampler latents per image")
+    resampler_depth: int = option(2, "Perceiver Resampler layers")
+    cross_attn_every: int = option(1, "a gated cross-attention block before every n-th LM layer")
+    heads: int = option(4, "attention heads of the resampler and of the cross-attention")
+    dim_head: int = option(32, "width of each attention head")
     # LayerNorm on the cross-attention's queries and keys per head. Without it the attention at a
     # question's last token saturates on one latent early and stays there (entropy 0.1-0.3 nats);
     # with it, "what colour is the triangle" rose from 0.85 to 0.99 (docs/results.md, session 8).
-    qk_norm: bool = True
+    qk_norm: bool = option(True, "LayerNorm on the cross-attention's queries and keys, per head")
     # Weight of the object-slot loss (train/slots.py): latent k names the colour, shape and place
     # of the k-th object from the left. Without it, questions that name an object are answered
     # with any colour or shape present, and position questions stay at chance.
-    object_loss: float = 1.0
+    object_loss: float = option(1.0, "weight of the object-slot loss on the latents (0: off)")
     # Standardise the vision tower's features per channel (FlamingoConfig.standardize_media),
     # with statistics from the first calibration_batches training batches.
-    standardize_media: bool = False
-    calibration_batches: int = 8
-    eval_samples: int = 200
-    seed: int = 0
-    out_dir: str = "runs/demo"
-    cache_dir: str | None = None
-    progress: bool = True
+    standardize_media: bool = option(False, "standardise the vision tower's features per channel")
+    calibration_batches: int = option(8, "training batches that measure the statistics of --standardize-media")
+    eval_samples: int = option(200, "held-out scenes per question kind")
+    seed: int = option(0, "seed of the trainable weights and of the training scenes")
+    out_dir: str = option("runs/demo", "where the model, results, report and plots go")
+    cache_dir: str | None = option(None, "cache of the default backbones (None: $MULTISENSE_CACHE, "
+                                          "else ~/.cache/multisense)")
+    progress: bool = option(True, "show progress bars")
 
 
 CHANCE = {"caption": 0.0, **{k: 1 / len(v) for k, v in scenes.ANSWER_SETS.items()}}

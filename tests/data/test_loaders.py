@@ -82,7 +82,7 @@ def test_transform_takes_any_mode_and_per_channel_mean_std():
     assert x[:, 0, 0].tolist() == pytest.approx([1.0, 1.0, 0.0])
     with pytest.raises(ValueError, match="image_size"):
         image_to_tensor(grey, 0)
-    with pytest.raises(ValueError, match="mean/std"):
+    with pytest.raises(ValueError, match="mean: expected a float or 3 per-channel values"):
         image_to_tensor(grey, 2, mean=(0.5, 0.5))
 
 
@@ -292,8 +292,37 @@ def test_position_resumes_at_the_next_record(mixed, world_size, rank):
     assert resumed.position == 0 and [d.text for d in resumed] == full
 
 
+def test_a_pass_resumed_at_the_end_of_an_epoch_ends_that_epoch(mixed):
+    # A checkpoint taken right after an epoch's last document holds a position past every record
+    # this rank owns (12 records); the pass from there yields nothing and is the rest of that
+    # epoch, not "a whole pass gave no document": the next batch comes from the next epoch.
+    texts = [d.text for d in DocumentLoader(mixed, image_size=S, rank=1, world_size=2)]
+    at_end = DocumentLoader(mixed, image_size=S, rank=1, world_size=2, start=12, epoch=3)
+    batch = next(batches(at_end, WordTokenizer(), 2, epochs=None))
+    assert batch["input_ids"].shape[0] == 2 and at_end.epoch == 4
+    at_end = DocumentLoader(mixed, image_size=S, rank=1, world_size=2, start=12, epoch=3)
+    assert [d.text for d in at_end] == [] and (at_end.epoch, at_end.position) == (4, 0)
+    assert [d.text for d in at_end] == texts and (at_end.epoch, at_end.position) == (5, 0)
+
+
+def test_a_bad_record_is_reported_once_not_every_epoch(mixed, caplog):
+    loader = DocumentLoader(mixed, image_size=S)
+    with caplog.at_level(logging.WARNING, logger="multisense.data"):
+        for _ in range(3):
+            assert len(list(loader)) == 10
+    assert len(caplog.records) == 2 and len(loader.errors) == 2  # records 3 and 9, from the first pass
+    # a loader resumed in a later epoch met them in its first: it reports nothing again
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="multisense.data"):
+        resumed = DocumentLoader(mixed, image_size=S, start=2, epoch=1)
+        assert len(list(resumed)) == 8
+    assert caplog.records == [] and resumed.errors == []
+    with pytest.raises(ValueError, match="a.jsonl:4"):  # on_error="raise" raises in every epoch
+        list(DocumentLoader(mixed, image_size=S, on_error="raise", epoch=1))
+
+
 def test_arguments_are_checked_up_front(data, mixed):
-    with pytest.raises(ValueError, match="on_error: expected 'skip' or 'raise', got 'ignore'"):
+    with pytest.raises(ValueError, match="on_error: expected one of 'skip', 'raise', got 'ignore'"):
         DocumentLoader(mixed, image_size=S, on_error="ignore")
     with pytest.raises(ValueError, match="rank, world_size"):
         DocumentLoader(mixed, image_size=S, rank=2, world_size=2)
@@ -305,6 +334,13 @@ def test_arguments_are_checked_up_front(data, mixed):
         DocumentLoader(data / "red.png", image_size=S)
     with pytest.raises(ValueError, match="image_size"):
         DocumentLoader(mixed, image_size=0)
+    # images would become inf or NaN
+    for std in (0, -0.5, (0.5, 0.0, 0.5), float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"^std: expected finite values > 0"):
+            DocumentLoader(mixed, image_size=S, std=std)
+    for mean in (float("nan"), (0.5, float("inf"), 0.5)):
+        with pytest.raises(ValueError, match=r"^mean: expected finite values"):
+            DocumentLoader(mixed, image_size=S, mean=mean)
     # a directory or a glob stands for its .jsonl files and shards, sorted
     assert DocumentLoader(data, image_size=S).files == [str(p) for p in mixed]
     assert DocumentLoader(str(data / "*.tar"), image_size=S).files == [str(mixed[1])]

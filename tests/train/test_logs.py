@@ -78,3 +78,24 @@ def test_resume_appends_and_an_existing_log_is_not_overwritten(tmp_path):
     assert _rows(tmp_path / "metrics.csv") == [["step", "loss", "acc"], ["1", "2.0", ""], ["2", "1.0", "0.5"]]
     events = sorted(e for p in tmp_path.glob("events.out.tfevents.*") for e in read_events(p))
     assert events == [(1, "loss", 2.0), (2, "acc", 0.5), (2, "loss", 1.0)]
+
+
+def test_flush_puts_every_row_logged_so_far_on_disk(tmp_path):
+    log = RunLogger(tmp_path, flush_every=1000)
+    log.log(1, {"loss": 2.0})
+    log.log(2, {"loss": 1.0})
+    log.flush()
+    assert _rows(tmp_path / "metrics.csv") == [["step", "loss"], ["1", "2.0"], ["2", "1.0"]]
+    assert [e[0] for e in read_events(_event_file(tmp_path))] == [1, 2]
+    log.close()
+
+
+def test_resume_drops_the_rows_after_the_step_it_resumes_from(tmp_path):
+    # A run killed after its checkpoint at step 2 had logged steps 3 and 4; the resumed run logs
+    # them again, so the first run's copies go.
+    with RunLogger(tmp_path) as log:
+        for step in (1, 2, 3, 4):
+            log.log(step, {"loss": float(step)})
+    with RunLogger(tmp_path, resume=True, resume_step=2) as log:
+        log.log(3, {"loss": 30.0})
+    assert _rows(tmp_path / "metrics.csv") == [["step", "loss"], ["1", "1.0"], ["2", "2.0"], ["3", "30.0"]]

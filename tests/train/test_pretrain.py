@@ -1,6 +1,7 @@
 """Default backbones: a few training steps produce loadable Hugging Face folders, cached once."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,38 @@ def test_ensure_icl_lm_builds_once_and_resolves_by_name(tmp_path, monkeypatch):
     assert Path(lm) == first == tmp_path / pretrain.ICL_VERSION / "lm" and vision is None
     assert len(calls) == 1  # the second call found the cache
     assert not list(tmp_path.glob("*.partial-*"))
-    assert pretrain.resolve_backbone_dirs("some/dir", "other/dir") == ("some/dir", "other/dir")
     with pytest.raises(ValueError, match="model.vision"):
-        pretrain.resolve_backbone_dirs("some/dir", "icl")
+        pretrain.resolve_backbone_dirs(str(first), "icl")
+
+
+def test_a_backbone_that_is_no_local_directory_is_named_before_anything_builds(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "ensure_default_backbones", lambda *a, **k: pytest.fail("built the defaults"))
+    lm, vision = tmp_path / "lm", tmp_path / "vision"
+    lm.mkdir()
+    vision.mkdir()
+    assert pretrain.resolve_backbone_dirs(str(lm), str(vision)) == (str(lm), str(vision))
+    # not transformers' "Repo id must be in the form ...": the key, and what it takes
+    with pytest.raises(FileNotFoundError, match=r"model.lm: expected a local directory, 'default' or 'icl', "
+                                                r"got 'no/such/lm'"):
+        pretrain.resolve_backbone_dirs("no/such/lm", "default")
+    with pytest.raises(FileNotFoundError, match=r"model.vision: expected a local directory or 'default', "
+                                                r"got 'no/such/tower'"):
+        pretrain.resolve_backbone_dirs("default", "no/such/tower")
+
+
+def test_a_built_cache_gets_the_modes_the_umask_gives(tmp_path):
+    # mkdtemp makes a 0700 folder and safetensors 0600 files: the cache would be its owner's only
+    from safetensors.torch import save_file
+
+    def build(partial):
+        (partial / "lm").mkdir()
+        save_file({"w": torch.zeros(2)}, str(partial / "lm" / "model.safetensors"))
+
+    old = os.umask(0o022)
+    try:
+        pretrain._build_atomically(tmp_path / "cache", build)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777
+             for p in [tmp_path / "cache", *(tmp_path / "cache").rglob("*")]}
+    assert modes == {"cache": 0o755, "cache/lm": 0o755, "cache/lm/model.safetensors": 0o644}

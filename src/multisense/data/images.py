@@ -30,8 +30,22 @@ def image_to_tensor(image: Image.Image, image_size: int, *, mean: float | Sequen
     left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
     image = image.crop((left, top, left + image_size, top + image_size))
     x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-    if mean_t.numel() not in (1, 3) or std_t.numel() not in (1, 3):
-        raise ValueError(f"mean/std: expected a float or 3 per-channel values, got {mean!r} and {std!r}")
+    mean_t, std_t = normalisation(mean, std)
     return (x - mean_t) / std_t
+
+
+def normalisation(mean: float | Sequence[float], std: float | Sequence[float],
+                  where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """`mean` and `std` as [C, 1, 1] tensors (C = 1 or 3), checked: a std of 0 or a non-finite
+    value would turn every image into inf or NaN. Errors name `where + "mean"` / `where + "std"`
+    (`where`: a config section, e.g. "data.")."""
+    tensors = {}
+    for name, value in (("mean", mean), ("std", std)):
+        t = torch.as_tensor(value, dtype=torch.float32).reshape(-1, 1, 1)
+        if t.numel() not in (1, 3):
+            raise ValueError(f"{where}{name}: expected a float or 3 per-channel values, got {value!r}")
+        if not torch.isfinite(t).all() or (name == "std" and not (t > 0).all()):
+            expected = "finite values > 0" if name == "std" else "finite values"
+            raise ValueError(f"{where}{name}: expected {expected}, got {value!r}")
+        tensors[name] = t
+    return tensors["mean"], tensors["std"]

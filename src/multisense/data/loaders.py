@@ -26,14 +26,16 @@ extracted to disk.
 Bad records (invalid JSON, missing or empty text, missing image file or member, unreadable or
 corrupt image, marker/media count mismatch, an empty clip or frames of different sizes) are
 reported with file and line (JSONL, 1-based) or shard and key (tar). on_error="skip" logs a
-warning on the "multisense.data" logger, appends a `BadRecord` to `loader.errors` and goes on;
+warning on the "multisense.data" logger, appends a `BadRecord` to `loader.errors` and goes on,
+in the first epoch only (later passes skip the same records silently);
 on_error="raise" raises ValueError naming the place and the reason. A shard that breaks off
 mid-stream is reported the same way and the loader moves on to the next file.
 
 Records are numbered across all files in order, bad ones included. Rank r of world_size owns
 the records whose number is r modulo world_size. `loader.position` is the number of the next
-record to read; pass it back as `start` to resume. One `for` loop over the loader is one pass
-(epoch) from `position` to the end, after which `position` returns to 0.
+record to read and `loader.epoch` the number of whole passes done; pass them back as `start`
+and `epoch` to resume exactly (skipped bad records included). One `for` loop over the loader is
+one pass from `position` to the end, after which `position` returns to 0 and `epoch` goes up.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ..config import check_choice
 from .collate import Document, collate
 from .images import image_to_tensor
 
@@ -78,7 +81,13 @@ class _Bad(Exception):
     """A record that cannot become a Document; the loader adds the place."""
 
 
-def _expand(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+ON_ERROR = ("skip", "raise")
+
+
+def expand_paths(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike],
+                 where: str = "paths_or_globs") -> list[str]:
+    """The .jsonl files and tar shards that paths, globs (sorted) and directories stand for, in
+    order; errors name `where` (the argument, or a config key)."""
     items = [paths_or_globs] if isinstance(paths_or_globs, (str, os.PathLike)) else list(paths_or_globs)
     files = []
     for item in map(os.fspath, items):
@@ -87,13 +96,13 @@ def _expand(paths_or_globs: str | os.PathLike | Iterable[str | os.PathLike]) -> 
         else:
             found = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
         if not found or not all(map(os.path.isfile, found)):
-            raise ValueError(f"paths_or_globs: {item!r} matches no .jsonl file or tar shard")
+            raise ValueError(f"{where}: {item!r} matches no .jsonl file or tar shard")
         for p in found:
             if _kind(p) is None:
-                raise ValueError(f"paths_or_globs: {p!r} is neither .jsonl nor .tar/.tar.gz/.tgz")
+                raise ValueError(f"{where}: {p!r} is neither .jsonl nor .tar/.tar.gz/.tgz")
         files += found
     if not files:
-        raise ValueError("paths_or_globs: expected at least one path, got none")
+        raise ValueError(f"{where}: expected at least one path, got none")
     return files
 
 
@@ -110,21 +119,22 @@ class DocumentLoader:
 
     def __init__(self, paths_or_globs, *, image_size: int, mean: float | Sequence[float] = 0.5,
                  std: float | Sequence[float] = 0.5, marker: str = "<image>", on_error: str = "skip",
-                 rank: int = 0, world_size: int = 1, start: int = 0):
-        if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error: expected 'skip' or 'raise', got {on_error!r}")
+                 rank: int = 0, world_size: int = 1, start: int = 0, epoch: int = 0):
+        check_choice(on_error, ON_ERROR, "on_error")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank!r}, "
                              f"world_size={world_size!r}")
         if not isinstance(start, int) or start < 0:
             raise ValueError(f"start: expected a record number >= 0, got {start!r}")
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch: expected a count of passes >= 0, got {epoch!r}")
         if not marker:
             raise ValueError("marker: expected a non-empty string")
-        self.files = _expand(paths_or_globs)
+        self.files = expand_paths(paths_or_globs)
         self.marker, self.on_error, self.rank, self.world_size = marker, on_error, rank, world_size
         self.image_size, self.mean, self.std = image_size, mean, std
         self.transform(Image.new("RGB", (1, 1)))  # bad image_size/mean/std fail here, not mid-epoch
-        self.position = start
+        self.position, self.epoch = start, epoch
         self.errors: list[BadRecord] = []
 
     def __iter__(self) -> Iterator[Document]:
@@ -154,7 +164,7 @@ class DocumentLoader:
                     continue
                 self.position = index  # set before yielding: a checkpoint taken now resumes after this record
                 yield doc
-        self.position = 0
+        self.position, self.epoch = 0, self.epoch + 1
 
     def transform(self, image: Image.Image) -> torch.Tensor:
         """One Pillow image -> [C, H, W], normalised."""
@@ -168,8 +178,11 @@ class DocumentLoader:
                         reason)
         if self.on_error == "raise":
             raise ValueError(f"{bad} (on_error='raise'; pass on_error='skip' to skip bad records)")
-        log.warning("%s (skipped)", bad)
-        self.errors.append(bad)
+        # Every pass meets the same bad records: report them in the first only (a loader resumed
+        # in a later epoch met them in its first), so neither the log nor `errors` keeps growing.
+        if self.epoch == 0:
+            log.warning("%s (skipped)", bad)
+            self.errors.append(bad)
 
     # Sources: each yields (line or key, build) per record; build() -> Document, None if not wanted.
 
@@ -300,6 +313,10 @@ def batches(documents: Iterable[Document], tokenizer, batch_size: int, *, epochs
     pending: list[Document] = []
     epoch = 0
     while epochs is None or epoch < epochs:
+        # A loader resumed from a checkpoint taken after an epoch's last document starts past
+        # every record it owns: that empty pass is the rest of the epoch. Only a pass from the
+        # first record (other iterables have no position) that gives nothing is an error.
+        whole_pass = getattr(documents, "position", 0) == 0
         count = 0
         for doc in documents:
             count += 1
@@ -307,7 +324,7 @@ def batches(documents: Iterable[Document], tokenizer, batch_size: int, *, epochs
             if len(pending) == batch_size:
                 yield collate(pending, tokenizer, marker=marker)
                 pending = []
-        if count == 0 and epochs is None:
+        if count == 0 and whole_pass and epochs is None:
             raise ValueError("documents: a whole pass gave no document (all records bad, or a used-up iterator)")
         epoch += 1
     if pending:

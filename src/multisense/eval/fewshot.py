@@ -131,21 +131,24 @@ def main(argv: list[str]) -> int:
     from ..data.tasks import get_task
     from ..models import FlamingoModel
 
+    # defaults are in the help texts (ArgumentDefaultsHelpFormatter would add "default: None" to every flag)
     parser = argparse.ArgumentParser(prog="multisense eval", description="few-shot evaluation of a trained model")
     parser.add_argument("--model", required=True, help="a directory written by save_pretrained (e.g. runs/x/model)")
     parser.add_argument("--task", required=True, help="a task name from multisense.data.tasks")
     parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="task keyword, e.g. frames=30 (repeatable)")
-    parser.add_argument("--shots", type=int, nargs="+", default=[0, 2, 4, 8])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--samples", type=int, default=100, help="episodes per (shots, seed)")
+    parser.add_argument("--shots", type=int, nargs="+", default=[0, 2, 4, 8], help="demonstrations per episode (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="evaluation seeds: the spread over them is reported (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=100, help="episodes per (shots, seed) (default: %(default)s)")
     parser.add_argument("--mode", help="override the media masking mode (immediate, all_previous, window:k)")
-    parser.add_argument("--interpolate-frames", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--interpolate-frames", action=argparse.BooleanOptionalAction, default=None,
+                        help="override the model's interpolation of frame embeddings (default: the model's own)")
     parser.add_argument("--truncate-frames", type=int, help="keep only the first N frames of every clip")
     parser.add_argument("--in-words", action="store_true",
                         help="evaluate the language model alone on the episodes in words (media described); "
                              "--model may then also be a plain Hugging Face causal-LM directory")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="episodes per forward pass (default: %(default)s)")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
 
@@ -153,10 +156,13 @@ def main(argv: list[str]) -> int:
     for item in args.task_arg:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--task-arg {item!r}: expected KEY=VALUE")
+            raise ValueError(f"--task-arg {item!r}: expected KEY=VALUE")
         task_args[key] = yaml.safe_load(value)
     overrides = {k: v for k, v in (("mode", args.mode), ("interpolate_frames", args.interpolate_frames))
                  if v is not None}
+    if not Path(args.model).is_dir():  # transformers would take it for a Hub repo id
+        raise FileNotFoundError(f"--model: expected a local directory written by save_pretrained (with "
+                                f"--in-words, or a causal-LM directory), got {args.model!r} (no such directory)")
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     task = get_task(args.task, **task_args)
     if args.truncate_frames:

@@ -5,8 +5,9 @@ A checkpoint is a directory `step-000100/`:
     model.safetensors   trainable weights (the frozen backbones are not copied)
     state.pt            optimiser and scheduler state and torch RNG states, read back with
                         `torch.load(weights_only=True)`: tensors and plain containers, no pickle
-    checkpoint.json     step, data position, Python/numpy RNG states, the run config, and the
-                        size and sha256 of both files above
+    checkpoint.json     step, data position (the trainer's: the step, or every process's
+                        loader epoch and position), Python/numpy RNG states, the run config,
+                        and the size and sha256 of both files above
 
 It is written under a temporary name, flushed, then renamed into place, so a run killed at
 any moment leaves either a complete checkpoint or none. Loading checks every size and hash
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..files import give_default_mode
 
 MANIFEST = "checkpoint.json"
 WEIGHTS = "model.safetensors"
@@ -84,6 +87,7 @@ def save(directory: str | os.PathLike, *, step: int, weights: dict[str, torch.Te
     tmp.mkdir()
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        give_default_mode(tmp / WEIGHTS)  # safetensors leaves it 0600 (multisense.files)
         torch.save(state, tmp / STATE)
         files = {}
         for name in (WEIGHTS, STATE):

@@ -98,11 +98,14 @@ class RunLogger:
     `enabled=False` (ranks other than 0) makes every method a no-op and touches no file.
     `resume=True` appends to an existing `metrics.csv` and starts a new event file beside the old
     ones (TensorBoard reads them all); without it an existing log is an error, not overwritten.
-    Files are flushed every `flush_every` calls and on `close()`.
+    `resume_step`: the step the run resumes from; CSV rows of later steps are dropped, as a run
+    killed after its last checkpoint logged them and the resumed run logs those steps again.
+    Files are flushed every `flush_every` calls, on `flush()` (the trainer calls it at every
+    checkpoint, so a run killed after one keeps every row logged before it) and on `close()`.
     """
 
     def __init__(self, log_dir: str | os.PathLike, *, enabled: bool = True, resume: bool = False,
-                 flush_every: int = 10):
+                 resume_step: int | None = None, flush_every: int = 10):
         self.enabled, self.flush_every, self._calls = enabled, flush_every, 0
         if not enabled:
             return
@@ -117,7 +120,9 @@ class RunLogger:
         self.columns = ["step"]
         if exists:
             with open(self.csv_path, newline="") as f:
-                self.columns = next(csv.reader(f))
+                self.columns, *rows = csv.reader(f)
+            if resume_step is not None and any(int(r[0]) > resume_step for r in rows):
+                self._rewrite([r for r in rows if int(r[0]) <= resume_step])
         self._csv = open(self.csv_path, "a" if exists else "w", newline="")
         if not exists:
             csv.writer(self._csv).writerow(self.columns)
@@ -137,6 +142,12 @@ class RunLogger:
         self._tb.write(_record(_event(time.time(), int(step), values=values)))
         self._calls += 1
         if self._calls % self.flush_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand every row and event logged so far to the OS: they survive the process being
+        killed (not a machine crash; that would need fsync)."""
+        if self.enabled:
             self._csv.flush()
             self._tb.flush()
 
@@ -146,11 +157,15 @@ class RunLogger:
         with open(self.csv_path, newline="") as f:
             rows = list(csv.reader(f))[1:]
         self.columns += new
+        self._rewrite(rows)
+        self._csv = open(self.csv_path, "a", newline="")
+
+    def _rewrite(self, rows: list[list[str]]) -> None:
+        """Replace the CSV with `self.columns` and `rows` (padded to the header), atomically."""
         tmp = self.csv_path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([self.columns] + [r + [""] * (len(self.columns) - len(r)) for r in rows])
         os.replace(tmp, self.csv_path)
-        self._csv = open(self.csv_path, "a", newline="")
 
     def close(self) -> None:
         if self.enabled and not self._csv.closed:

@@ -50,6 +50,7 @@ from multisense.data.tasks import VOCABULARY as TASK_VOCABULARY
 from multisense.data.tasks import FewShotMapped
 from multisense.data.tasks import text_corpus as task_text_corpus
 from multisense.data.tokenizer import train_word_tokenizer
+from multisense.files import give_default_mode
 from multisense.train.loop import fit
 
 # Bump on any change to what the backbones learn, so that stale caches are rebuilt.
@@ -395,6 +396,9 @@ def _build_atomically(root: Path, build) -> None:
     partial = Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=root.parent))
     try:
         build(partial)
+        # mkdtemp's 0700 and safetensors' 0600 would keep the cache from anyone but its builder
+        for path in [partial, *partial.rglob("*")]:
+            give_default_mode(path)
         if root.exists():  # forced rebuild, or a damaged cache
             shutil.rmtree(root)
         os.replace(partial, root)
@@ -464,6 +468,14 @@ def resolve_backbone_dirs(lm: str, vision: str | None = None, *, cache_dir: str 
     first use."""
     if vision == "icl":
         raise ValueError('model.vision: "icl" names a language model; expected "default" or a directory')
+    # Checked before anything builds; transformers would take a missing path for a Hub repo id
+    # and fail with "Repo id must be in the form ...".
+    if lm not in ("default", "icl") and not os.path.isdir(lm):
+        raise FileNotFoundError(f"model.lm: expected a local directory, 'default' or 'icl', got {lm!r} "
+                                "(no such directory)")
+    if vision not in (None, "default") and not os.path.isdir(vision):
+        raise FileNotFoundError(f"model.vision: expected a local directory or 'default', got {vision!r} "
+                                "(no such directory)")
     if "default" in (lm, vision):
         defaults = ensure_default_backbones(cache_dir, progress=progress)
         lm = str(defaults.lm) if lm == "default" else lm

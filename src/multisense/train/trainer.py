@@ -7,12 +7,15 @@ The run directory holds `checkpoints/step-*/` (atomic, exact resume), `logs/metr
 TensorBoard event files, `config.yaml` (the resolved config) and, at the end, `model/`
 (save_pretrained). A run started again with the same `out_dir` resumes from its newest
 checkpoint (`train.resume: auto`): weights, optimiser, schedule, step, data position and RNG.
+Every config value is checked (`validate`) before anything loads or is written.
 
 Data are a procedural task (`data.task`, a name from `multisense.data.tasks.TASKS`) or files
 (`data.paths`: JSONL and tar shards, `multisense.data.loaders`). Sample i of a task is drawn
 from its own seeded generator, so the data position is just the step, and process r of N
 takes samples r, r+N, ... of each global batch: 2 processes of batch b see exactly the samples
-of 1 process of batch 2b.
+of 1 process of batch 2b. With files, process r reads the records numbered r modulo N; each
+process's loader has its own (epoch, position), and a checkpoint holds every process's, so a
+resume continues at the next record of each, whatever bad records were skipped.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ import torch
 import transformers
 import yaml
 
-from ..config import load_config, to_dict
+from ..config import check_choice, check_number, load_config, to_dict
 from ..data.collate import collate
 from ..encoders import load_vision_encoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
 from ..models.io import check_fits
+from ..nn.masks import parse_mode
 from . import checkpoint as ckpt
 from . import distributed
 from .distill import InWordsDistillation
@@ -63,6 +67,11 @@ class DataConfig:
     max_shots: int = 8  # demonstrations per training episode: 0..max_shots
     paths: list[str] = field(default_factory=list)  # JSONL files / tar shards (globs allowed)
     image_size: int = 32
+    # Files only: each image scaled to [0, 1], then (x - mean) / std, per channel or for all three.
+    # The defaults give [-1, 1], the range the procedural tasks render in (they ignore these);
+    # set a pretrained encoder's own, e.g. CLIP's [0.481, 0.458, 0.408] / [0.269, 0.261, 0.276].
+    mean: float | list[float] = 0.5
+    std: float | list[float] = 0.5
     on_error: str = "skip"  # bad records in files: "skip" (reported) or "raise"
     batch_size: int = 8  # per process and micro-batch
     seed: int = 0
@@ -112,6 +121,78 @@ class TrainConfig:
 
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
+PRECISIONS = ("fp32", "bf16", "auto")  # what fit() takes, and "auto" (_precision)
+DEVICES = ("auto", "cpu", "cuda")  # what distributed.setup takes
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every value before anything loads or is written: a typo costs no backbone load and
+    leaves no run directory. Errors name the dotted key (`train.precision: expected ...`)."""
+    from ..data.images import normalisation
+    from ..data.loaders import ON_ERROR, expand_paths
+    from ..data.tasks import get_task
+
+    model, data, optim, run = cfg.model.flamingo, cfg.data, cfg.optim, cfg.train
+    # model.lm and model.vision are checked by pretrain.resolve_backbone_dirs, before it builds anything
+    if cfg.model.tokenizer is not None and not os.path.isdir(cfg.model.tokenizer):
+        raise FileNotFoundError(f"model.tokenizer: expected a local directory, or null for model.lm's, got "
+                                f"{cfg.model.tokenizer!r} (no such directory)")
+    try:
+        parse_mode(model.mode)  # the model's own rule; its error names `mode`
+    except ValueError as err:
+        raise ValueError(f"model.flamingo.{err}") from None
+    for key in ("cross_attn_every", "num_latents", "resampler_depth", "resampler_heads", "resampler_dim_head",
+                "xattn_heads", "xattn_dim_head", "ff_mult"):
+        check_number(getattr(model, key), f"model.flamingo.{key}", at_least=1)
+    if model.max_frames is not None:
+        check_number(model.max_frames, "model.flamingo.max_frames", at_least=1)
+
+    if bool(data.task) == bool(data.paths):
+        raise ValueError("data: set data.task (a task name) or data.paths (JSONL files / tar shards), "
+                         + ("not both (data.task=null to train on files)" if data.task else "neither is set"))
+    if data.task:
+        try:  # building a task is cheap; it checks the name, task_args and image_size together
+            get_task(data.task, image_size=data.image_size, **data.task_args)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"data.task={data.task!r}, data.task_args={data.task_args!r}, "
+                             f"data.image_size={data.image_size}: {err}") from None
+    else:
+        expand_paths(data.paths, where="data.paths")
+    if data.paths and run.distill_words > 0:
+        raise ValueError("train.distill_words: needs data.task (documents from files carry no words)")
+    check_choice(data.on_error, ON_ERROR, "data.on_error")
+    check_number(data.image_size, "data.image_size", at_least=1)
+    normalisation(data.mean, data.std, where="data.")
+    check_number(data.batch_size, "data.batch_size", at_least=1)
+    check_number(data.max_shots, "data.max_shots", at_least=0)
+    if model.standardize_media:  # a standard deviation needs two samples
+        check_number(data.calibration_samples, "data.calibration_samples", at_least=2)
+
+    check_number(optim.lr, "optim.lr", above=0)
+    if optim.gate_lr is not None:
+        check_number(optim.gate_lr, "optim.gate_lr", above=0)
+    check_number(optim.weight_decay, "optim.weight_decay", at_least=0)
+    for i, beta in enumerate(optim.betas):
+        check_number(beta, f"optim.betas[{i}]", at_least=0, below=1)
+    check_number(optim.eps, "optim.eps", above=0)
+    check_number(optim.warmup_steps, "optim.warmup_steps", at_least=0)
+    check_number(optim.min_lr_ratio, "optim.min_lr_ratio", at_least=0, at_most=1)
+    if optim.max_grad_norm is not None:
+        check_number(optim.max_grad_norm, "optim.max_grad_norm", above=0)
+
+    for key in ("steps", "grad_accum", "save_every", "log_every"):
+        check_number(getattr(run, key), f"train.{key}", at_least=1)
+    check_number(run.keep_last, "train.keep_last", at_least=0)  # 0 keeps every checkpoint
+    check_number(run.z_loss, "train.z_loss", at_least=0)
+    check_number(run.distill_words, "train.distill_words", at_least=0)
+    check_choice(run.precision, PRECISIONS, "train.precision")
+    check_choice(run.distributed, distributed.STRATEGIES, "train.distributed")
+    check_choice(run.device, DEVICES, "train.device")
+    if run.resume not in ("auto", "never") and not (Path(run.resume) / ckpt.MANIFEST).is_file():
+        raise ValueError(f"train.resume: expected 'auto', 'never' or a checkpoint directory (one holding "
+                         f"{ckpt.MANIFEST}), got {run.resume!r}")
+    if not run.out_dir:
+        raise ValueError("train.out_dir: expected a directory, got an empty string")
 
 
 def resolve_preset(name_or_path: str) -> Path:
@@ -140,12 +221,61 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[FlamingoMod
     return FlamingoModel.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.flamingo), tokenizer
 
 
+def check_image_size(data: DataConfig, model: FlamingoModel, vision: str) -> None:
+    """data.image_size must be the size the vision encoder was configured for (a Hugging Face
+    encoder's `image_size`; an encoder without one is not checked): else the first batch fails
+    inside the encoder, or position embeddings meet a grid they were not trained on."""
+    config = getattr(getattr(model.vision_encoder, "model", None), "config", None)
+    config = getattr(config, "vision_config", config)  # a dual-tower config holds its tower's
+    size = getattr(config, "image_size", None)
+    if isinstance(size, int) and size != data.image_size:
+        raise ValueError(f"data.image_size: {data.image_size}, but the vision encoder (model.vision={vision!r}) "
+                         f"takes {size}-pixel images; set data.image_size={size}")
+
+
 # ---------------------------------------------------------------------------------- data
 
 
+def file_loader(cfg: DataConfig, env: distributed.Env, at: dict | None = None):
+    """This process's DocumentLoader of `data.paths`, at `at` ({"epoch", "position"}: one entry
+    of a checkpoint's data_position) or at the first record."""
+    from ..data.loaders import DocumentLoader
+
+    at = at or {"epoch": 0, "position": 0}
+    return DocumentLoader(cfg.paths, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std, on_error=cfg.on_error,
+                          rank=env.rank, world_size=env.world_size, start=at["position"], epoch=at["epoch"])
+
+
+def loader_positions(loader, env: distributed.Env) -> list[dict]:
+    """Every process's {"epoch", "position"}, in rank order (a collective: every rank calls it)."""
+    mine = torch.tensor([loader.epoch, loader.position], dtype=torch.long, device=env.device)
+    gathered = [mine]
+    if env.world_size > 1:
+        gathered = [torch.empty_like(mine) for _ in range(env.world_size)]
+        torch.distributed.all_gather(gathered, mine)
+    return [{"epoch": epoch, "position": position} for epoch, position in (t.tolist() for t in gathered)]
+
+
+def resume_position(manifest: dict, where: str, env: distributed.Env) -> dict:
+    """This process's {"epoch", "position"} in the files from a checkpoint's manifest."""
+    saved = manifest.get("data_position")
+    if not isinstance(saved, list):
+        raise ValueError(f"checkpoint {where}: holds no loader positions for data.paths (data_position "
+                         f"{saved!r}: a task run's step, or a checkpoint from before per-process positions); "
+                         "start afresh in a new train.out_dir")
+    if len(saved) != env.world_size:
+        # Process r owns the records r modulo N: at another N the records are shared out anew
+        # and no set of positions continues each process's share exactly.
+        raise ValueError(f"checkpoint {where}: written by {len(saved)} processes, resumed by {env.world_size}; "
+                         "with data.paths each process resumes at its own place in the files, so resume "
+                         f"with the same number of processes (torchrun --nproc_per_node {len(saved)})")
+    return saved[env.rank]
+
+
 def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accum: int,
-                  start_step: int, words: bool = False) -> Iterator[dict]:
-    """This process's micro-batches from `start_step` on: grad_accum per optimiser step."""
+                  start_step: int, words: bool = False, loader=None) -> Iterator[dict]:
+    """This process's micro-batches from `start_step` on: grad_accum per optimiser step. With
+    files, they come from `loader` (file_loader; a fresh one at the first record if None)."""
     b, world = cfg.batch_size, env.world_size
     per_step = b * world * grad_accum  # samples in one global optimiser step
     if cfg.task:
@@ -161,28 +291,23 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
                         for i in mine[j * b:(j + 1) * b]]
                 yield collate(docs, tokenizer, words=words)
             step += 1
-    if not cfg.paths:
-        raise ValueError("data: set either data.task or data.paths")
-    if words:
-        raise ValueError("train.distill_words: needs data.task (documents from files carry no words)")
-    from ..data.loaders import DocumentLoader, batches
+    from ..data.loaders import batches
 
-    # Records are numbered across the files; process r reads those equal to r modulo N. The
-    # position is global, so it is exact as long as no record is skipped as bad.
-    loader = DocumentLoader(cfg.paths, image_size=cfg.image_size, on_error=cfg.on_error, rank=env.rank,
-                            world_size=world, start=start_step * per_step)
-    yield from batches(loader, tokenizer, b, epochs=None)
+    # The loader, not the step, knows where this process is in the files (bad records skipped,
+    # passes wrapped): the trainer saves its epoch and position with every checkpoint.
+    yield from batches(loader if loader is not None else file_loader(cfg, env), tokenizer, b, epochs=None)
 
 
 def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: torch.device) -> Iterator[dict]:
     """The first `samples` training samples, the same on every process and for any batch size
     (for calibrate_media)."""
-    if samples < 2:
-        raise ValueError(f"data.calibration_samples: expected at least 2, got {samples}")
     size = max(d for d in range(1, min(samples, 32) + 1) if samples % d == 0)
     single = distributed.Env(device=device)
-    batches = micro_batches(dataclasses.replace(cfg, batch_size=size), tokenizer, env=single, grad_accum=1,
-                            start_step=0)
+    cfg = dataclasses.replace(cfg, batch_size=size)
+    # Files: the training loader reports the bad records it meets in its first epoch; this loader
+    # reads the same records, so it starts as if in a later epoch, which reports none again.
+    loader = None if cfg.task else file_loader(cfg, single, {"epoch": 1, "position": 0})
+    batches = micro_batches(cfg, tokenizer, env=single, grad_accum=1, start_step=0, loader=loader)
     for _ in range(samples // size):
         yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in next(batches).items()}
 
@@ -217,6 +342,21 @@ def _load_full_state(model, optimizer, weights: dict, optim: dict, *, where: str
                    options=StateDictOptions(full_state_dict=True, strict=False))
 
 
+# What a run leaves in its out_dir (module docstring): any of them means a run is there.
+RUN_FILES = ("config.yaml", "checkpoints", "logs", "model")
+
+
+def check_out_dir(run: RunConfig) -> None:
+    """train.resume=never starts from scratch: refuse an out_dir that holds a run already, whose
+    checkpoints (pruned by keep_last against the new ones), metrics and model would mix with it."""
+    out = Path(run.out_dir)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if run.resume == "never" and held:
+        raise FileExistsError(f"train.out_dir {out}: already holds a run ({', '.join(held)}) and train.resume=never "
+                              "would mix a new run into it; choose a new train.out_dir, or train.resume=auto to "
+                              "continue that run")
+
+
 def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = None,
           measure: Callable[[int, FlamingoModel], dict | None] | None = None) -> dict:
     """Run (or resume) training as configured; returns a summary (steps, final loss, seconds, history).
@@ -225,12 +365,15 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     gates), `measure(step, model)` at step 0 and after every step; what it returns joins the
     step's record (and the logs).
     """
+    validate(cfg)
+    check_out_dir(cfg.train)
     env = distributed.setup(cfg.train.device)
     run = cfg.train
     out = Path(run.out_dir)
     torch.manual_seed(run.seed)
     np.random.seed(run.seed)
     model, tokenizer = build_model(cfg.model, progress=run.progress and env.is_main)
+    check_image_size(cfg.data, model, cfg.model.vision)
     model.to(env.device)
     if cfg.model.flamingo.standardize_media:  # before a checkpoint, which holds the same statistics
         model.calibrate_media(calibration_batches(cfg.data, tokenizer, samples=cfg.data.calibration_samples,
@@ -248,10 +391,12 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.optim.warmup_steps, total_steps=run.steps,
                               min_lr_ratio=cfg.optim.min_lr_ratio)
 
-    start_step = 0
+    start_step, position = 0, None
     source = {"auto": ckpt.latest(out / "checkpoints"), "never": None}.get(run.resume, run.resume)
     if source is not None:
         manifest, weights, state = ckpt.load(source)
+        if not cfg.data.task:
+            position = resume_position(manifest, str(source), env)
         _load_full_state(wrapped, optimizer, weights, state["optimizer"], where=str(source))
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(manifest["rng"], state["rng"])
@@ -260,10 +405,12 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
-    logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists())
+    logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists(),
+                       resume_step=start_step)
     words = run.distill_words > 0
+    loader = None if cfg.data.task else file_loader(cfg.data, env, position)
     batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
-                            words=words)
+                            words=words, loader=loader)
     trained = InWordsDistillation(wrapped, run.distill_words) if words else wrapped
 
     final_weights: dict = {}
@@ -271,25 +418,30 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     def save(step: int) -> None:
         weights, optim_state = _full_state(wrapped, optimizer)
         final_weights.update(weights)
+        # a task's sample i is seeded, so its position is the step; files: every process's loader
+        data_position = step if loader is None else loader_positions(loader, env)
         if env.is_main:
+            logger.flush()  # the logs on disk reach at least as far as the checkpoint
             rng_plain, rng_tensors = ckpt.rng_state()
             ckpt.save(out / "checkpoints", step=step, weights=weights, keep_last=run.keep_last,
                       state={"optimizer": optim_state, "scheduler": scheduler.state_dict(),
                              "rng": rng_tensors},
-                      info={"data_position": step, "rng": rng_plain, "world_size": env.world_size,
+                      info={"data_position": data_position, "rng": rng_plain, "world_size": env.world_size,
                             "config": json.loads(json.dumps(to_dict(cfg)))})
         distributed.barrier()
 
     history: list[dict] = []
 
     def on_step(step: int) -> dict | None:
-        if step % run.save_every == 0 or step == run.steps:
-            save(step)
         return measure(step, model) if measure is not None else None
 
-    def log(record: dict) -> None:
-        if record["step"] % run.log_every == 0 or record["step"] == run.steps:
-            logger.log(record["step"], record)
+    def on_record(record: dict) -> None:
+        step = record["step"]
+        if step % run.log_every == 0 or step == run.steps:
+            logger.log(step, record)
+        # after the step's row is logged: a run killed after this checkpoint has every row up to it
+        if step % run.save_every == 0 or step == run.steps:
+            save(step)
 
     start = time.perf_counter()
     initial = measure(start_step, model) if measure is not None else None
@@ -298,7 +450,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                       max_grad_norm=cfg.optim.max_grad_norm, grad_accum=run.grad_accum,
                       precision=_precision(run.precision, env.device), z_loss=run.z_loss,
                       start_step=start_step, progress=run.progress and env.is_main, desc="train",
-                      on_step=on_step, on_record=log)
+                      on_step=on_step, on_record=on_record)
         if env.is_main:
             model.save_pretrained(out / "model", state_dict=final_weights)
             tokenizer.save_pretrained(out / "model")
