@@ -9,7 +9,7 @@ from multisense.data.collate import collate
 from multisense.data import scenes
 from multisense.data.tasks import get_task
 from multisense.eval import fewshot
-from multisense.train.trainer import TrainConfig, build_model, train
+from multisense.train.trainer import TrainConfig, train
 from tests.train.backbones import save_tiny_backbones
 from tests.train.test_trainer import overrides
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -282,6 +283,10 @@ def test_save_and_load_round_trip_gives_equal_logits(tmp_path):
             p.add_(0.01 * torch.randn_like(p))
     model.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "model.safetensors"):  # safetensors alone would leave 0600
+        assert (tmp_path / "ckpt" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     loaded = ms.FlamingoModel.from_pretrained(tmp_path / "ckpt").eval()
     ids = interleaved_ids(2, 10, [[1, 6], [2, 3]])
     pix = pixels(2, 2)

@@ -4,7 +4,6 @@ against the equations written out here once more."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from multisense.nn import PerceiverResampler
 

@@ -11,10 +11,7 @@ What it measures, in this order, in one process (plus one child process per memo
      `all_previous`) as
      the number of media items grows, with media K/V cached and with the K/V projection.
 
-FLOPs: every matmul counts 2 per multiply-add; a backward pass counts as 2 forwards (the
-usual convention), so forward+backward = 3 x forward. Peak memory on CPU is the growth of the
-peak resident set size of a fresh child process over one pass (the peak mark is reset first,
-see `_memory_child`); on CUDA it is torch.cuda.max_memory_allocated over the pass.
+Cases and FLOP counts: `bench.cases`; timing: `bench.timing`; peak memory: `bench.memory`.
 docs/benchmarks.md explains every column.
 
     python -m multisense.bench.blocks                    # full run, writes docs/benchmarks.md
@@ -26,340 +23,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import json
-import os
-import platform
-import re
-import resource
 import statistics
-import subprocess
 import sys
-import time
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, media_index, media_visibility
+from ..machine import loadavg, machine
+from ..markdown import Table, write_section
+from ..nn import GatedCrossAttentionBlock, media_index
+from .cases import DENSE_WINDOW_1, full_cases, quick_cases, resampler_steps, xattn_routing
+from .memory import memory_of
+from .timing import matmul_fn, matmul_gflops, median_ratio, rounds
 
 DEFAULT_OUT = "docs/benchmarks.md"
-
-
-# ----------------------------------------------------------------------------- cases
-
-
-@dataclasses.dataclass(frozen=True)
-class ResamplerCase:
-    name: str
-    dim: int
-    depth: int
-    num_latents: int
-    heads: int
-    dim_head: int
-    ff_mult: int
-    batch: int  # B
-    media: int  # M
-    frames: int  # F
-    tokens: int  # S
-
-    @property
-    def label(self) -> str:
-        return (f"{self.name}: D{self.dim} x{self.depth} R{self.num_latents} H{self.heads}x{self.dim_head}, "
-                f"B{self.batch} M{self.media} {self.frames}x{self.tokens}")
-
-    def build(self, device: str) -> PerceiverResampler:
-        torch.manual_seed(0)
-        return PerceiverResampler(dim=self.dim, depth=self.depth, num_latents=self.num_latents, heads=self.heads,
-                                  dim_head=self.dim_head, ff_mult=self.ff_mult).to(device)
-
-    def inputs(self, device: str) -> torch.Tensor:
-        g = torch.Generator().manual_seed(1)
-        return torch.randn(self.batch, self.media, self.frames, self.tokens, self.dim, generator=g).to(device)
-
-    @property
-    def media_tokens(self) -> int:
-        return self.batch * self.media * self.frames * self.tokens
-
-    def forward_flops(self) -> int:
-        """Matmul FLOPs of one forward pass (2 per multiply-add), as the published layer computes them."""
-        D, R, inner, N = self.dim, self.num_latents, self.heads * self.dim_head, self.frames * self.tokens
-        per_layer = (2 * R * D * inner  # q
-                     + 2 * (N + R) * D * 2 * inner  # k, v of [media ; latents]
-                     + 2 * 2 * R * (N + R) * inner  # q k^T and p v
-                     + 2 * R * inner * D  # out
-                     + 2 * 2 * R * D * self.ff_mult * D)  # feed-forward
-        return self.batch * self.media * self.depth * per_layer
-
-    def skipped_backward_flops(self) -> int:
-        """Backward FLOPs the implementation does not execute: the media tokens need no gradient
-        (frozen encoder), so the [N, 2I] x [2I, D] input gradient of each layer's K/V projection is skipped."""
-        inner, N = self.heads * self.dim_head, self.frames * self.tokens
-        return self.batch * self.media * self.depth * 2 * N * 2 * inner * self.dim
-
-
-@dataclasses.dataclass(frozen=True)
-class XAttnCase:
-    batch: int
-    length: int  # L
-    dim: int  # D (= Dm)
-    latents: int  # R
-    heads: int
-    dim_head: int
-    ff_mult: int
-    media_counts: tuple[int, ...]
-
-
-def full_cases() -> tuple[list[ResamplerCase], list[str], XAttnCase, int]:
-    """(resampler cases, names of those also run under bf16, xattn case, matmul size)."""
-    big = dict(dim=1024, depth=6, num_latents=64, heads=8, ff_mult=4, media=1, frames=8, tokens=256)
-    cases = [
-        ResamplerCase("target", dim_head=128, batch=1, **big),
-        ResamplerCase("target-b2", dim_head=128, batch=2, **big),
-        ResamplerCase("published", dim_head=64, batch=1, **big),
-        ResamplerCase("image", dim=512, depth=2, num_latents=32, heads=8, dim_head=64, ff_mult=4,
-                      batch=8, media=1, frames=1, tokens=256),
-    ]
-    xattn = XAttnCase(batch=1, length=512, dim=1024, latents=64, heads=8, dim_head=128, ff_mult=4,
-                      media_counts=(1, 8, 32))
-    return cases, ["target", "target-b2", "published"], xattn, 2048
-
-
-def quick_cases() -> tuple[list[ResamplerCase], list[str], XAttnCase, int]:
-    small = dict(dim=64, depth=2, num_latents=8, heads=2, ff_mult=2, media=1, frames=2, tokens=16)
-    cases = [ResamplerCase("target", dim_head=32, batch=1, **small),
-             ResamplerCase("published", dim_head=16, batch=2, **small)]
-    xattn = XAttnCase(batch=1, length=64, dim=64, latents=8, heads=2, dim_head=32, ff_mult=2, media_counts=(1, 4, 8))
-    return cases, ["target"], xattn, 256
-
-
-# ----------------------------------------------------------------------------- timing
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timeit(fn: Callable[[], object], device: str, *, min_time: float, min_runs: int = 3, max_runs: int = 50,
-           warmup: int = 2) -> float:
-    """Median wall time of `fn` in seconds: `warmup` calls, then runs until both min_runs and min_time."""
-    return statistics.median(rounds({"fn": fn}, device, min_time=min_time, min_rounds=min_runs,
-                                    max_rounds=max_runs, warmup=warmup)["fn"])
-
-
-def rounds(fns: dict[str, Callable[[], object]], device: str, *, min_time: float, min_rounds: int = 3,
-           max_rounds: int = 30, warmup: int = 1) -> dict[str, list[float]]:
-    """Wall times (s) of several functions run round-robin, so that the ratios between them are taken
-    seconds apart: a neighbour's job or a clock change then moves both sides of a ratio together."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    sync(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    n = 0
-    while n < max_rounds and (n < min_rounds or time.perf_counter() - start < min_time * len(fns)):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            times[k].append(time.perf_counter() - t)
-        n += 1
-    return times
-
-
-def median_ratio(num: list[float], den: list[float]) -> float:
-    """Median over rounds of num[i] / den[i]."""
-    return statistics.median(a / b for a, b in zip(num, den))
-
-
-def matmul_fn(n: int, dtype: torch.dtype, device: str) -> Callable[[], torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device, dtype)
-    b = torch.randn(n, n, generator=g).to(device, dtype)
-    return lambda: a @ b
-
-
-def matmul_gflops(n: int, dtype: torch.dtype, device: str, min_time: float) -> float:
-    t = timeit(matmul_fn(n, dtype, device), device, min_time=min_time, min_runs=5)
-    return 2 * n ** 3 / t / 1e9
-
-
-def autocast_ctx(device: str, bf16: bool):
-    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
-DENSE_WINDOW_1 = "window:1-dense"
-
-
-def xattn_routing(idx: torch.Tensor, num_media: int, num_latents: int, mode: str) -> MediaRouting:
-    """MediaRouting.build, except DENSE_WINDOW_1: `window:1` through the dense masked path.
-    (MediaRouting.build sends window:1 to the gather path, since it is the same maths as immediate.)"""
-    if mode != DENSE_WINDOW_1:
-        return MediaRouting.build(idx, num_media=num_media, num_latents=num_latents, mode=mode)
-    allowed = media_visibility(idx, num_media, "window:1")  # [B, L, M]
-    mask = allowed.repeat_interleave(num_latents, dim=-1).unsqueeze(1)  # [B, 1, L, M*R]
-    return MediaRouting(mode="window:1", sees_media=idx > 0, mask=mask)
-
-
-def resampler_steps(model: PerceiverResampler, x: torch.Tensor, device: str, bf16: bool):
-    """(forward, forward+backward) closures. The forward is inference (no_grad). The training step
-    allocates its gradients afresh, as a step after optimizer.zero_grad() does, and frees them at
-    its end (inside the timing, as the next zero_grad would), so that passes timed after it start
-    from the same memory state as without it."""
-
-    def forward():
-        with torch.no_grad(), autocast_ctx(device, bf16):
-            return model(x)
-
-    def train_step():
-        model.zero_grad(set_to_none=True)
-        with autocast_ctx(device, bf16):
-            out = model(x)
-        out.float().square().mean().backward()
-        model.zero_grad(set_to_none=True)
-
-    return forward, train_step
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-def _rss_kib(field: str) -> int:
-    """VmRSS (current) or VmHWM (peak) of this process in KiB, from /proc/self/status."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    """Lower the peak-RSS mark to the current RSS (Linux >= 4.0), so that a peak reached while
-    importing or building the model does not hide the case's own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _memory_child(spec: dict) -> dict:
-    """Runs in a fresh process: peak-RSS growth (MiB) over one forward, then over one training step,
-    both measured from the RSS before the forward (memory the allocator kept counts for the step)."""
-    torch.set_num_threads(spec["threads"])
-    case = ResamplerCase(**spec["case"])
-    model, x = case.build("cpu"), case.inputs("cpu")
-    forward, train_step = resampler_steps(model, x, "cpu", spec["bf16"])
-    if _reset_peak_rss():
-        peak = lambda: _rss_kib("VmHWM")  # noqa: E731
-        base = _rss_kib("VmRSS")
-    else:  # no reset: getrusage's lifetime peak (KiB on Linux) can only show growth past earlier peaks
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
-        base = peak()
-    forward()
-    fwd = peak()
-    _reset_peak_rss()
-    train_step()
-    step = peak()
-    return {"fwd_mib": (fwd - base) / 1024, "step_mib": (step - base) / 1024}
-
-
-def memory_of(case: ResamplerCase, device: str, bf16: bool, threads: int) -> tuple[float, float]:
-    """Peak memory growth (MiB) of a forward pass and of a training step."""
-    if device.startswith("cuda"):
-        model, x = case.build(device), case.inputs(device)
-        forward, train_step = resampler_steps(model, x, device, bf16)
-        out = []
-        for fn in (forward, train_step):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            fn()
-            torch.cuda.synchronize()
-            out.append((torch.cuda.max_memory_allocated() - base) / 2 ** 20)
-        return out[0], out[1]
-    spec = {"case": dataclasses.asdict(case), "bf16": bf16, "threads": threads}
-    proc = subprocess.run([sys.executable, "-m", "multisense.bench.blocks", "--memory-child", json.dumps(spec)],
-                          capture_output=True, text=True, check=True)
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    return res["fwd_mib"], res["step_mib"]
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-class Table:
-    def __init__(self, title: str, headers: list[str], note: str = ""):
-        self.title, self.headers, self.note, self.rows = title, headers, note, []
-
-    def add(self, *cells) -> None:
-        self.rows.append([fmt(c) for c in cells])
-
-    def text(self) -> str:
-        cols = list(zip(self.headers, *self.rows))
-        widths = [max(len(c) for c in col) for col in cols]
-        line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
-                                       for i, (c, w) in enumerate(zip(cells, widths)))
-        out = [self.title, line(self.headers), "  ".join("-" * w for w in widths)]
-        out += [line(r) for r in self.rows]
-        if self.note:
-            out.append(self.note)
-        return "\n".join(out)
-
-    def markdown(self) -> str:
-        out = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |",
-               "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(self.headers))) + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in self.rows]
-        if self.note:
-            out += ["", self.note]
-        return "\n".join(out)
-
-
-def fmt(v) -> str:
-    if isinstance(v, float):
-        if v != v:  # NaN: not measured
-            return "-"
-        a = abs(v)
-        if a >= 1000:
-            return f"{v:,.0f}"
-        if a >= 100:
-            return f"{v:.0f}"
-        if a >= 10:
-            return f"{v:.1f}"
-        if a >= 0.01 or a == 0:
-            return f"{v:.2f}"
-        return f"{v:.1e}"
-    return str(v)
-
-
-# ----------------------------------------------------------------------------- machine
-
-
-def machine(device: str) -> dict[str, str]:
-    info = {"cpu": platform.processor() or platform.machine(), "cores": str(os.cpu_count())}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        m = re.search(r"^Model name:\s*(.+)$", out, re.M)
-        if m:
-            info["cpu"] = m.group(1).strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    info["torch"] = torch.__version__
-    info["threads"] = str(torch.get_num_threads())
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "?"
-
-
-# ----------------------------------------------------------------------------- main
 
 
 def run(args: argparse.Namespace, command: str) -> tuple[str, str]:
@@ -526,19 +203,6 @@ def yes(ok: bool) -> str:
     return "yes" if ok else "NO"
 
 
-def write_section(path: Path, key: str, body: str) -> None:
-    """Replace (or append) the section between this key's markers; text outside markers is kept."""
-    start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
-    block = f"{start}\n{body}\n{end}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
-
-
 def parse_args(argv: list[str], prog: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (smoke test); writes no file "
@@ -556,16 +220,12 @@ def parse_args(argv: list[str], prog: str) -> argparse.Namespace:
     p.add_argument("--matmul-size", type=int, default=None, help="n of the n x n x n reference matmul "
                                                                  "(default 2048; 256 with --quick)")
     p.add_argument("--silent", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--memory-child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None, prog: str = "multisense bench") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv, prog)
-    if args.memory_child:
-        print(json.dumps(_memory_child(json.loads(args.memory_child))))
-        return 0
     if args.memory is None:
         args.memory = not args.quick
     if args.out is None:

@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 import transformers as tf
 
-from .blocks import Table, _reset_peak_rss, _rss_kib, loadavg, machine, write_section
+from ..machine import loadavg, machine
+from ..markdown import Table, write_section
+from .memory import reset_peak_rss, rss_kib
 
 DEFAULT_OUT = "docs/benchmarks.md"
 WORDS_PER_SHOT = 3
@@ -91,8 +93,8 @@ def child(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        _reset_peak_rss()
-        base = _rss_kib("VmRSS")
+        reset_peak_rss()
+        base = rss_kib("VmRSS")
     distributed.barrier()
     start = time.perf_counter()
     fit(wrapped, stream, steps=spec["steps"], optimizer=optimizer, progress=False)
@@ -100,7 +102,7 @@ def child(spec: dict) -> dict:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / spec["steps"]
     peak_mib = ((torch.cuda.max_memory_allocated() - base) / 2 ** 20 if cuda
-                else (_rss_kib("VmHWM") - base) / 1024)
+                else (rss_kib("VmHWM") - base) / 1024)
     distributed.teardown()
     samples = spec["batch"] * env.world_size
     tokens = samples * data[0]["input_ids"].shape[1]

@@ -284,7 +284,8 @@ def write_report(name: str, res: dict, command: str, seconds: float, docs: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..bench.blocks import loadavg, machine, write_section
+    from ..machine import loadavg, machine
+    from ..markdown import write_section
 
     table, plot = EXPERIMENTS[name][1](res)
     images.mkdir(parents=True, exist_ok=True)
@@ -298,7 +299,7 @@ def write_report(name: str, res: dict, command: str, seconds: float, docs: Path,
     info = machine("cpu")
     rel = Path(*image.parts[len(docs.parent.parts):]) if image.is_relative_to(docs.parent) else image
     body = "\n".join([f"- command: `{command}`", f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
-                      f"- machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
+                      f"- machine: {info['cpu']} ({info['flags']}), {info['cores']} cores, torch {info['torch']}, "
                       f"load average {loadavg()} at the end", f"- wall time: {seconds / 60:.1f} min", "",
                       table, "", f"![{name}]({rel})"])
     write_section(docs, f"experiment:{name}", body)

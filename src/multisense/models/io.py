@@ -1,9 +1,11 @@
 """The one save/load of multisense: `config.json` + `model.safetensors` of the trainable weights.
 
-Frozen backbones are not copied into a checkpoint; their identity (where they load from,
-their type and a fingerprint of their weights) is recorded so a checkpoint is never silently
-applied to another backbone. Files are written under a temporary name and renamed into
-place, so an interrupted save never leaves a half-written checkpoint. Nothing is unpickled.
+A *model checkpoint*: what `save_pretrained` writes and `from_pretrained` reads. Frozen
+backbones are not copied into it; their identity (where they load from, their type and a
+fingerprint of their weights) is recorded so a checkpoint is never silently applied to another
+backbone. Each file is written atomically (`multisense.files`). Nothing is unpickled. A
+*training checkpoint* (`train.checkpoint`) holds a model checkpoint's weights plus the optimiser
+state needed to resume.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..files import atomic_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -56,24 +60,15 @@ def same_weights(module: nn.Module, recorded: dict[str, str]) -> bool:
     return recorded.get(name) == fingerprint(module, FINGERPRINT_DTYPES[name])
 
 
-def _replace_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
     """Write config.json and model.safetensors into `directory` (created if missing)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     # weights first: a directory whose config.json exists always has matching weights beside it
-    _replace_atomically(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    atomic_file(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _replace_atomically(directory / CONFIG_NAME, lambda p: p.write_text(text))
+    atomic_file(directory / CONFIG_NAME, lambda p: p.write_text(text))
     return directory
 
 
