@@ -22,7 +22,8 @@ import torch
 import transformers
 
 from .data import scenes
-from .data.scene_tasks import KINDS, OBJECT_CLASSES, evaluation_set, to_pixel_values, training_batches
+from .data.images import to_pixel_values
+from .data.scene_tasks import KINDS, OBJECT_CLASSES, evaluation_set, training_batches
 from .encoders import load_vision_encoder
 from .eval import report
 from .eval.generation import exact_match, generate_answers

@@ -80,9 +80,8 @@ def test_document_without_media_has_no_loss_and_multi_token_marker_is_named():
 def test_words_align_with_the_text_token_for_token_or_are_refused():
     import numpy as np
 
-    from multisense.data.tasks import get_task
+    from multisense.data.tasks import VOCABULARY, get_task
     from multisense.data.tokenizer import train_word_tokenizer
-    from multisense.data.tasks import VOCABULARY
 
     tok = train_word_tokenizer([" ".join(VOCABULARY)], extra_words=VOCABULARY)
     docs = [get_task("fewshot_mapped").training_document(np.random.default_rng(i)) for i in range(4)]

@@ -1,4 +1,5 @@
 import re
+
 """Few-shot tasks: shapes and markers, determinism, held-out digits, in-context labels, video order."""
 
 import functools

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from multisense.config import load_config
-from multisense.data.collate import collate
 from multisense.data import scenes
+from multisense.data.collate import collate
 from multisense.data.tasks import get_task
 from multisense.eval import fewshot
 from multisense.train.trainer import TrainConfig, train
@@ -28,8 +28,9 @@ def test_cut_answer_stops_at_the_shot_separator():
 
 
 def test_reused_vision_features_score_like_pixels(trained):
-    from multisense import FlamingoModel
     import transformers
+
+    from multisense import FlamingoModel
 
     model = FlamingoModel.from_pretrained(trained).eval()
     tok = transformers.AutoTokenizer.from_pretrained(trained)

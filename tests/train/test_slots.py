@@ -4,8 +4,9 @@ object per latent, and names bad labels."""
 import pytest
 import torch
 
-from multisense.train.slots import IGNORE, LatentObjectLoss
+from multisense.tokens import IGNORE_INDEX as IGNORE
 from multisense.train.optim import build_optimizer
+from multisense.train.slots import LatentObjectLoss
 from tests.conftest import interleaved_ids, tiny_flamingo
 from tests.models.test_flamingo import pixels
 

@@ -34,6 +34,7 @@ import transformers as tf
 
 from ..machine import loadavg, machine
 from ..markdown import Table, write_section
+from ..tokens import IGNORE_INDEX
 from .memory import reset_peak_rss, rss_kib
 
 DEFAULT_OUT = "docs/benchmarks.md"
@@ -66,8 +67,8 @@ def batch(batch_size: int, images: int, marker: int, generator: torch.Generator)
     ids[:, :, 0] = marker
     ids[:, :, -1] = 1
     ids = ids.flatten(1)
-    labels = ids.masked_fill(ids == marker, -100)
-    labels[:, 0] = -100
+    labels = ids.masked_fill(ids == marker, IGNORE_INDEX)
+    labels[:, 0] = IGNORE_INDEX
     pixels = torch.randn(batch_size, images, 1, 3, 32, 32, generator=generator)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "pixel_values": pixels}
 

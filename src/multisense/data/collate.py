@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..tokens import IGNORE_INDEX, MEDIA_MARKER
+
 
 @dataclass
 class Sample:
@@ -48,11 +50,11 @@ def _marker_id(tokenizer, marker: str) -> int:
 
 
 def _document_labels(ids: list[int], marker_id: int) -> list[int]:
-    """Flamingo-style labels: -100 up to and including the first marker and on every marker."""
+    """Flamingo-style labels: IGNORE_INDEX up to and including the first marker and on every marker."""
     if marker_id not in ids:
-        return [-100] * len(ids)
+        return [IGNORE_INDEX] * len(ids)
     first = ids.index(marker_id)
-    return [-100 if (i <= first or t == marker_id) else t for i, t in enumerate(ids)]
+    return [IGNORE_INDEX if (i <= first or t == marker_id) else t for i, t in enumerate(ids)]
 
 
 def pad_media(media: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -75,7 +77,7 @@ def pad_media(media: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tens
 
 
 def collate(samples: list[Sample | Document], tokenizer, *, for_generation: bool = False,
-            marker: str = "<image>", words: bool = False) -> dict[str, torch.Tensor]:
+            marker: str = MEDIA_MARKER, words: bool = False) -> dict[str, torch.Tensor]:
     """Tokenise and pad. Training: right-padded, with labels (a Sample's on target+eos, a
     Document's on its text after the first marker, plus eos). Generation: prompts only (a
     Document's whole text), left-padded so every prompt ends at the last position.
@@ -91,11 +93,11 @@ def collate(samples: list[Sample | Document], tokenizer, *, for_generation: bool
         p = tokenizer(s.prompt, add_special_tokens=False)["input_ids"]
         t = [] if for_generation else tokenizer(s.target, add_special_tokens=False)["input_ids"] + [eos]
         rows.append(p + t)
-        labels.append([-100] * len(p) + t)
+        labels.append([IGNORE_INDEX] * len(p) + t)
     L = max(len(r) for r in rows)
     ids = torch.full((len(rows), L), pad, dtype=torch.long)
     att = torch.zeros(len(rows), L, dtype=torch.long)
-    lab = torch.full((len(rows), L), -100, dtype=torch.long)
+    lab = torch.full((len(rows), L), IGNORE_INDEX, dtype=torch.long)
     for b, (r, y) in enumerate(zip(rows, labels)):
         sl = slice(L - len(r), L) if for_generation else slice(0, len(r))
         ids[b, sl], att[b, sl], lab[b, sl] = torch.tensor(r), 1, torch.tensor(y)

@@ -1,8 +1,11 @@
-"""Pillow images -> the vision encoder's input: a float tensor [C, H, W] (C=3, RGB, H=W=image_size).
+"""Images -> the vision encoder's input: float tensors [C, H, W] (C=3, RGB, H=W=image_size).
+
+`to_pixel_values` maps the procedural images (numpy, [0, 1]) to [-1, 1]; `image_to_tensor` reads a
+Pillow image with the recipe of Hugging Face image processors.
 
 The same recipe as Hugging Face image processors: resize the short side to `image_size`
 (bicubic), centre-crop a square, scale to [0, 1], then normalise with `mean` and `std`. The
-defaults 0.5/0.5 give the range [-1, 1] that `scene_tasks.to_pixel_values` feeds the demo's
+defaults 0.5/0.5 give the range [-1, 1] that `to_pixel_values` feeds the demo's
 encoder; pass a CLIP's own mean/std for a pretrained CLIP.
 """
 
@@ -13,6 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+
+def to_pixel_values(images: np.ndarray) -> torch.Tensor:
+    """Float images in [0, 1], any leading dims then [C, H, W] -> the same in [-1, 1] (mean = std = 0.5)."""
+    return (torch.from_numpy(np.ascontiguousarray(images)) - 0.5) / 0.5
 
 
 def image_to_tensor(image: Image.Image, image_size: int, *, mean: float | Sequence[float] = 0.5,

@@ -54,6 +54,7 @@ import torch
 from PIL import Image
 
 from ..config import check_choice
+from ..tokens import MEDIA_MARKER
 from .collate import Document, collate
 from .images import image_to_tensor
 
@@ -118,7 +119,7 @@ class DocumentLoader:
     """Documents from JSONL files and tar shards, streamed; see the module docstring for the formats."""
 
     def __init__(self, paths_or_globs, *, image_size: int, mean: float | Sequence[float] = 0.5,
-                 std: float | Sequence[float] = 0.5, marker: str = "<image>", on_error: str = "skip",
+                 std: float | Sequence[float] = 0.5, marker: str = MEDIA_MARKER, on_error: str = "skip",
                  rank: int = 0, world_size: int = 1, start: int = 0, epoch: int = 0):
         check_choice(on_error, ON_ERROR, "on_error")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
@@ -301,7 +302,7 @@ def _parse_json(raw: bytes):
 
 
 def batches(documents: Iterable[Document], tokenizer, batch_size: int, *, epochs: int | None = 1,
-            marker: str = "<image>") -> Iterator[dict[str, torch.Tensor]]:
+            marker: str = MEDIA_MARKER) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches of `batch_size` documents through `collate`, over `epochs` passes (None:
     forever). A batch may span two epochs; the last, smaller batch comes at the end of the last
     epoch. With DDP and on_error="skip" ranks may get different numbers of documents, so bound

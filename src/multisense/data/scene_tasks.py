@@ -12,16 +12,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..tokens import MEDIA_MARKER
 from . import scenes
 from .collate import Sample, collate
+from .images import to_pixel_values
 
-MARKER = "<image>"
+MARKER = MEDIA_MARKER
 KINDS = ("caption", "colour", "shape", "count", "position")
-
-
-def to_pixel_values(images: np.ndarray) -> torch.Tensor:
-    """Scenes' float images in [0, 1] -> the encoder's input range [-1, 1]."""
-    return (torch.from_numpy(np.ascontiguousarray(images)) - 0.5) / 0.5
 
 
 def scene_sample(scene: scenes.Scene, kind: str, rng: np.random.Generator) -> Sample:

@@ -28,6 +28,7 @@ import torch
 
 from ..config import load_config
 from ..data.tasks import get_task, text_corpus
+from ..tokens import IGNORE_INDEX
 from ..train.loop import token_loss_sum
 from ..train.trainer import TrainConfig, resolve_preset, train
 from . import fewshot
@@ -103,7 +104,7 @@ def _mean(result: dict, shots: int = 0, metric: str = "accuracy") -> tuple[float
 def text_batch(tokenizer, lines: list[str]) -> dict:
     ids = tokenizer(lines, add_special_tokens=False)["input_ids"]
     enc = tokenizer.pad({"input_ids": [r + [tokenizer.eos_token_id] for r in ids]}, return_tensors="pt")
-    enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
     return dict(enc)
 
 
@@ -115,7 +116,7 @@ def text_loss(model, batch: dict) -> float:
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     ce, _ = token_loss_sum(model(**inputs).logits, batch["labels"])
     model.train(was)
-    return (ce / (batch["labels"][:, 1:] != -100).sum()).item()
+    return (ce / (batch["labels"][:, 1:] != IGNORE_INDEX).sum()).item()
 
 
 def gate_init(r: Runner, *, steps: int = 100, every: int = 5) -> dict:

@@ -21,7 +21,7 @@ import torch
 
 from ..data.collate import Sample, collate
 from ..data.tasks import SEPARATOR, Task
-from ..train.loop import IGNORE
+from ..tokens import IGNORE_INDEX
 from .generation import generate_answers
 
 EVAL_SEED = 10_000  # episode seeds are (EVAL_SEED, seed, i): disjoint from training's (seed, i)
@@ -44,7 +44,7 @@ def _target_scores(model, tokenizer, prompts: list[Sample], targets: list[str],
         batch.update(media)
     logits = model(**batch).logits[:, :-1].float()
     labels = labels[:, 1:]
-    keep = labels != IGNORE
+    keep = labels != IGNORE_INDEX
     logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     loglik = (logp * keep).sum(-1)
     correct = ((logits.argmax(-1) == labels) & keep).sum(-1)

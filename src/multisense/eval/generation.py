@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..data.collate import Sample, collate
-
-MARKER = "<image>"
+from ..tokens import MEDIA_MARKER as MARKER
 
 
 @torch.no_grad()

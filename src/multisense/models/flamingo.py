@@ -43,6 +43,7 @@ from ..lm.adapters import cache_argument, find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
 from ..nn.checks import check_shape
+from ..tokens import IGNORE_INDEX, MEDIA_MARKER
 from .io import fingerprints, load_checkpoint, load_into, same_weights, save_checkpoint
 
 
@@ -218,8 +219,8 @@ class FlamingoModel(nn.Module):
         """
         config = (config or FlamingoConfig()).replace(**overrides)
         if media_token_id is None and config.media_token_id is None and tokenizer is not None:
-            tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-            media_token_id = tokenizer.convert_tokens_to_ids("<image>")
+            tokenizer.add_special_tokens({"additional_special_tokens": [MEDIA_MARKER]})
+            media_token_id = tokenizer.convert_tokens_to_ids(MEDIA_MARKER)
         if media_token_id is not None:
             config.media_token_id = media_token_id
         config.lm = {"name_or_path": _local_path(getattr(lm.config, "_name_or_path", "")),
@@ -450,7 +451,7 @@ class FlamingoModel(nn.Module):
             lm_kwargs[self._cache_argument] = cache
         latents, present = self.encode_media(pixel_values, media_features, frame_mask)
         if labels is not None:
-            labels = labels.masked_fill(labels == self.config.media_token_id, -100)
+            labels = labels.masked_fill(labels == self.config.media_token_id, IGNORE_INDEX)
         with self._media_call(input_ids, latents, present, cache):
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=use_cache,
                           **lm_kwargs)

@@ -24,22 +24,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-IGNORE = -100
+from ..tokens import IGNORE_INDEX
 
 
 def target_count(labels: torch.Tensor) -> torch.Tensor:
     """Tokens that carry loss: labels [B, L] shifted by one, as causal LMs predict the next token."""
-    return (labels[:, 1:] != IGNORE).sum()
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, z_loss: float = 0.0) -> tuple[torch.Tensor, ...]:
     """Summed next-token cross-entropy (and z-loss) over target tokens; float32 whatever the logits."""
     logits = logits[:, :-1].flatten(0, 1).float()  # [B*(L-1), V]
     labels = labels[:, 1:].flatten()
-    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     if not z_loss:
         return ce, ce.new_zeros(())
-    keep = labels != IGNORE
+    keep = labels != IGNORE_INDEX
     z = torch.logsumexp(logits[keep], dim=-1).pow(2).sum() * z_loss
     return ce, z
 

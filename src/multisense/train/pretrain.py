@@ -35,6 +35,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
+from multisense.data.images import to_pixel_values
 from multisense.data.scenes import (
     COLOURS,
     MAX_OBJECTS,
@@ -51,6 +52,7 @@ from multisense.data.tasks import FewShotMapped
 from multisense.data.tasks import text_corpus as task_text_corpus
 from multisense.data.tokenizer import train_word_tokenizer
 from multisense.files import give_default_mode
+from multisense.tokens import IGNORE_INDEX
 from multisense.train.loop import fit
 
 # Bump on any change to what the backbones learn, so that stale caches are rebuilt.
@@ -157,7 +159,7 @@ def _lm_batches(tokenizer: PreTrainedTokenizerBase, lines: list[str], *, batch_s
     """Endless batches of packed rows (`_packed_blocks`) drawn at random; no loss on padding."""
     blocks = _packed_blocks(tokenizer, lines, BLOCK)
     attention = (blocks != tokenizer.pad_token_id).long()
-    labels = blocks.masked_fill(attention == 0, -100)
+    labels = blocks.masked_fill(attention == 0, IGNORE_INDEX)
     generator = torch.Generator().manual_seed(seed)
     while True:
         rows = torch.randint(len(blocks), (batch_size,), generator=generator)
@@ -264,11 +266,6 @@ def in_words_accuracy(model, tokenizer: PreTrainedTokenizerBase, task: FewShotMa
 def _vision_config(*, image_size: int) -> CLIPVisionConfig:
     return CLIPVisionConfig(image_size=image_size, patch_size=4, hidden_size=128, intermediate_size=512,
                             num_hidden_layers=4, num_attention_heads=4)
-
-
-def to_pixel_values(images: np.ndarray) -> torch.Tensor:
-    """[B, 3, H, W] images in [0, 1] -> the [-1, 1] pixel values the vision backbone expects."""
-    return (torch.from_numpy(images) - 0.5) / 0.5
 
 
 # A patch belongs to the object that covers at least this share of its pixels, else to the background.

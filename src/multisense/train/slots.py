@@ -21,15 +21,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..tokens import IGNORE_INDEX
 from .distributed import ObjectiveWrapper, unwrap
-
-IGNORE = -100  # a label the loss skips (e.g. media items that are padding)
 
 
 class LatentObjectLoss(ObjectiveWrapper):
     """Wraps a (possibly DDP-wrapped) FlamingoModel: forward takes the usual batch plus
     `object_labels` [B, M, K, A] (class index per attribute; `num_classes[a]` means no object;
-    IGNORE skips) and returns the model's output with `aux_loss` = weight * the cross-entropy
+    IGNORE_INDEX skips) and returns the model's output with `aux_loss` = weight * the cross-entropy
     per counted label.
 
     The heads live here, not in the model: they are a training device and are not saved.
@@ -58,9 +57,9 @@ class LatentObjectLoss(ObjectiveWrapper):
         if K > R:
             raise ValueError(f"object_labels: {K} objects per item, but the resampler has only {R} latents")
         slots = latents[:, :, :K]  # [B, M, K, D]
-        counted = (object_labels != IGNORE).sum().clamp(min=1)  # all skipped: zero, not NaN
+        counted = (object_labels != IGNORE_INDEX).sum().clamp(min=1)  # all skipped: zero, not NaN
         total = sum(nn.functional.cross_entropy(head(slots).flatten(0, 2).float(), object_labels[..., a].flatten(),
-                                                ignore_index=IGNORE, reduction="sum")
+                                                ignore_index=IGNORE_INDEX, reduction="sum")
                     for a, head in enumerate(self.heads))
         out.aux_loss = self.weight * total / counted
         return out
