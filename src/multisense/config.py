@@ -1,6 +1,6 @@
 """Typed configs: nested dataclasses filled from dicts, YAML presets and dotted overrides.
 
-One dataclass per model (`FlamingoConfig`) and one per training run (`train.config.TrainConfig`)
+One dataclass per model (`FlamingoConfig`) and one per training run (`train.trainer.TrainConfig`)
 are the source of truth; YAML only holds presets. Every key is checked: an unknown key is an
 error that names its full dotted path and suggests the nearest valid one, and a value of the
 wrong type is an error naming the key and the expected type. Overrides use the command-line

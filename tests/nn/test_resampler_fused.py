@@ -9,7 +9,8 @@ from multisense.nn import PerceiverResampler
 
 
 def written_out(r: PerceiverResampler, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """DESIGN.md section 1, line by line: LN both, q from latents, k/v from [media ; latents]."""
+    """The published equations (nn/resampler.py's docstring), line by line: LN both, q from latents, k/v from
+    [media ; latents]."""
     B, M, F_, S, D = x.shape
     if r.frame_embs is not None:
         x = x + r.frame_embs(F_).unsqueeze(1)

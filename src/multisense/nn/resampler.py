@@ -36,7 +36,7 @@ of the N media tokens (docs/benchmarks.md), so each layer is arranged around tha
     the weights that autocast makes) are buffers shared by the layers of one forward pass,
     not fresh allocations page-faulted in anew in every layer.
 The parameters keep the published names and shapes; outputs and gradients equal the plain
-layer's up to float rounding (tests/nn/test_resampler.py).
+layer's up to float rounding (tests/nn/test_resampler_fused.py).
 """
 
 from __future__ import annotations
