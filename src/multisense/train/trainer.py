@@ -203,7 +203,7 @@ def _full_state(model, optimizer) -> tuple[dict, dict]:
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights, optim = get_state_dict(model, optimizer, options=opts)
-    trainable = set(distributed.unwrap(model).trainable_state_dict())
+    trainable = set(model.trainable_state_dict())
     return {k: v for k, v in weights.items() if k in trainable}, optim
 
 
@@ -211,7 +211,7 @@ def _load_full_state(model, optimizer, weights: dict, optim: dict, *, where: str
     """The inverse of _full_state, after checking the names and shapes of the weights."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    expected = {k: v.shape for k, v in distributed.unwrap(model).trainable_state_dict().items()}
+    expected = {k: v.shape for k, v in model.trainable_state_dict().items()}
     check_fits(expected, weights, where)
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
                    options=StateDictOptions(full_state_dict=True, strict=False))
@@ -239,10 +239,13 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         setup(model)
     if run.activation_checkpointing:
         checkpoint_layers(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
+    # DDP/FSDP2 wrap what is trained: the model, or the distillation objective around it.
     # FSDP2 replaces the parameters with sharded ones: wrap first, then build the optimiser
+    # (over the model's parameters: the distillation has none of its own).
+    words = run.distill_words > 0
     units = list(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
-    wrapped = distributed.wrap(model, env, run.distributed, units=units,
-                               find_unused_parameters=run.find_unused_parameters)
+    trained = distributed.wrap(InWordsDistillation(model, run.distill_words) if words else model, env,
+                               run.distributed, units=units, find_unused_parameters=run.find_unused_parameters)
     optimizer = build_optimizer(model, lr=cfg.optim.lr, gate_lr=cfg.optim.gate_lr,
                                 weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, eps=cfg.optim.eps)
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.optim.warmup_steps, total_steps=run.steps,
@@ -252,7 +255,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     source = {"auto": ckpt.latest(out / "checkpoints"), "never": None}.get(run.resume, run.resume)
     if source is not None:
         manifest, weights, state = ckpt.load(source)
-        _load_full_state(wrapped, optimizer, weights, state["optimizer"], where=str(source))
+        _load_full_state(model, optimizer, weights, state["optimizer"], where=str(source))
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(manifest["rng"], state["rng"])
         start_step = manifest["step"]
@@ -261,15 +264,13 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
     logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists())
-    words = run.distill_words > 0
     batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
                             words=words)
-    trained = InWordsDistillation(wrapped, run.distill_words) if words else wrapped
 
     final_weights: dict = {}
 
     def save(step: int) -> None:
-        weights, optim_state = _full_state(wrapped, optimizer)
+        weights, optim_state = _full_state(model, optimizer)
         final_weights.update(weights)
         if env.is_main:
             rng_plain, rng_tensors = ckpt.rng_state()
