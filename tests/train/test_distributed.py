@@ -14,10 +14,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from multisense.train import distributed
 from multisense.train.distill import InWordsDistillation
+from multisense.lm.adapters import find_decoder_layers
 from multisense.train.loop import fit
+from multisense.train.optim import build_optimizer
 from multisense.train.slots import IGNORE, LatentObjectLoss
 from tests.conftest import VOCAB, interleaved_ids, tiny_flamingo
 from tests.models.test_flamingo import pixels
@@ -42,6 +46,36 @@ def two_processes(worker, tmp_path: Path, *args) -> list:
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
+class Collectives(TorchDispatchMode):
+    """Counts, while active, the reductions (all-reduce, reduce-scatter) this process issues and
+    the elements its all-gathers return (DDP's, FSDP2's and DTensor's collectives all pass
+    through the dispatcher)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reductions = 0
+        self.gathered = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if "reduce_scatter" in name or "allreduce" in name:
+            self.reductions += 1
+        if func.overloadpacket is torch.ops._c10d_functional.all_gather_into_tensor:  # (input, group size, group)
+            self.gathered += args[0].numel() * args[1]
+        elif func.overloadpacket is torch.ops.c10d._allgather_base_:  # (output, input, ...)
+            self.gathered += args[0].numel()
+        return func(*args, **(kwargs or {}))
+
+
+def wrap(model: torch.nn.Module, env: distributed.Env, strategy: str) -> torch.nn.Module:
+    """As the trainer does it: FSDP2 shards each LM decoder layer, then the root."""
+    return distributed.wrap(model, env, strategy, units=list(find_decoder_layers(model.lm)[1]))
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().clone()
+
+
 def slot_batch(samples: int, seed: int) -> dict:
     """Two images per sample, next-token labels on the text, and object labels [B, M=2, K=2, A=2]."""
     ids = interleaved_ids(samples, 10, [[1, 5]] * samples, seed=seed)
@@ -57,19 +91,12 @@ def union(*batches: dict) -> dict:
 
 def trainable_grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Gradients of the trainable parameters by name, gathered whole if FSDP2 sharded them."""
-    grads = {}
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            g = p.grad.full_tensor() if isinstance(p.grad, torch.distributed.tensor.DTensor) else p.grad
-            grads[name] = g.detach().clone()
-    return grads
+    return {name: full(p.grad) for name, p in module.named_parameters() if p.requires_grad}
 
 
 def objective_step(env: distributed.Env, strategy: str) -> dict:
     """One step of LatentObjectLoss on this rank's own samples; the gradients it leaves."""
     from torch.nn.parallel import DistributedDataParallel
-
-    from multisense.lm.adapters import find_decoder_layers
 
     # The objective's own parameters would sit outside the wrapper: refused, for either objective
     with pytest.raises(ValueError, match="LatentObjectLoss: .* wrap the objective, not the model"):
@@ -77,8 +104,7 @@ def objective_step(env: distributed.Env, strategy: str) -> dict:
     with pytest.raises(ValueError, match="InWordsDistillation: .* wrap the objective, not the model"):
         InWordsDistillation(DistributedDataParallel(tiny_flamingo()), 1.0)
     objective = LatentObjectLoss(tiny_flamingo(gates=0.5), num_classes=(3, 2))
-    units = find_decoder_layers(objective.model.lm)[1]
-    trained = distributed.wrap(objective, env, strategy, units=list(units))
+    trained = distributed.wrap(objective, env, strategy, units=list(find_decoder_layers(objective.model.lm)[1]))
     optimizer = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=0.0)
     fit(trained, iter([slot_batch(2, seed=env.rank)]), steps=1, optimizer=optimizer, max_grad_norm=None,
         progress=False)
@@ -99,3 +125,47 @@ def test_an_objectives_heads_get_the_gradient_averaged_over_processes(tmp_path, 
         assert grads.keys() == expected.keys()
         for k in expected:
             torch.testing.assert_close(grads[k], expected[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+# With a large eps Adam's update is linear in the gradient (as LINEAR_ADAM in test_trainer.py)
+LINEAR_ADAM = {"lr": 1.0, "gate_lr": 10.0, "eps": 1.0}
+
+
+def micro_batch(step: int, micro: int, rank: int) -> dict:
+    batch = slot_batch(2, seed=100 * step + 10 * micro + rank)
+    batch.pop("object_labels")
+    return batch
+
+
+def accumulated_steps(env: distributed.Env, strategy: str, grad_accum: int, steps: int) -> dict:
+    """Reductions in one step without accumulation, then per step in `steps` steps of
+    `grad_accum` micro-batches; the trainable weights after the latter."""
+    counts = {}
+    for accum, n in ((1, 1), (grad_accum, steps)):
+        model = tiny_flamingo(gates=0.5)
+        trained = wrap(model, env, strategy)
+        optimizer = build_optimizer(model, **LINEAR_ADAM)
+        batches = (micro_batch(s, i, env.rank) for s in range(n) for i in range(accum))
+        with Collectives() as seen:
+            fit(trained, batches, steps=n, grad_accum=accum, optimizer=optimizer, progress=False)
+        counts[accum] = seen.reductions / n
+    return {"reductions_per_step": counts, "weights": {k: full(v) for k, v in model.trainable_state_dict().items()}}
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_gradients_sync_once_per_optimiser_step_under_gradient_accumulation(tmp_path, strategy):
+    """The loop's own two all-reduces (token count, logged sums) and the gradients' reductions:
+    as many per step with 3 micro-batches as with one (FSDP2 used to reduce-scatter on each)."""
+    grad_accum, steps = 3, 2
+    ranks = two_processes(accumulated_steps, tmp_path, strategy, grad_accum, steps)
+    for r in ranks:
+        once = r["reductions_per_step"][1]
+        assert once > 2 and r["reductions_per_step"][grad_accum] == once, r["reductions_per_step"]
+    # and the accumulated steps still train like one process on each step's union batch
+    model = tiny_flamingo(gates=0.5)
+    optimizer = build_optimizer(model, **LINEAR_ADAM)
+    batches = (union(*(micro_batch(s, i, r) for i in range(grad_accum) for r in range(WORLD))) for s in range(steps))
+    fit(model, batches, steps=steps, optimizer=optimizer, progress=False)
+    for k, expected in model.trainable_state_dict().items():
+        for r in ranks:
+            torch.testing.assert_close(r["weights"][k], expected, rtol=1e-5, atol=1e-6, msg=k)

@@ -13,6 +13,7 @@ or FSDP2 wraps the objective, never the other way round.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -85,6 +86,30 @@ def is_wrapped(model: nn.Module) -> bool:
     from torch.nn.parallel import DistributedDataParallel
 
     return isinstance(model, (DistributedDataParallel, FSDPModule))
+
+
+@contextlib.contextmanager
+def no_sync(model: nn.Module):
+    """Backward passes run inside (forward and backward both) accumulate gradients on this
+    process without synchronising them; the next backward outside synchronises the sum.
+
+    DDP has `no_sync`; an FSDP2 module has none but `set_requires_gradient_sync`, read when its
+    backward reduce-scatters. A plain module has nothing to synchronise.
+    """
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)  # recurses into the sharded units
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 class ObjectiveWrapper(nn.Module):
