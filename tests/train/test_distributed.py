@@ -8,6 +8,11 @@ a picklable value per rank; `two_processes` gives the list [rank 0's, rank 1's].
 from __future__ import annotations
 
 import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from multisense.train import checkpoint as ckpt
 from multisense.train import distributed
 from multisense.train.distill import InWordsDistillation
 from multisense.lm.adapters import find_decoder_layers
@@ -25,6 +31,8 @@ from multisense.train.optim import build_optimizer
 from multisense.train.slots import IGNORE, LatentObjectLoss
 from tests.conftest import VOCAB, interleaved_ids, tiny_flamingo
 from tests.models.test_flamingo import pixels
+from tests.train.backbones import save_tiny_backbones
+from tests.train.test_trainer import ROOT, final_weights, overrides
 
 WORLD = 2
 
@@ -169,3 +177,64 @@ def test_gradients_sync_once_per_optimiser_step_under_gradient_accumulation(tmp_
     for k, expected in model.trainable_state_dict().items():
         for r in ranks:
             torch.testing.assert_close(r["weights"][k], expected, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def gathered_in_a_checkpoint(env: distributed.Env) -> dict:
+    """After one FSDP2 step: the elements `_full_state` all-gathers, and what it returns."""
+    from multisense.train.trainer import _full_state
+
+    model = tiny_flamingo(gates=0.5, standardize_media=True)  # + media_mean/std: buffers saved, not sharded
+    trained = wrap(model, env, "fsdp2")
+    optimizer = build_optimizer(model, **LINEAR_ADAM)
+    fit(trained, (micro_batch(0, 0, env.rank) for _ in range(1)), steps=1, optimizer=optimizer, progress=False)
+    with Collectives() as seen:
+        weights, optim = _full_state(model, optimizer)
+    # FSDP2 shards dim 0 in equal chunks of ceil(rows / world), so a gather returns that many rows per rank
+    sizes = {n: -(-p.shape[0] // env.world_size) * env.world_size * p[0].numel()
+             for n, p in model.named_parameters()}
+    return {"gathered": seen.gathered, "weights": weights, "optim": optim,
+            "trainable": sum(s for n, s in sizes.items() if model.get_parameter(n).requires_grad),
+            "all": sum(sizes.values()), "full": {k: full(v) for k, v in model.trainable_state_dict().items()}}
+
+
+def test_a_checkpoint_gathers_only_what_it_saves(tmp_path):
+    """Under FSDP2, saving gathers the trainable weights and their two Adam moments, not the frozen
+    backbones (which are most of the model: it used to gather them all, then keep the trainable)."""
+    ranks = two_processes(gathered_in_a_checkpoint, tmp_path)
+    for r in ranks:
+        assert r["gathered"] == 3 * r["trainable"] < r["all"]
+        assert r["weights"].keys() == r["full"].keys() and {"media_mean", "media_std"} <= r["weights"].keys()
+        for k, v in r["full"].items():
+            assert torch.equal(r["weights"][k], v), k
+    state = ranks[0]["optim"]["state"]  # rank 0 writes the checkpoint
+    assert {k for k, s in state.items() if "exp_avg" in s} == {k for k in ranks[0]["full"] if not k.startswith("media_")}
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
+
+
+def test_fsdp2_resumes_from_its_checkpoint_to_the_same_weights(backbones, tmp_path):
+    """`multisense train` under torchrun with FSDP2: a run resumed from its step-2 checkpoint ends
+    at step 4 with the weights of the run that went through."""
+
+    def torchrun(out) -> dict:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+               "-m", "multisense", "train", *overrides(backbones, out, **{"train.distributed": "fsdp2"})]
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}  # this checkout's code and tests
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+
+    assert torchrun(tmp_path / "whole")["start_step"] == 0  # 4 steps, checkpoints at 2 and 4
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000004")
+    assert torchrun(tmp_path / "resumed")["start_step"] == 2
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step-000002",
+                                                                                           "step-000004"]
+    whole, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "resumed")
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        assert torch.equal(resumed[k], whole[k]), k

@@ -196,15 +196,19 @@ def _precision(value: str, device: torch.device) -> str:
     return value
 
 
-def _full_state(model, optimizer) -> tuple[dict, dict]:
-    """Trainable weights and optimiser state keyed by parameter name, gathered in full
-    (works alike for a plain module, DDP and FSDP2)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+def _full_state(model: FlamingoModel, optimizer) -> tuple[dict, dict]:
+    """Trainable weights (with the buffers saved beside them) and optimiser state keyed by
+    parameter name, whole and on the CPU (the optimiser state on rank 0 only, which saves it).
+    Under FSDP2 only these are gathered from their shards, not the frozen backbones: they are
+    most of the model and never saved."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights, optim = get_state_dict(model, optimizer, options=opts)
-    trainable = set(model.trainable_state_dict())
-    return {k: v for k, v in weights.items() if k in trainable}, optim
+    weights = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
+               for k, v in model.trainable_state_dict().items()}
+    optim = get_optimizer_state_dict(model, optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return weights, optim
 
 
 def _load_full_state(model, optimizer, weights: dict, optim: dict, *, where: str) -> None:
