@@ -32,7 +32,7 @@ from multisense.train.slots import IGNORE, LatentObjectLoss
 from tests.conftest import VOCAB, interleaved_ids, tiny_flamingo
 from tests.models.test_flamingo import pixels
 from tests.train.backbones import save_tiny_backbones
-from tests.train.test_trainer import ROOT, final_weights, overrides
+from tests.train.test_trainer import LINEAR_ADAM, ROOT, final_weights, overrides
 
 WORLD = 2
 
@@ -135,8 +135,8 @@ def test_an_objectives_heads_get_the_gradient_averaged_over_processes(tmp_path, 
             torch.testing.assert_close(grads[k], expected[k], rtol=1e-5, atol=1e-7, msg=k)
 
 
-# With a large eps Adam's update is linear in the gradient (as LINEAR_ADAM in test_trainer.py)
-LINEAR_ADAM = {"lr": 1.0, "gate_lr": 10.0, "eps": 1.0}
+# test_trainer's Adam with an update linear in the gradient, as build_optimizer's keywords
+LINEAR = {k.removeprefix("optim."): v for k, v in LINEAR_ADAM.items()}
 
 
 def micro_batch(step: int, micro: int, rank: int) -> dict:
@@ -152,7 +152,7 @@ def accumulated_steps(env: distributed.Env, strategy: str, grad_accum: int, step
     for accum, n in ((1, 1), (grad_accum, steps)):
         model = tiny_flamingo(gates=0.5)
         trained = wrap(model, env, strategy)
-        optimizer = build_optimizer(model, **LINEAR_ADAM)
+        optimizer = build_optimizer(model, **LINEAR)
         batches = (micro_batch(s, i, env.rank) for s in range(n) for i in range(accum))
         with Collectives() as seen:
             fit(trained, batches, steps=n, grad_accum=accum, optimizer=optimizer, progress=False)
@@ -171,7 +171,7 @@ def test_gradients_sync_once_per_optimiser_step_under_gradient_accumulation(tmp_
         assert once > 2 and r["reductions_per_step"][grad_accum] == once, r["reductions_per_step"]
     # and the accumulated steps still train like one process on each step's union batch
     model = tiny_flamingo(gates=0.5)
-    optimizer = build_optimizer(model, **LINEAR_ADAM)
+    optimizer = build_optimizer(model, **LINEAR)
     batches = (union(*(micro_batch(s, i, r) for i in range(grad_accum) for r in range(WORLD))) for s in range(steps))
     fit(model, batches, steps=steps, optimizer=optimizer, progress=False)
     for k, expected in model.trainable_state_dict().items():
@@ -185,7 +185,7 @@ def gathered_in_a_checkpoint(env: distributed.Env) -> dict:
 
     model = tiny_flamingo(gates=0.5, standardize_media=True)  # + media_mean/std: buffers saved, not sharded
     trained = wrap(model, env, "fsdp2")
-    optimizer = build_optimizer(model, **LINEAR_ADAM)
+    optimizer = build_optimizer(model, **LINEAR)
     fit(trained, (micro_batch(0, 0, env.rank) for _ in range(1)), steps=1, optimizer=optimizer, progress=False)
     with Collectives() as seen:
         weights, optim = _full_state(model, optimizer)
@@ -210,6 +210,17 @@ def test_a_checkpoint_gathers_only_what_it_saves(tmp_path):
     assert {k for k, s in state.items() if "exp_avg" in s} == {k for k in ranks[0]["full"] if not k.startswith("media_")}
 
 
+def torchrun(train_overrides: list[str]) -> dict:
+    """`multisense train` on two processes; the summary it prints."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+           "-m", "multisense", "train", *train_overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}  # this checkout's code and tests
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+
+
 @pytest.fixture(scope="module")
 def backbones(tmp_path_factory):
     return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
@@ -219,22 +230,29 @@ def test_fsdp2_resumes_from_its_checkpoint_to_the_same_weights(backbones, tmp_pa
     """`multisense train` under torchrun with FSDP2: a run resumed from its step-2 checkpoint ends
     at step 4 with the weights of the run that went through."""
 
-    def torchrun(out) -> dict:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-               "-m", "multisense", "train", *overrides(backbones, out, **{"train.distributed": "fsdp2"})]
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}  # this checkout's code and tests
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
-
-    assert torchrun(tmp_path / "whole")["start_step"] == 0  # 4 steps, checkpoints at 2 and 4
+    run = {"train.distributed": "fsdp2"}
+    assert torchrun(overrides(backbones, tmp_path / "whole", **run))["start_step"] == 0  # checkpoints at 2, 4
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000004")
-    assert torchrun(tmp_path / "resumed")["start_step"] == 2
+    assert torchrun(overrides(backbones, tmp_path / "resumed", **run))["start_step"] == 2
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step-000002",
                                                                                            "step-000004"]
     whole, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "resumed")
     assert whole.keys() == resumed.keys()
     for k in whole:
         assert torch.equal(resumed[k], whole[k]), k
+
+
+def test_distillation_under_fsdp2_trains_like_under_ddp(backbones, tmp_path):
+    """The in-words objective wrapped whole: its teacher pass reads the LM inside the objective's
+    forward, where FSDP2 has gathered the LM's shards. (Not compared with one process of the
+    doubled batch: the distance is normalised per micro-batch, by the teacher's norm at that
+    micro-batch's markers, so it depends on how the batch is split.)"""
+    extra = {"data.task": "fewshot_mapped", "data.task_args": "{}", "train.distill_words": 1.0, "train.steps": 2,
+             "data.batch_size": 2, **LINEAR_ADAM}
+    for strategy in ("ddp", "fsdp2"):
+        torchrun(overrides(backbones, tmp_path / strategy, **{**extra, "train.distributed": strategy}))
+    ddp, fsdp2 = final_weights(tmp_path / "ddp"), final_weights(tmp_path / "fsdp2")
+    assert ddp.keys() == fsdp2.keys()
+    for k in ddp:
+        torch.testing.assert_close(fsdp2[k], ddp[k], rtol=1e-5, atol=1e-6, msg=k)
