@@ -1,8 +1,10 @@
-"""Two CPU processes (gloo), started with torch.multiprocessing: what DDP and FSDP2 synchronise.
+"""Two CPU processes (gloo): what DDP and FSDP2 synchronise, gather and resume.
 
-Each worker runs in a fresh interpreter with the test process's sys.path (multiprocessing's
-spawn passes it on), so it imports this checkout's `multisense` and `tests`. A worker returns
-a picklable value per rank; `two_processes` gives the list [rank 0's, rank 1's].
+Most tests run a worker function on both ranks with torch.multiprocessing (`two_processes`):
+each runs in a fresh interpreter with the test process's sys.path (spawn passes it on), so it
+imports this checkout's `multisense` and `tests`, and returns a picklable value per rank. The
+others run `multisense train` under torchrun (`torchrun`), with this checkout's src first on
+PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from multisense.lm.adapters import find_decoder_layers
 from multisense.train import checkpoint as ckpt
 from multisense.train import distributed
 from multisense.train.distill import InWordsDistillation
-from multisense.lm.adapters import find_decoder_layers
 from multisense.train.loop import fit
 from multisense.train.optim import build_optimizer
 from multisense.train.slots import IGNORE, LatentObjectLoss
@@ -229,7 +231,6 @@ def backbones(tmp_path_factory):
 def test_fsdp2_resumes_from_its_checkpoint_to_the_same_weights(backbones, tmp_path):
     """`multisense train` under torchrun with FSDP2: a run resumed from its step-2 checkpoint ends
     at step 4 with the weights of the run that went through."""
-
     run = {"train.distributed": "fsdp2"}
     assert torchrun(overrides(backbones, tmp_path / "whole", **run))["start_step"] == 0  # checkpoints at 2, 4
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
