@@ -1,7 +1,6 @@
 """In-words distillation: zero exactly when the images read like the words, measured at the
 media markers only, padding-blind, and trainable end to end."""
 
-import contextlib
 import csv
 
 import numpy as np
@@ -79,22 +78,6 @@ def test_loss_is_zero_when_every_image_reads_like_its_word(backbones, tmp_path):
     other.pop("labels")
     assert not torch.equal(other["words_input_ids"], batch["words_input_ids"])
     assert InWordsDistillation(model, 1.0)(**other).aux_loss.item() == 0.0
-
-
-def test_gradient_accumulation_keeps_the_wrapped_models_no_sync():
-    entered = []
-
-    class Wrapped(torch.nn.Module):  # stands in for DistributedDataParallel
-        @contextlib.contextmanager
-        def no_sync(self):
-            entered.append(True)
-            yield
-
-    with InWordsDistillation(Wrapped(), 1.0).no_sync():
-        pass
-    assert entered == [True]
-    with InWordsDistillation(torch.nn.Linear(2, 2), 1.0).no_sync():  # a plain model: a no-op
-        pass
 
 
 def test_training_with_distillation_logs_the_loss_and_rejects_tasks_without_words(backbones, tmp_path):

@@ -38,9 +38,12 @@ def hidden_state_distance(student: tuple[torch.Tensor, ...], teacher: tuple[torc
 
 
 class InWordsDistillation(distributed.ObjectiveWrapper):
-    """Wraps a (possibly DDP-wrapped) FlamingoModel: forward takes the usual batch plus
-    `words_input_ids` [B, L] and returns the model's output with `aux_loss` = weight * distance
-    at the media markers."""
+    """Wraps a plain FlamingoModel (for DDP or FSDP2, wrap this objective, `distributed.wrap`):
+    forward takes the usual batch plus `words_input_ids` [B, L] and returns the model's output
+    with `aux_loss` = weight * distance at the media markers.
+
+    The teacher pass calls the model's LM directly; it runs inside this objective's forward, so
+    under FSDP2 (this objective the root) the LM's shards are gathered for it too."""
 
     def __init__(self, model: nn.Module, weight: float):
         if weight <= 0:
@@ -50,10 +53,9 @@ class InWordsDistillation(distributed.ObjectiveWrapper):
 
     def forward(self, words_input_ids: torch.Tensor, **batch):
         out = self.model(**batch, output_hidden_states=True)
-        flamingo = distributed.unwrap(self.model)
-        with torch.no_grad():  # flamingo.lm outside the media context: the plain frozen LM
-            teacher = flamingo.lm(input_ids=words_input_ids, attention_mask=batch["attention_mask"],
-                                  output_hidden_states=True).hidden_states
-        markers = batch["input_ids"] == flamingo.config.media_token_id  # [B, L]
+        with torch.no_grad():  # the LM outside the model's media context: the plain frozen LM
+            teacher = self.model.lm(input_ids=words_input_ids, attention_mask=batch["attention_mask"],
+                                    output_hidden_states=True).hidden_states
+        markers = batch["input_ids"] == self.model.config.media_token_id  # [B, L]
         out.aux_loss = self.weight * hidden_state_distance(out.hidden_states, teacher, markers)
         return out

@@ -4,6 +4,11 @@
 without them this is a single process and nothing is initialised. The backend is NCCL on
 GPUs and gloo on CPUs. Only trainable parameters travel in gradient traffic: DDP reduces
 parameters that require grad, and the frozen backbones never do.
+
+What is wrapped is what is trained: the model, or a training objective around it
+(`ObjectiveWrapper`, e.g. `train.slots.LatentObjectLoss`), whose own trainable parameters
+(heads) must be synchronised like the model's. So an objective wraps the plain model and DDP
+or FSDP2 wraps the objective, never the other way round.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ def teardown() -> None:
 
 def wrap(model: nn.Module, env: Env, strategy: str = "ddp", *, units: list[nn.Module] = (),
          find_unused_parameters: bool = False) -> nn.Module:
-    """Wrap for data parallelism. DDP returns a wrapper; FSDP2 shards `units` then the root in place."""
+    """Wrap what is trained (the model, or an objective around it) for data parallelism. DDP
+    returns a wrapper; FSDP2 shards `units` then the root in place."""
     if strategy not in STRATEGIES:
         raise ValueError(f"distributed: expected one of {STRATEGIES}, got {strategy!r}")
     if env.world_size == 1:
@@ -74,23 +80,54 @@ def wrap(model: nn.Module, env: Env, strategy: str = "ddp", *, units: list[nn.Mo
     return model
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
+def is_wrapped(model: nn.Module) -> bool:
+    """Whether `model` is already wrapped (DDP) or sharded (FSDP2) for data parallelism."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    return isinstance(model, (DistributedDataParallel, FSDPModule))
+
+
+@contextlib.contextmanager
+def no_sync(model: nn.Module):
+    """Backward passes run inside (forward and backward both) accumulate gradients on this
+    process without synchronising them; the next backward outside synchronises the sum.
+
+    DDP has `no_sync`; an FSDP2 module has none but `set_requires_gradient_sync`, read when its
+    backward reduce-scatters. A plain module has nothing to synchronise.
+    """
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)  # recurses into the sharded units
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 class ObjectiveWrapper(nn.Module):
-    """Base of the training objectives that wrap a (possibly DDP-wrapped) model and add an
-    `aux_loss` to its output (`train.distill`, `train.slots`)."""
+    """Base of the training objectives that wrap a plain model and add an `aux_loss` to its
+    output (`train.distill`, `train.slots`).
+
+    The model must not be wrapped for data parallelism yet: parameters of the objective outside
+    the DDP/FSDP2 wrapper would get no gradient averaging, so each process would train its own
+    copy. Wrap the objective instead: `distributed.wrap(Objective(model, ...), env)`.
+    """
 
     def __init__(self, model: nn.Module):
+        if is_wrapped(model):
+            raise ValueError(f"{type(self).__name__}: got a model already wrapped for data parallelism "
+                             f"({type(model).__name__}); wrap the objective, not the model: "
+                             "distributed.wrap(objective, env)")
         super().__init__()
         self.model = model
-
-    def no_sync(self):
-        """The wrapped model's `no_sync` (DDP), else a no-op: the training loop then still syncs
-        gradients once per optimiser step, not once per micro-batch."""
-        inner = getattr(self.model, "no_sync", None)
-        return inner() if inner is not None else contextlib.nullcontext()
 
 
 def barrier() -> None:

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..tokens import IGNORE_INDEX
+from .distributed import no_sync
 
 
 def target_count(labels: torch.Tensor) -> torch.Tensor:
@@ -62,8 +63,9 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
     `on_step(step)` runs after each optimiser step and may return extra fields for the record
     (e.g. gate values); `on_record(record)` then sees the complete record (e.g. to log it).
 
-    `model` may be wrapped in DistributedDataParallel (gradients are synchronised on the last
-    micro-batch only) or sharded with FSDP2; the loss is normalised over all processes.
+    `model` may be wrapped in DistributedDataParallel or sharded with FSDP2 (`distributed.wrap`);
+    either way gradients are synchronised on the last micro-batch of each step only, and the
+    loss is normalised over all processes.
     """
     if grad_accum < 1:
         raise ValueError(f"grad_accum: expected a positive integer, got {grad_accum}")
@@ -90,21 +92,23 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
         for i, batch in enumerate(micro):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             labels = batch.pop("labels", None)
-            sync = i == grad_accum - 1 or not hasattr(model, "no_sync")
-            with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(precision, device):
-                out = model(**batch)
-            if labels is not None:
-                ce, z = token_loss_sum(out.logits, labels, z_loss)
-            else:
-                ce, z = out.loss.float(), out.loss.new_zeros((), dtype=torch.float32)
-            loss = (ce + z) / denom
-            aux = getattr(out, "aux_loss", None)  # a per-micro-batch mean (e.g. InWordsDistillation)
-            aux = aux.float() if aux is not None else loss.new_zeros(())
-            loss = loss + aux / (grad_accum * world)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step}: loss is {loss.item()}; stopping before it reaches the weights")
-            # DDP averages gradients over processes; the loss is already normalised over all of them
-            (loss * world).backward()
+            # gradients are synchronised across processes once per optimiser step: on the last micro-batch
+            with contextlib.nullcontext() if i == grad_accum - 1 else no_sync(model):
+                with _autocast(precision, device):
+                    out = model(**batch)
+                if labels is not None:
+                    ce, z = token_loss_sum(out.logits, labels, z_loss)
+                else:
+                    ce, z = out.loss.float(), out.loss.new_zeros((), dtype=torch.float32)
+                loss = (ce + z) / denom
+                aux = getattr(out, "aux_loss", None)  # a per-micro-batch mean (e.g. InWordsDistillation)
+                aux = aux.float() if aux is not None else loss.new_zeros(())
+                loss = loss + aux / (grad_accum * world)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"step {step}: loss is {loss.item()}; "
+                                             "stopping before it reaches the weights")
+                # DDP and FSDP2 average gradients over processes; the loss is already normalised over all of them
+                (loss * world).backward()
             sums += torch.stack([ce.detach(), z.detach(), aux.detach()])
         if world > 1:
             dist.all_reduce(sums)

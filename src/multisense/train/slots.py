@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from ..tokens import IGNORE_INDEX
-from .distributed import ObjectiveWrapper, unwrap
+from .distributed import ObjectiveWrapper
 
 
 class LatentObjectLoss(ObjectiveWrapper):
-    """Wraps a (possibly DDP-wrapped) FlamingoModel: forward takes the usual batch plus
+    """Wraps a plain FlamingoModel (for DDP or FSDP2, wrap this objective: its heads train too,
+    `distributed.wrap`): forward takes the usual batch plus
     `object_labels` [B, M, K, A] (class index per attribute; `num_classes[a]` means no object;
     IGNORE_INDEX skips) and returns the model's output with `aux_loss` = weight * the cross-entropy
     per counted label.
@@ -41,7 +42,7 @@ class LatentObjectLoss(ObjectiveWrapper):
             raise ValueError(f"num_classes: expected one positive count per attribute, got {list(num_classes)}")
         super().__init__(model)
         self.weight = weight
-        dim = unwrap(model).config.dim_media
+        dim = model.config.dim_media
         self.heads = nn.ModuleList(nn.Linear(dim, n + 1) for n in num_classes)  # + "no object"
 
     def forward(self, object_labels: torch.Tensor, **batch):

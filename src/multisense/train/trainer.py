@@ -321,22 +321,26 @@ def _precision(value: str, device: torch.device) -> str:
     return value
 
 
-def _full_state(model, optimizer) -> tuple[dict, dict]:
-    """Trainable weights and optimiser state keyed by parameter name, gathered in full
-    (works alike for a plain module, DDP and FSDP2)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+def _full_state(model: FlamingoModel, optimizer) -> tuple[dict, dict]:
+    """Trainable weights (with the buffers saved beside them) and optimiser state keyed by
+    parameter name, whole and on the CPU (the optimiser state on rank 0 only, which saves it).
+    Under FSDP2 only these are gathered from their shards, not the frozen backbones: they are
+    most of the model and never saved."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights, optim = get_state_dict(model, optimizer, options=opts)
-    trainable = set(distributed.unwrap(model).trainable_state_dict())
-    return {k: v for k, v in weights.items() if k in trainable}, optim
+    weights = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
+               for k, v in model.trainable_state_dict().items()}
+    optim = get_optimizer_state_dict(model, optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return weights, optim
 
 
 def _load_full_state(model, optimizer, weights: dict, optim: dict, *, where: str) -> None:
     """The inverse of _full_state, after checking the names and shapes of the weights."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    expected = {k: v.shape for k, v in distributed.unwrap(model).trainable_state_dict().items()}
+    expected = {k: v.shape for k, v in model.trainable_state_dict().items()}
     check_fits(expected, weights, where)
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim,
                    options=StateDictOptions(full_state_dict=True, strict=False))
@@ -382,10 +386,13 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         setup(model)
     if run.activation_checkpointing:
         checkpoint_layers(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
+    # DDP/FSDP2 wrap what is trained: the model, or the distillation objective around it.
     # FSDP2 replaces the parameters with sharded ones: wrap first, then build the optimiser
+    # (over the model's parameters: the distillation has none of its own).
+    words = run.distill_words > 0
     units = list(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
-    wrapped = distributed.wrap(model, env, run.distributed, units=units,
-                               find_unused_parameters=run.find_unused_parameters)
+    trained = distributed.wrap(InWordsDistillation(model, run.distill_words) if words else model, env,
+                               run.distributed, units=units, find_unused_parameters=run.find_unused_parameters)
     optimizer = build_optimizer(model, lr=cfg.optim.lr, gate_lr=cfg.optim.gate_lr,
                                 weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas, eps=cfg.optim.eps)
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.optim.warmup_steps, total_steps=run.steps,
@@ -397,7 +404,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         manifest, weights, state = ckpt.load(source)
         if not cfg.data.task:
             position = resume_position(manifest, str(source), env)
-        _load_full_state(wrapped, optimizer, weights, state["optimizer"], where=str(source))
+        _load_full_state(model, optimizer, weights, state["optimizer"], where=str(source))
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(manifest["rng"], state["rng"])
         start_step = manifest["step"]
@@ -407,16 +414,14 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False))
     logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists(),
                        resume_step=start_step)
-    words = run.distill_words > 0
     loader = None if cfg.data.task else file_loader(cfg.data, env, position)
     batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
                             words=words, loader=loader)
-    trained = InWordsDistillation(wrapped, run.distill_words) if words else wrapped
 
     final_weights: dict = {}
 
     def save(step: int) -> None:
-        weights, optim_state = _full_state(wrapped, optimizer)
+        weights, optim_state = _full_state(model, optimizer)
         final_weights.update(weights)
         # a task's sample i is seeded, so its position is the step; files: every process's loader
         data_position = step if loader is None else loader_positions(loader, env)
