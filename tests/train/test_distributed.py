@@ -25,12 +25,13 @@ from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from multisense.lm.adapters import find_decoder_layers
+from multisense.tokens import IGNORE_INDEX as IGNORE
 from multisense.train import checkpoint as ckpt
 from multisense.train import distributed
 from multisense.train.distill import InWordsDistillation
 from multisense.train.loop import fit
 from multisense.train.optim import build_optimizer
-from multisense.train.slots import IGNORE, LatentObjectLoss
+from multisense.train.slots import LatentObjectLoss
 from tests.conftest import VOCAB, interleaved_ids, tiny_flamingo
 from tests.models.test_flamingo import pixels
 from tests.train.backbones import save_tiny_backbones
