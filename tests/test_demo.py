@@ -6,15 +6,11 @@ import transformers
 
 import multisense.demo as demo
 from multisense import FlamingoModel
-from multisense.train import pretrain
 
 
 def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, monkeypatch):
-    real = pretrain.ensure_default_backbones
-    monkeypatch.setattr(demo, "ensure_default_backbones",
-                        lambda cache_dir, progress: real(cache_dir, progress=False, lm_steps=2, vision_steps=2))
-    cfg = demo.DemoConfig(steps=3, batch_size=4, eval_samples=3, out_dir=str(tmp_path / "run"),
-                          cache_dir=str(tmp_path / "cache"), progress=False, num_latents=4, resampler_depth=1)
+    cfg = demo.DemoConfig(steps=3, batch_size=4, eval_samples=3, out_dir=str(tmp_path / "run"), progress=False,
+                          num_latents=4, resampler_depth=1)
     summary = demo.run(cfg)
     out = tmp_path / "run"
     for name in ("report.md", "results.json", "history.json", "loss.png", "gates.png", "attention.png",

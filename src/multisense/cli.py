@@ -6,6 +6,7 @@
     multisense experiment NAME|all              the claims checked: gate_init, frame_embeddings, masking
     multisense bench [...]                      block throughput and memory benchmarks
     multisense bench training [...]             training throughput, memory, DDP scaling
+    multisense backbones build|probe [...]      rebuild or measure the embedded backbones
 
 An error in what was given (a config value, a path, a run already there) is one line,
 `multisense <command>: error: ...`, and exit code 2; `multisense --debug <command> ...` (or
@@ -72,7 +73,14 @@ def _experiment(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"demo": _demo, "train": _train, "eval": _eval, "experiment": _experiment, "bench": _bench}
+def _backbones(argv: list[str]) -> int:
+    from .backbones.build import main
+
+    return main(argv)
+
+
+COMMANDS = {"demo": _demo, "train": _train, "eval": _eval, "experiment": _experiment, "bench": _bench,
+            "backbones": _backbones}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The main job (`make demo`, `multisense demo`): a Flamingo model that learns to see, on a CPU.
 
 1. The embedded default backbones: a tiny GPT-2 and a tiny CLIP vision tower, pretrained by
-   the library on its own procedural corpus and cached (`train.pretrain`), then loaded with
+   the library on its own procedural corpus and shipped with it (`multisense.backbones`), loaded with
    `from_pretrained` exactly like a real checkpoint, and frozen.
 2. A Perceiver Resampler and tanh-gated cross-attention blocks are trained on captions and
    questions about procedural scenes (colour, shape, count, relative position).
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import transformers
 
+from . import backbones
 from .data import scenes
 from .data.images import to_pixel_values
 from .data.scene_tasks import KINDS, OBJECT_CLASSES, evaluation_set, training_batches
@@ -30,7 +31,6 @@ from .eval.generation import exact_match, generate_answers
 from .models import FlamingoModel
 from .train.loop import fit
 from .train.optim import build_optimizer, warmup_cosine
-from .train.pretrain import ensure_default_backbones
 from .train.slots import LatentObjectLoss
 
 
@@ -41,7 +41,6 @@ def option(default, text: str):
 
 @dataclass
 class DemoConfig:
-    # 1000 steps (v4: 1500) keep the first run, the v5 tower's longer pretraining included, under 10 minutes
     steps: int = option(1000, "optimiser steps of Flamingo training")
     batch_size: int = option(32, "scenes per step")
     lr: float = option(2e-3, "peak learning rate (AdamW; warmup, then cosine decay)")
@@ -72,19 +71,21 @@ class DemoConfig:
     eval_samples: int = option(200, "held-out scenes per question kind")
     seed: int = option(0, "seed of the trainable weights and of the training scenes")
     out_dir: str = option("runs/demo", "where the model, results, report and plots go")
-    cache_dir: str | None = option(None, "cache of the default backbones (None: $MULTISENSE_CACHE, "
-                                          "else ~/.cache/multisense)")
+    lm: str = option("default", "the frozen LM: 'default' (the embedded GPT-2) or a local directory")
+    vision: str = option("default", "the frozen vision tower: 'default' (the embedded CLIP tower) or a local "
+                                    "directory")
     progress: bool = option(True, "show progress bars")
 
 
 CHANCE = {"caption": 0.0, **{k: 1 / len(v) for k, v in scenes.ANSWER_SETS.items()}}
 
 
-def build_model(backbones, cfg: DemoConfig):
-    """Load the cached backbones through from_pretrained and wrap them in a FlamingoModel."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(backbones.lm)
-    lm = transformers.AutoModelForCausalLM.from_pretrained(backbones.lm)
-    vision = load_vision_encoder(backbones.vision)
+def build_model(cfg: DemoConfig):
+    """Load the frozen backbones through from_pretrained and wrap them in a FlamingoModel."""
+    lm_dir, vision_dir = backbones.resolve(cfg.lm, cfg.vision)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(lm_dir)
+    lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
+    vision = load_vision_encoder(vision_dir)
     torch.manual_seed(cfg.seed)
     model = FlamingoModel.from_lm(
         lm, vision, tokenizer=tokenizer, cross_attn_every=cfg.cross_attn_every, num_latents=cfg.num_latents,
@@ -128,12 +129,12 @@ def run(cfg: DemoConfig) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    backbones = ensure_default_backbones(cfg.cache_dir, progress=cfg.progress)
+    model, tokenizer = build_model(cfg)
     t_backbones = time.perf_counter() - t0
-    model, tokenizer = build_model(backbones, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    print(f"backbones ready in {t_backbones:.0f}s ({backbones.lm.parent}); "
+    print(f"backbones loaded in {t_backbones:.0f}s ({model.config.lm['name_or_path']}, "
+          f"{model.config.vision['name_or_path']}); "
           f"trainable {trainable / 1e6:.2f}M, frozen {frozen / 1e6:.2f}M parameters")
 
     # The object-slot heads train with the model but are not part of it (not saved)
@@ -195,7 +196,7 @@ def render_report(summary: dict) -> str:
     gates = summary["final_gates"]
     return "\n".join([
         "# multisense demo: Flamingo on procedural scenes", "",
-        f"Frozen tiny GPT-2 + frozen tiny CLIP vision tower (both pretrained by the library and cached); "
+        f"Frozen tiny GPT-2 + frozen tiny CLIP vision tower (both pretrained by the library, shipped with it); "
         f"trained a {cfg['resampler_depth']}-layer Perceiver Resampler ({cfg['num_latents']} latents) and gated "
         f"cross-attention before every {cfg['cross_attn_every']}. LM layer: "
         f"{summary['trainable_parameters'] / 1e6:.2f}M trainable parameters, {cfg['steps']} steps of batch "

@@ -155,9 +155,9 @@ def gate_init(r: Runner, *, steps: int = 100, every: int = 5) -> dict:
 
 
 def _lm_dir(cfg: TrainConfig) -> str:
-    from ..train.pretrain import resolve_backbone_dirs
+    from ..backbones import resolve
 
-    return resolve_backbone_dirs(cfg.model.lm, cache_dir=cfg.model.cache_dir, progress=False)[0]
+    return resolve(cfg.model.lm)[0]
 
 
 def gate_init_report(res: dict):

@@ -33,6 +33,7 @@ import torch
 import transformers
 import yaml
 
+from .. import backbones
 from ..config import check_choice, check_number, load_config, to_dict
 from ..data.collate import collate
 from ..encoders import load_vision_encoder
@@ -52,11 +53,10 @@ from .optim import build_optimizer, warmup_cosine
 @dataclass
 class ModelConfig:
     # a local Hugging Face causal-LM directory, "default": the embedded tiny GPT-2, or "icl": the
-    # embedded tiny Llama with induction heads (pretrain.pretrain_icl_lm), for in-context tasks
+    # embedded tiny Llama with induction heads, for in-context tasks (multisense.backbones)
     lm: str = "default"
     vision: str = "default"  # a local vision-encoder directory, or "default": the embedded tiny CLIP tower
     tokenizer: str | None = None  # defaults to the LM's directory
-    cache_dir: str | None = None  # where the embedded default backbones are cached
     flamingo: FlamingoConfig = field(default_factory=FlamingoConfig)
 
 
@@ -133,7 +133,7 @@ def validate(cfg: TrainConfig) -> None:
     from ..data.tasks import get_task
 
     model, data, optim, run = cfg.model.flamingo, cfg.data, cfg.optim, cfg.train
-    # model.lm and model.vision are checked by pretrain.resolve_backbone_dirs, before it builds anything
+    # model.lm and model.vision are checked by backbones.resolve, before anything loads
     if cfg.model.tokenizer is not None and not os.path.isdir(cfg.model.tokenizer):
         raise FileNotFoundError(f"model.tokenizer: expected a local directory, or null for model.lm's, got "
                                 f"{cfg.model.tokenizer!r} (no such directory)")
@@ -212,9 +212,7 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[FlamingoModel, object]:
     """Load the frozen backbones through from_pretrained and wrap them (trainable parts seeded)."""
-    from .pretrain import resolve_backbone_dirs
-
-    lm_dir, vision_dir = resolve_backbone_dirs(cfg.lm, cfg.vision, cache_dir=cfg.cache_dir, progress=progress)
+    lm_dir, vision_dir = backbones.resolve(cfg.lm, cfg.vision)
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
     lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
     vision = load_vision_encoder(vision_dir)
