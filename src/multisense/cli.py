@@ -56,9 +56,14 @@ def _bench(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from .train.trainer import main
+    from .eval.checks import held_out_check
+    from .train.trainer import CheckFailed, main
 
-    return main(argv)
+    try:
+        return main(argv, check=held_out_check)
+    except CheckFailed as err:  # the run worked and said what it found: no traceback, exit code 1
+        print(f"multisense train: {err}", file=sys.stderr)
+        return 1
 
 
 def _eval(argv: list[str]) -> int:

@@ -314,6 +314,10 @@ INVALID = [
     ({"data.calibration_samples": 1}, r"data.calibration_samples: expected a number >= 2, got 1"),
     ({"data.std": 0}, r"data.std: expected finite values > 0, got 0"),
     ({"data.mean": "[0.5, 0.5]"}, r"data.mean: expected a float or 3 per-channel values"),
+    ({"check.shots": "[0, -2]", "check.min_gain": 0.2}, r"check.shots\[1\]: expected a number >= 0, got -2"),
+    ({"check.shots": "[8]", "check.min_gain": 0.2}, r"check.min_gain: needs at least two check.shots"),
+    ({"check.shots": "[0, 8]"}, r"check.shots: set, but neither check.min_accuracy nor check.min_gain"),
+    ({"check.shots": "[8]", "check.min_accuracy": 1.5}, r"check.min_accuracy: expected a number >= 0 and <= 1"),
 ]
 
 
@@ -384,3 +388,42 @@ def test_a_dual_tower_clip_checkpoint_loads_its_vision_tower(tmp_path):
 def test_too_few_calibration_samples_is_named(backbones, tmp_path):
     with pytest.raises(ValueError, match="data.calibration_samples"):
         train(config(backbones, tmp_path / "run", **{"data.calibration_samples": 0}))
+
+
+def _checked(backbones, out, **check) -> TrainConfig:
+    # the video task: 4 answers, 0-shot episodes; 4 steps leave the model near chance
+    return config(backbones, out, **{"check.shots": "[0]", "check.samples": 8, **check})
+
+
+def test_a_checked_run_that_misses_its_check_says_so_and_writes_no_model(backbones, tmp_path):
+    from multisense.eval.checks import held_out_check
+    from multisense.train.trainer import CheckFailed
+
+    out = tmp_path / "run"
+    with pytest.raises(CheckFailed, match=r"accuracy at 0 shots 0\.\d+ < check.min_accuracy 1\.0.*no model/ was "
+                                          r"written.*another train.seed"):
+        train(_checked(backbones, out, **{"check.min_accuracy": 1.0}), check=held_out_check)
+    report = json.loads((out / "check.json").read_text())
+    assert report["passed"] is False and report["chance"] == 0.25 and report["samples"] == 8
+    assert not (out / "model").exists()
+    assert ckpt.latest(out / "checkpoints").name == "step-000004"  # the run itself is kept
+
+
+def test_a_checked_run_that_passes_writes_its_model_and_report(backbones, tmp_path):
+    from multisense.eval.checks import held_out_check
+
+    out = tmp_path / "run"
+    summary = train(_checked(backbones, out, **{"check.min_accuracy": 0.0}), check=held_out_check)
+    report = json.loads((out / "check.json").read_text())
+    assert report["passed"] is True and summary["check"] == report
+    assert 0.0 <= report["accuracy"]["0"] <= 1.0 and (out / "model" / "config.json").is_file()
+
+
+def test_a_check_needs_a_check_function(backbones, tmp_path, no_backbones):
+    with pytest.raises(ValueError, match=r"check.shots: set, but train\(\) was given no check function"):
+        train(_checked(backbones, tmp_path / "run", **{"check.min_accuracy": 0.5}))
+
+
+def test_the_fewshot_preset_checks_that_it_learned_in_context():
+    cfg = load_config(TrainConfig, resolve_preset("fewshot"), [])
+    assert cfg.check.shots == [0, 8] and cfg.check.min_gain == 0.2

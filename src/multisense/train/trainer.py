@@ -113,11 +113,28 @@ class RunConfig:
 
 
 @dataclass
+class CheckConfig:
+    # A held-out check of the trained model before `model/` is written: closed-set accuracy on
+    # data.task's evaluation episodes at each of `shots`, as `multisense eval` measures it. A run
+    # that misses it says so and writes no model/ (its checkpoints stay): an in-context run can
+    # end at chance with the same recipe (docs/results.md, issue 14).
+    shots: list[int] = field(default_factory=list)  # shot counts to evaluate; empty: no check
+    samples: int = 100  # episodes per shot count
+    min_accuracy: float | None = None  # at the last shot count
+    min_gain: float | None = None  # accuracy at the last shot count minus at the first
+
+
+class CheckFailed(RuntimeError):
+    """The trained model missed its check (`TrainConfig.check`); no model/ was written."""
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: RunConfig = field(default_factory=RunConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
 
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
@@ -179,6 +196,21 @@ def validate(cfg: TrainConfig) -> None:
     check_number(optim.min_lr_ratio, "optim.min_lr_ratio", at_least=0, at_most=1)
     if optim.max_grad_norm is not None:
         check_number(optim.max_grad_norm, "optim.max_grad_norm", above=0)
+
+    if cfg.check.shots:
+        if not data.task:
+            raise ValueError("check.shots: the check evaluates data.task's episodes; files have none (set check.shots=[])")
+        for i, shots in enumerate(cfg.check.shots):
+            check_number(shots, f"check.shots[{i}]", at_least=0)
+        check_number(cfg.check.samples, "check.samples", at_least=1)
+        if cfg.check.min_gain is not None and len(cfg.check.shots) < 2:
+            raise ValueError("check.min_gain: needs at least two check.shots (the gain from the first to the last)")
+        if cfg.check.min_accuracy is None and cfg.check.min_gain is None:
+            raise ValueError("check.shots: set, but neither check.min_accuracy nor check.min_gain says what to pass")
+        if cfg.check.min_accuracy is not None:
+            check_number(cfg.check.min_accuracy, "check.min_accuracy", at_least=0, at_most=1)
+        if cfg.check.min_gain is not None:
+            check_number(cfg.check.min_gain, "check.min_gain", at_least=-1, at_most=1)
 
     for key in ("steps", "grad_accum", "save_every", "log_every"):
         check_number(getattr(run, key), f"train.{key}", at_least=1)
@@ -360,14 +392,21 @@ def check_out_dir(run: RunConfig) -> None:
 
 
 def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = None,
-          measure: Callable[[int, FlamingoModel], dict | None] | None = None) -> dict:
+          measure: Callable[[int, FlamingoModel], dict | None] | None = None,
+          check: Callable[[FlamingoModel, object, TrainConfig], dict] | None = None) -> dict:
     """Run (or resume) training as configured; returns a summary (steps, final loss, seconds, history).
 
     Hooks for experiments: `setup(model)` runs once before training (e.g. to re-initialise the
     gates), `measure(step, model)` at step 0 and after every step; what it returns joins the
-    step's record (and the logs).
+    step's record (and the logs). `check(model, tokenizer, cfg)` measures the trained model
+    against cfg.check (`multisense.eval.checks.held_out_check`; needed when check.shots is set):
+    its report goes to out_dir/check.json, and a model that misses it raises CheckFailed
+    instead of being written to model/.
     """
     validate(cfg)
+    if cfg.check.shots and check is None:
+        raise ValueError("check.shots: set, but train() was given no check function; pass "
+                         "check=multisense.eval.checks.held_out_check (as `multisense train` does) or set check.shots=[]")
     check_out_dir(cfg.train)
     env = distributed.setup(cfg.train.device)
     run = cfg.train
@@ -454,6 +493,16 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                       precision=_precision(run.precision, env.device), z_loss=run.z_loss,
                       start_step=start_step, progress=run.progress and env.is_main, desc="train",
                       on_step=on_step, on_record=on_record)
+        report = None
+        if cfg.check.shots:  # on every process (the same episodes): a sharded model evaluates together
+            report = check(model, tokenizer, cfg)
+            if env.is_main:
+                (out / "check.json").write_text(json.dumps(report, indent=2) + "\n")
+            if not report["passed"]:
+                raise CheckFailed(f"the trained model missed its check ({'; '.join(report['reasons'])}), so no "
+                                  f"model/ was written (report: {out / 'check.json'}; the last checkpoint is in "
+                                  f"{out / 'checkpoints'}). Train again with another train.seed, or see "
+                                  "docs/training.md, 'Checked runs'")
         if env.is_main:
             model.save_pretrained(out / "model", state_dict=final_weights)
             tokenizer.save_pretrained(out / "model")
@@ -462,10 +511,13 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         distributed.teardown()
     seconds = time.perf_counter() - start
     return {"start_step": start_step, "steps": run.steps, "seconds": seconds,
-            "final_loss": history[-1]["loss"] if history else None, "initial": initial, "history": history}
+            "final_loss": history[-1]["loss"] if history else None, "initial": initial, "check": report,
+            "history": history}
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, check: Callable | None = None) -> int:
+    """`multisense train`; `check` is the held-out check cfg.check uses (the CLI passes
+    multisense.eval.checks.held_out_check)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="multisense train", description=__doc__.split("\n\n")[0])
@@ -477,7 +529,7 @@ def main(argv: list[str]) -> int:
     if args.print_config:
         print(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), sort_keys=False))
         return 0
-    summary = train(cfg)
+    summary = train(cfg, check=check)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0

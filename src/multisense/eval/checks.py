@@ -1,0 +1,41 @@
+"""The held-out check a training run passes before it writes `model/` (`TrainConfig.check`).
+
+An in-context run can end at chance with an unchanged recipe: on one machine the `fewshot`
+preset reached 0.96 at 8 shots, on another its images never came to read like their words
+(0.15; docs/results.md, issue 14). A run that is checked measures closed-set accuracy on its
+task's evaluation episodes (as `multisense eval` does, episode seed 0) at each of `check.shots`
+and passes if accuracy at the last shot count is at least `check.min_accuracy` and exceeds the
+first by at least `check.min_gain`. `multisense train` runs it; from Python:
+
+    from multisense.eval.checks import held_out_check
+    train(cfg, check=held_out_check)
+
+It lives here, not in train/, because it is an evaluation: train/ takes it as a function.
+"""
+
+from __future__ import annotations
+
+from ..data.tasks import get_task
+from .fewshot import evaluate
+
+
+def held_out_check(model, tokenizer, cfg) -> dict:
+    """{"passed", "accuracy" per shot count, "chance", "reasons"} of a trained model against
+    cfg.check (a TrainConfig)."""
+    check, data = cfg.check, cfg.data
+    task = get_task(data.task, image_size=data.image_size, **data.task_args)
+    if not task.answers:
+        raise ValueError(f"check.shots: data.task {data.task!r} has no closed answer set to score accuracy on; "
+                         "set check.shots=[]")
+    result = evaluate(model, tokenizer, task, shots=tuple(check.shots), seeds=(0,), samples=check.samples)
+    accuracy = {k: cell["accuracy"]["mean"] for k, cell in result["shots"].items()}
+    first, last = check.shots[0], check.shots[-1]
+    reasons = []
+    if check.min_accuracy is not None and accuracy[last] < check.min_accuracy:
+        reasons.append(f"accuracy at {last} shots {accuracy[last]:.3f} < check.min_accuracy {check.min_accuracy}")
+    if check.min_gain is not None and accuracy[last] - accuracy[first] < check.min_gain:
+        reasons.append(f"accuracy at {last} shots minus at {first} shots, {accuracy[last]:.3f} - "
+                       f"{accuracy[first]:.3f} = {accuracy[last] - accuracy[first]:.3f}, < check.min_gain "
+                       f"{check.min_gain}")
+    return {"passed": not reasons, "task": data.task, "samples": check.samples,
+            "accuracy": {str(k): v for k, v in accuracy.items()}, "chance": result["chance"], "reasons": reasons}
