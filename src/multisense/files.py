@@ -66,6 +66,8 @@ def atomic_directory(path: str | os.PathLike, build: Callable[[Path], None]) -> 
         build(tmp)
         for item in [tmp, *tmp.rglob("*")]:
             give_default_mode(item)
+            if item.is_file():
+                fsync(item)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -60,13 +60,18 @@ def same_weights(module: nn.Module, recorded: dict[str, str]) -> bool:
     return recorded.get(name) == fingerprint(module, FINGERPRINT_DTYPES[name])
 
 
+def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
+    """The weights file of every checkpoint, model or training: safetensors, CPU, contiguous."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_file(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+
+
 def save_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
     """Write config.json and model.safetensors into `directory` (created if missing)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     # weights first: a directory whose config.json exists always has matching weights beside it
-    atomic_file(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    write_weights(directory / WEIGHTS_NAME, tensors)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     atomic_file(directory / CONFIG_NAME, lambda p: p.write_text(text))
     return directory

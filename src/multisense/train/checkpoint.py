@@ -1,6 +1,9 @@
-"""Training checkpoints that resume exactly and are never loaded half-way.
+"""Training checkpoints: what resumes a run exactly, never loaded half-way.
 
-A checkpoint is a directory `step-000100/`:
+A *training checkpoint* is a model checkpoint's weights plus the state needed to resume; a
+*model checkpoint* (`models.io`, `save_pretrained`) is what a finished run leaves in model/.
+Both write their weights with `models.io.write_weights`. A training checkpoint is a directory
+`step-000100/`:
 
     model.safetensors   trainable weights (the frozen backbones are not copied)
     state.pt            optimiser and scheduler state and torch RNG states, read back with
@@ -9,10 +12,10 @@ A checkpoint is a directory `step-000100/`:
                         loader epoch and position), Python/numpy RNG states, the run config,
                         and the size and sha256 of both files above
 
-It is written under a temporary name, flushed, then renamed into place, so a run killed at
-any moment leaves either a complete checkpoint or none. Loading checks every size and hash
-first and names the file that does not match: a corrupt or truncated checkpoint is rejected
-before anything is copied into the model.
+It is written whole by `files.atomic_directory` (a temporary folder, flushed, then renamed into
+place), so a run killed at any moment leaves either a complete checkpoint or none. Loading
+checks every size and hash first and names the file that does not match: a corrupt or
+truncated checkpoint is rejected before anything is copied into the model.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..files import give_default_mode
+from ..files import atomic_directory
+from ..models.io import write_weights
 
 MANIFEST = "checkpoint.json"
 WEIGHTS = "model.safetensors"
@@ -43,14 +47,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -78,29 +74,19 @@ def set_rng_state(plain: dict, tensors: dict[str, torch.Tensor]) -> None:
 
 def save(directory: str | os.PathLike, *, step: int, weights: dict[str, torch.Tensor], state: dict,
          info: dict, keep_last: int | None = None) -> Path:
-    """Write checkpoint `directory/step-{step}` atomically; keep only the newest `keep_last`."""
+    """Write checkpoint `directory/step-{step}` atomically (a re-saved step, after a resume,
+    replaces it whole); keep only the newest `keep_last`."""
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".step-{step:06d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
-        give_default_mode(tmp / WEIGHTS)  # safetensors leaves it 0600 (multisense.files)
+
+    def build(tmp: Path) -> None:
+        write_weights(tmp / WEIGHTS, weights)
         torch.save(state, tmp / STATE)
-        files = {}
-        for name in (WEIGHTS, STATE):
-            _fsync(tmp / name)
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-        manifest = {"step": step, **info, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync(tmp / MANIFEST)
-        if final.exists():  # re-saving a step (after a resume): the new one replaces it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                 for name in (WEIGHTS, STATE)}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, **info, "files": files}, indent=2) + "\n")
+
+    atomic_directory(final, build)
     if keep_last:
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
