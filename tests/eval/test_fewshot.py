@@ -65,6 +65,19 @@ def test_eval_command_writes_json_and_markdown_with_every_cell(trained, tmp_path
                          "--seeds", "0", "--samples", "2", "--truncate-frames", "4", "--mode", "all_previous"]) == 0
 
 
+def test_eval_command_names_a_missing_tokenizer_and_takes_one_given(trained, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"  # a model saved without its tokenizer
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(trained / name, bare / name)
+    with pytest.raises(FileNotFoundError, match=r"--model: .*bare holds no tokenizer.*--tokenizer DIR"):
+        fewshot.main(["--model", str(bare), "--task", "video", "--task-arg", "frames=4", "--shots", "0"])
+    assert fewshot.main(["--model", str(bare), "--tokenizer", str(trained), "--task", "video", "--task-arg",
+                         "frames=4", "--shots", "0", "--seeds", "0", "--samples", "2"]) == 0
+
+
 def test_from_pretrained_refuses_overrides_that_change_shapes(trained):
     from multisense import FlamingoModel
 

@@ -135,6 +135,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="multisense eval", description="few-shot evaluation of a trained model")
     parser.add_argument("--model", required=True, help="a directory written by save_pretrained (e.g. runs/x/model)")
     parser.add_argument("--task", required=True, help="a task name from multisense.data.tasks")
+    parser.add_argument("--tokenizer", help="a tokenizer directory (default: the one saved in --model)")
     parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="task keyword, e.g. frames=30 (repeatable)")
     parser.add_argument("--shots", type=int, nargs="+", default=[0, 2, 4, 8], help="demonstrations per episode (default: %(default)s)")
@@ -163,7 +164,12 @@ def main(argv: list[str]) -> int:
     if not Path(args.model).is_dir():  # transformers would take it for a Hub repo id
         raise FileNotFoundError(f"--model: expected a local directory written by save_pretrained (with "
                                 f"--in-words, or a causal-LM directory), got {args.model!r} (no such directory)")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+    tokenizer_dir = args.tokenizer or args.model
+    if not any((Path(tokenizer_dir) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{'--tokenizer' if args.tokenizer else '--model'}: {tokenizer_dir} holds no tokenizer "
+                                "(tokenizer.json or tokenizer_config.json); save_pretrained writes one when the model "
+                                "has it (FlamingoModel.from_lm(..., tokenizer=...)), or name one with --tokenizer DIR")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     task = get_task(args.task, **task_args)
     if args.truncate_frames:
         task = TruncatedFrames(task, args.truncate_frames)
