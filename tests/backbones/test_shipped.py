@@ -42,7 +42,7 @@ def test_the_shipped_probes_meet_their_targets_and_are_measured_again_here():
 
 @pytest.mark.slow
 def test_a_rebuild_reaches_the_shipped_probes(tmp_path):
-    """The full recipe from scratch (about 15 minutes on 2 cores): the same probes within noise."""
+    """The full recipe from scratch (19 minutes on one thread): the same probes within noise."""
     torch.set_num_threads(1)  # as the shipped set was built (manifest: machine.threads)
     out = build.build(tmp_path / "set", progress=False)
     rebuilt = json.loads((out / backbones.MANIFEST).read_text())["parts"]

@@ -1,6 +1,6 @@
 """Building a set of embedded backbones: `multisense backbones build|probe`.
 
-    multisense backbones build --out DIR            # all three, about 15 minutes on 2 cores
+    multisense backbones build --out DIR            # all three: 19 minutes on one thread (manifest)
     multisense backbones build --out DIR --parts vision
     multisense backbones probe [DIR]                # the shipped set by default
 
