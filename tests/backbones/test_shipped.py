@@ -26,6 +26,20 @@ def test_the_shipped_set_is_the_current_recipe_and_loads_like_any_checkpoint():
         assert transformers.AutoTokenizer.from_pretrained(folder).get_vocab() == expected
 
 
+def test_the_shipped_manifest_names_no_path_of_the_machine_that_built_it():
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    assert not [s for s in strings(MANIFEST) if "/" + "tmp" in s or "/work" in s or "/home" in s or "/root" in s]
+    for part in ("lm", "vision", "icl"):
+        config = json.loads((getattr(SHIPPED, part) / "config.json").read_text())
+        assert not str(config.get("_name_or_path", "")).startswith("/")
+
+
 def test_the_shipped_probes_meet_their_targets_and_are_measured_again_here():
     parts = MANIFEST["parts"]
     assert parts["vision"]["shape_probe"] >= 0.95  # an object's shape, read linearly off its tokens

@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None, prog: str = "multisense backbones") -> i
         if not args.progress:  # transformers' own bars too (loading and writing shards)
             transformers.utils.logging.disable_progress_bar()
         start = time.perf_counter()
-        build(args.out, parts=tuple(args.parts), progress=args.progress, command=" ".join([prog, *argv]))
+        # the command as a user would retype it: the output folder is theirs, not part of the recipe
+        command = " ".join([prog, "build", "--out", "DIR", "--parts", *args.parts]
+                           + ([] if args.progress else ["--no-progress"]))
+        build(args.out, parts=tuple(args.parts), progress=args.progress, command=command)
         print(f"built {', '.join(args.parts)} into {args.out} in {time.perf_counter() - start:.0f} s")
         print((Path(args.out) / MANIFEST).read_text())
         return 0
