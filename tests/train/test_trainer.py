@@ -419,6 +419,21 @@ def test_a_checked_run_that_passes_writes_its_model_and_report(backbones, tmp_pa
     assert 0.0 <= report["accuracy"]["0"] <= 1.0 and (out / "model" / "config.json").is_file()
 
 
+def test_check_task_args_override_the_training_task_for_the_check_only(backbones, tmp_path):
+    from multisense.eval.checks import held_out_check
+
+    out = tmp_path / "run"
+    cfg = _checked(backbones, out, **{"data.task_args": "{frames: 4, lead: 1.0}", "check.task_args": "{lead: 0.0}",
+                                      "check.min_accuracy": 0.0})
+    summary = train(cfg, check=held_out_check)
+    assert summary["check"]["task_args"] == {"frames": 4, "lead": 0.0}  # checked on the task proper
+    assert cfg.data.task_args == {"frames": 4, "lead": 1.0}  # trained with the aid
+    with pytest.raises(ValueError, match=r"check.task_args=\{'lead': 2.0\}.*lead: expected a fraction"):
+        train(_checked(backbones, tmp_path / "bad", **{"check.task_args": "{lead: 2.0}", "check.min_accuracy": 0.5}),
+              check=held_out_check)
+    assert not (tmp_path / "bad").exists()  # named before anything is written
+
+
 def test_a_check_needs_a_check_function(backbones, tmp_path, no_backbones):
     with pytest.raises(ValueError, match=r"check.shots: set, but train\(\) was given no check function"):
         train(_checked(backbones, tmp_path / "run", **{"check.min_accuracy": 0.5}))

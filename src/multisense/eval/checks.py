@@ -5,7 +5,8 @@ preset reached 0.96 at 8 shots, on another its images never came to read like th
 (0.15; docs/results.md, issue 14). A run that is checked measures closed-set accuracy on its
 task's evaluation episodes (as `multisense eval` does, episode seed 0) at each of `check.shots`
 and passes if accuracy at the last shot count is at least `check.min_accuracy` and exceeds the
-first by at least `check.min_gain`. `multisense train` runs it; from Python:
+first by at least `check.min_gain`. `check.task_args` override `data.task_args` for the check's
+episodes (the video preset trains with a `lead` and is checked at lead 0). `multisense train` runs it; from Python:
 
     from multisense.eval.checks import held_out_check
     train(cfg, check=held_out_check)
@@ -23,7 +24,7 @@ def held_out_check(model, tokenizer, cfg) -> dict:
     """{"passed", "accuracy" per shot count, "chance", "reasons"} of a trained model against
     cfg.check (a TrainConfig)."""
     check, data = cfg.check, cfg.data
-    task = get_task(data.task, image_size=data.image_size, **data.task_args)
+    task = get_task(data.task, image_size=data.image_size, **{**data.task_args, **check.task_args})
     if not task.answers:
         raise ValueError(f"check.shots: data.task {data.task!r} has no closed answer set to score accuracy on; "
                          "set check.shots=[]")
@@ -37,5 +38,6 @@ def held_out_check(model, tokenizer, cfg) -> dict:
         reasons.append(f"accuracy at {last} shots minus at {first} shots, {accuracy[last]:.3f} - "
                        f"{accuracy[first]:.3f} = {accuracy[last] - accuracy[first]:.3f}, < check.min_gain "
                        f"{check.min_gain}")
-    return {"passed": not reasons, "task": data.task, "samples": check.samples,
+    return {"passed": not reasons, "task": data.task, "task_args": {**data.task_args, **check.task_args},
+            "samples": check.samples,
             "accuracy": {str(k): v for k, v in accuracy.items()}, "chance": result["chance"], "reasons": reasons}

@@ -122,6 +122,9 @@ class CheckConfig:
     samples: int = 100  # episodes per shot count
     min_accuracy: float | None = None  # at the last shot count
     min_gain: float | None = None  # accuracy at the last shot count minus at the first
+    # overrides of data.task_args for the check's episodes: a run trained with a training aid
+    # (the video preset's `lead`) is checked on the task proper ({lead: 0.0})
+    task_args: dict = field(default_factory=dict)
 
 
 class CheckFailed(RuntimeError):
@@ -211,6 +214,11 @@ def validate(cfg: TrainConfig) -> None:
             check_number(cfg.check.min_accuracy, "check.min_accuracy", at_least=0, at_most=1)
         if cfg.check.min_gain is not None:
             check_number(cfg.check.min_gain, "check.min_gain", at_least=-1, at_most=1)
+        task_args = {**data.task_args, **cfg.check.task_args}
+        try:
+            get_task(data.task, image_size=data.image_size, **task_args)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"check.task_args={cfg.check.task_args!r} (over data.task_args): {err}") from None
 
     for key in ("steps", "grad_accum", "save_every", "log_every"):
         check_number(getattr(run, key), f"train.{key}", at_least=1)
