@@ -4,7 +4,8 @@
     encoder.dim -> D
 
 `as_encoder` adapts what users bring: a multisense encoder, a Hugging Face vision model
-(its `last_hidden_state` are the tokens), or any module that returns a [N, S, D] tensor.
+(its `last_hidden_state` are the tokens, or the hidden states of a chosen layer with the class
+token dropped, as LLaVA reads CLIP), or any module that returns a [N, S, D] tensor.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..nn.checks import check_shape
+
 
 class EncoderOutput(NamedTuple):
     tokens: torch.Tensor  # [N, S, D]
@@ -21,16 +24,28 @@ class EncoderOutput(NamedTuple):
 
 
 class HFEncoder(nn.Module):
-    """A Hugging Face model whose `last_hidden_state` [N, S, D] are the tokens (CLIP, SigLIP, ViT, DINOv2...)."""
+    """A Hugging Face vision model (CLIP, SigLIP, ViT, DINOv2...) whose tokens [N, S, D] are its
+    `last_hidden_state` (feature_layer=None), or `hidden_states[feature_layer]` (an int, or a list
+    of ints whose states are concatenated along D, as Hugging Face's LLaVA does), with the first
+    token (the class token) dropped when `drop_class_token`."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, feature_layer: int | list[int] | None = None,
+                 drop_class_token: bool = False):
         super().__init__()
         self.model = model
         cfg = model.config
-        self.dim = getattr(cfg, "hidden_size", None) or cfg.vision_config.hidden_size
+        width = getattr(cfg, "hidden_size", None) or cfg.vision_config.hidden_size
+        self.feature_layer, self.drop_class_token = feature_layer, drop_class_token
+        self.dim = width * (len(feature_layer) if isinstance(feature_layer, (list, tuple)) else 1)
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
-        return EncoderOutput(self.model(pixel_values=x).last_hidden_state)
+        if self.feature_layer is None:
+            tokens = self.model(pixel_values=x).last_hidden_state
+        else:
+            states = self.model(pixel_values=x, output_hidden_states=True).hidden_states
+            layers = self.feature_layer if isinstance(self.feature_layer, (list, tuple)) else [self.feature_layer]
+            tokens = torch.cat([states[i] for i in layers], dim=-1)
+        return EncoderOutput(tokens[:, 1:] if self.drop_class_token else tokens)
 
 
 class ModuleEncoder(nn.Module):
@@ -46,12 +61,21 @@ class ModuleEncoder(nn.Module):
         return out if isinstance(out, EncoderOutput) else EncoderOutput(out)
 
 
-def as_encoder(module: nn.Module, dim: int | None = None) -> nn.Module:
-    """Wrap `module` so that it follows the encoder protocol."""
-    if isinstance(module, (HFEncoder, ModuleEncoder)):
+def as_encoder(module: nn.Module, dim: int | None = None, **hf_options) -> nn.Module:
+    """Wrap `module` so that it follows the encoder protocol. `hf_options` (feature_layer,
+    drop_class_token) choose a Hugging Face model's tokens; an encoder already wrapped is
+    re-wrapped around its model when they differ from its own."""
+    if isinstance(module, HFEncoder):
+        if not hf_options or all(getattr(module, k) == v for k, v in hf_options.items()):
+            return module
+        module = module.model
+    if isinstance(module, ModuleEncoder):
+        if hf_options:
+            raise ValueError(f"vision_encoder: {sorted(hf_options)} choose a Hugging Face model's hidden states; "
+                             f"this encoder is a {type(module.module).__name__}")
         return module
     if hasattr(module, "config") and hasattr(module, "base_model_prefix"):  # a transformers PreTrainedModel
-        return HFEncoder(module)
+        return HFEncoder(module, **hf_options)
     dim = dim or getattr(module, "dim", None)
     if dim is None:
         raise ValueError("vision_encoder: cannot tell its output width; give it a `dim` attribute or pass "
@@ -82,3 +106,52 @@ def load_vision_encoder(path, cls=None) -> nn.Module:
         return cls.from_pretrained(path)
     finally:
         transformers.logging.set_verbosity(verbosity)
+
+
+# ---------------------------------------------------------------------------------- media input
+# What every family does with pixel input [B, M, F, C, H, W] (an image is one frame), shared.
+
+
+def check_frame_mask(media: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """frame_mask [B, M, F] against the media's first three dims, before anything reads it."""
+    if frame_mask is None:
+        return None
+    if media.ndim >= 3:
+        B, M, F = media.shape[:3]
+        check_shape("frame_mask", frame_mask, "B M F", B=B, M=M, F=F)
+    frame_mask = frame_mask.bool()
+    if not frame_mask.any():
+        raise ValueError("frame_mask: no frame is marked present; pass no media instead of only padding")
+    return frame_mask
+
+
+def encode_frames(encoder: nn.Module, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, M, F, C, H, W] -> [B, M, F, S, Dv]; frames that the mask marks missing are not encoded."""
+    B, M, F = pixel_values.shape[:3]
+    frames = pixel_values.flatten(0, 2)
+    keep = frame_mask.flatten().nonzero().squeeze(1) if frame_mask is not None else None
+    trainable = any(p.requires_grad for p in encoder.parameters())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+        tokens = encoder(frames if keep is None else frames.index_select(0, keep)).tokens
+    if keep is not None:
+        tokens = tokens.new_zeros(B * M * F, *tokens.shape[1:]).index_copy(0, keep, tokens)
+    return tokens.view(B, M, F, *tokens.shape[1:])
+
+
+def media_tokens(encoder: nn.Module | None, pixel_values: torch.Tensor | None, media_features: torch.Tensor | None,
+                 frame_mask: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """The frozen encoder's tokens [B, M, F, S, Dv] of either input (pixels, or features already
+    encoded), checked: shape, and no NaN or inf."""
+    if (pixel_values is None) == (media_features is None):
+        raise ValueError("pass exactly one of pixel_values and media_features")
+    if pixel_values is not None:
+        check_shape("pixel_values", pixel_values, "B M F C H W")
+        if encoder is None:
+            raise ValueError("pixel_values: this model has no vision_encoder; pass media_features instead")
+        feats = encode_frames(encoder, pixel_values, frame_mask)
+    else:
+        check_shape("media_features", media_features, "B M F S Dv", Dv=dim)
+        feats = media_features
+    if not torch.isfinite(feats).all():
+        raise ValueError("pixel_values/media_features: contain NaN or inf")
+    return feats

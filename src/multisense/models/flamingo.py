@@ -38,13 +38,12 @@ from torch import nn
 from transformers import Cache, DynamicCache
 
 from ..config import check_keys, from_dict
-from ..encoders import as_encoder, load_vision_encoder
+from ..encoders import as_encoder, check_frame_mask, encode_frames, media_tokens
 from ..lm.adapters import cache_argument, find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
-from ..nn.checks import check_shape
 from ..tokens import IGNORE_INDEX, MEDIA_MARKER
-from .io import fingerprints, load_checkpoint, load_into, same_weights, save_checkpoint
+from .io import lm_identity, load_backbones, load_checkpoint, load_into, save_checkpoint, vision_identity
 
 
 @dataclass
@@ -223,15 +222,10 @@ class FlamingoModel(nn.Module):
             media_token_id = tokenizer.convert_tokens_to_ids(MEDIA_MARKER)
         if media_token_id is not None:
             config.media_token_id = media_token_id
-        config.lm = {"name_or_path": _local_path(getattr(lm.config, "_name_or_path", "")),
-                     "model_type": lm.config.model_type, "class": type(lm).__name__,
-                     "fingerprint": fingerprints(lm)}
+        config.lm = lm_identity(lm)
         if vision_encoder is not None:
-            enc = as_encoder(vision_encoder, config.dim_media)
-            hf = getattr(enc, "model", None)
-            config.vision = {"name_or_path": _local_path(getattr(getattr(hf, "config", None), "_name_or_path", "")),
-                             "class": type(hf if hf is not None else enc).__name__, "fingerprint": fingerprints(enc)}
-            vision_encoder = enc
+            vision_encoder = as_encoder(vision_encoder, config.dim_media)
+            config.vision = vision_identity(vision_encoder)
         model = cls(lm, vision_encoder, config)
         model.tokenizer = tokenizer
         return model
@@ -243,7 +237,7 @@ class FlamingoModel(nn.Module):
         """Encode and resample media -> (latents [B, M, R, Dv], present [B, M]), or (None, None)."""
         if pixel_values is None and media_features is None:
             return None, None
-        frame_mask = self._check_frame_mask(pixel_values if pixel_values is not None else media_features, frame_mask)
+        frame_mask = check_frame_mask(pixel_values if pixel_values is not None else media_features, frame_mask)
         feats = self.media_tokens(pixel_values, media_features, frame_mask)
         feats = feats.to(self.resampler.latents.dtype)
         B, M = feats.shape[:2]
@@ -258,48 +252,15 @@ class FlamingoModel(nn.Module):
             present = torch.ones(B, M, dtype=torch.bool, device=feats.device)
         return self.resampler(feats, frame_mask), present
 
-    @staticmethod
-    def _check_frame_mask(media: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """frame_mask [B, M, F] against the media's first three dims, before anything reads it."""
-        if frame_mask is None:
-            return None
-        if media.ndim >= 3:
-            B, M, F = media.shape[:3]
-            check_shape("frame_mask", frame_mask, "B M F", B=B, M=M, F=F)
-        frame_mask = frame_mask.bool()
-        if not frame_mask.any():
-            raise ValueError("frame_mask: no frame is marked present; pass no media instead of only padding")
-        return frame_mask
-
     def media_tokens(self, pixel_values: torch.Tensor | None, media_features: torch.Tensor | None,
                      frame_mask: torch.Tensor | None) -> torch.Tensor:
         """The frozen encoder's tokens [B, M, F, S, Dv] of either input, checked (shape, NaN/inf),
         before any standardisation."""
-        if (pixel_values is None) == (media_features is None):
-            raise ValueError("pass exactly one of pixel_values and media_features")
-        if pixel_values is not None:
-            check_shape("pixel_values", pixel_values, "B M F C H W")
-            if self.vision_encoder is None:
-                raise ValueError("pixel_values: this model has no vision_encoder; pass media_features instead")
-            feats = self.encode_frames(pixel_values, frame_mask)
-        else:
-            check_shape("media_features", media_features, "B M F S Dv", Dv=self.config.dim_media)
-            feats = media_features
-        if not torch.isfinite(feats).all():
-            raise ValueError("pixel_values/media_features: contain NaN or inf")
-        return feats
+        return media_tokens(self.vision_encoder, pixel_values, media_features, frame_mask, self.config.dim_media)
 
     def encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
         """[B, M, F, C, H, W] -> [B, M, F, S, Dv]; frames that the mask marks missing are not encoded."""
-        B, M, F = pixel_values.shape[:3]
-        frames = pixel_values.flatten(0, 2)
-        keep = frame_mask.flatten().nonzero().squeeze(1) if frame_mask is not None else None
-        trainable = any(p.requires_grad for p in self.vision_encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            tokens = self.vision_encoder(frames if keep is None else frames.index_select(0, keep)).tokens
-        if keep is not None:
-            tokens = tokens.new_zeros(B * M * F, *tokens.shape[1:]).index_copy(0, keep, tokens)
-        return tokens.view(B, M, F, *tokens.shape[1:])
+        return encode_frames(self.vision_encoder, pixel_values, frame_mask)
 
     @torch.no_grad()
     def calibrate_media(self, batches) -> "FlamingoModel":
@@ -530,20 +491,10 @@ class FlamingoModel(nn.Module):
             raise ValueError(f"from_pretrained: {fixed} would change the trained weights' shapes; "
                              "only mode and interpolate_frames may be overridden")
         config = FlamingoConfig.from_dict({**values, **overrides})
-        if lm is None:
-            lm = _backbone_class(config.lm, "lm", transformers.AutoModelForCausalLM).from_pretrained(
-                config.lm["name_or_path"])
-        if vision_encoder is None and config.vision:
-            tower = _backbone_class(config.vision, "vision_encoder")
-            vision_encoder = load_vision_encoder(config.vision["name_or_path"], tower)
+        lm, vision_encoder = load_backbones(config.lm, config.vision, lm=lm, vision_encoder=vision_encoder,
+                                            check=check_backbones)
         if vision_encoder is not None:
             vision_encoder = as_encoder(vision_encoder, config.dim_media)
-        if check_backbones:
-            for name, module, ident in (("lm", lm, config.lm), ("vision_encoder", vision_encoder, config.vision)):
-                if module is not None and ident.get("fingerprint") and not same_weights(module, ident["fingerprint"]):
-                    raise ValueError(f"{name}: its weights differ from those this checkpoint was trained on "
-                                     f"({ident.get('name_or_path') or 'unnamed'}); pass check_backbones=False "
-                                     "to load anyway")
         model = cls(lm, vision_encoder, config)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
         if (Path(directory) / "tokenizer_config.json").is_file():
@@ -565,22 +516,3 @@ def _marker_init(embeddings: nn.Module, media_token_id: int) -> torch.Tensor:
             chunks = torch.arange(vocab, device=weight.device).split(4096)
             init = sum(embeddings(c).double().sum(0) for c in chunks) / vocab
     return init.to(torch.promote_types(weight.dtype, torch.float32)).clone()
-
-
-def _local_path(name_or_path: str) -> str:
-    """A backbone's directory as an absolute path, so a checkpoint loads from any working
-    directory; names that are not local directories are kept as given."""
-    return str(Path(name_or_path).resolve()) if name_or_path and Path(name_or_path).is_dir() else name_or_path or ""
-
-
-def _backbone_class(identity: dict, name: str, auto=None) -> type:
-    """The transformers class a checkpoint recorded for a frozen backbone, once its directory is
-    known to exist here."""
-    path = identity.get("name_or_path")
-    if not path or not Path(path).is_dir():
-        raise ValueError(f"{name}: the checkpoint records {path!r}, which is not a directory here; "
-                         f"pass {name}= explicitly")
-    cls = getattr(transformers, identity.get("class", ""), None) or auto
-    if cls is None:
-        raise ValueError(f"{name}: unknown class {identity.get('class')!r}; pass {name}= explicitly")
-    return cls

@@ -108,3 +108,65 @@ def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], expected: lis
     own = module.state_dict()
     check_fits({name: own[name].shape for name in expected}, tensors, where)
     module.load_state_dict(tensors, strict=False)
+
+
+# ---------------------------------------------------------------------------------- backbones
+# Every family keeps its frozen backbones out of its checkpoint and records who they are.
+
+
+def local_path(name_or_path: str) -> str:
+    """A backbone's directory as an absolute path, so a checkpoint loads from any working
+    directory; names that are not local directories are kept as given."""
+    return str(Path(name_or_path).resolve()) if name_or_path and Path(name_or_path).is_dir() else name_or_path or ""
+
+
+def lm_identity(lm: nn.Module) -> dict:
+    """What a checkpoint records of its frozen language model."""
+    return {"name_or_path": local_path(getattr(lm.config, "_name_or_path", "")), "model_type": lm.config.model_type,
+            "class": type(lm).__name__, "fingerprint": fingerprints(lm)}
+
+
+def vision_identity(encoder: nn.Module) -> dict:
+    """What a checkpoint records of its frozen vision encoder (wrapped by `encoders.as_encoder`)."""
+    hf = getattr(encoder, "model", None)
+    return {"name_or_path": local_path(getattr(getattr(hf, "config", None), "_name_or_path", "")),
+            "class": type(hf if hf is not None else encoder).__name__, "fingerprint": fingerprints(encoder)}
+
+
+def backbone_class(identity: dict, name: str, auto=None) -> type:
+    """The transformers class a checkpoint recorded for a frozen backbone, once its directory is
+    known to exist here."""
+    import transformers
+
+    path = identity.get("name_or_path")
+    if not path or not Path(path).is_dir():
+        raise ValueError(f"{name}: the checkpoint records {path!r}, which is not a directory here; "
+                         f"pass {name}= explicitly")
+    cls = getattr(transformers, identity.get("class", ""), None) or auto
+    if cls is None:
+        raise ValueError(f"{name}: unknown class {identity.get('class')!r}; pass {name}= explicitly")
+    return cls
+
+
+def load_backbones(lm_ident: dict, vision_ident: dict, *, lm: nn.Module | None = None,
+                   vision_encoder: nn.Module | None = None, check: bool = True):
+    """The frozen backbones a checkpoint records, loaded from their local directories unless
+    given; (lm, vision encoder wrapped by as_encoder or None). A backbone whose weights differ
+    from the recorded ones is an error (the same weights in another precision are not)."""
+    import transformers
+
+    from ..encoders import as_encoder, load_vision_encoder
+
+    if lm is None:
+        lm = backbone_class(lm_ident, "lm", transformers.AutoModelForCausalLM).from_pretrained(lm_ident["name_or_path"])
+    if vision_encoder is None and vision_ident:
+        vision_encoder = load_vision_encoder(vision_ident["name_or_path"], backbone_class(vision_ident, "vision_encoder"))
+    if vision_encoder is not None:
+        vision_encoder = as_encoder(vision_encoder)
+    if check:
+        for name, module, ident in (("lm", lm, lm_ident), ("vision_encoder", vision_encoder, vision_ident)):
+            if module is not None and ident.get("fingerprint") and not same_weights(module, ident["fingerprint"]):
+                raise ValueError(f"{name}: its weights differ from those this checkpoint was trained on "
+                                 f"({ident.get('name_or_path') or 'unnamed'}); pass check_backbones=False "
+                                 "to load anyway")
+    return lm, vision_encoder

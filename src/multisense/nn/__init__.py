@@ -1,4 +1,5 @@
-"""Building blocks: one attention, one mask builder, gates, feed-forward, resampler, gated blocks."""
+"""Building blocks: one attention, one mask builder, gates, feed-forward, resampler, gated blocks,
+the LLaVA projector."""
 
 from .attention import Attention, attend
 from .feedforward import FeedForward
@@ -6,8 +7,9 @@ from .gated_xattn import GatedCrossAttentionBlock
 from .gates import TanhGate
 from .masks import MediaRouting, check_media_counts, media_index, media_visibility, prefix_lm_mask
 from .posemb import FrameEmbedding
+from .projector import Projector
 from .resampler import PerceiverResampler
 
 __all__ = ["Attention", "attend", "FeedForward", "GatedCrossAttentionBlock", "TanhGate", "MediaRouting",
            "check_media_counts", "media_index", "media_visibility", "prefix_lm_mask", "FrameEmbedding",
-           "PerceiverResampler"]
+           "PerceiverResampler", "Projector"]
