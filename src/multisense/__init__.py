@@ -3,10 +3,12 @@
     import multisense as ms
     ms.nn.PerceiverResampler(dim=1024)            # [B, M, F, S, D] -> [B, M, R, D]
     model = ms.FlamingoModel.from_lm(lm, vision_encoder=clip, tokenizer=tok, cross_attn_every=4)
+    baseline = ms.LlavaModel.from_lm(lm, vision_encoder=clip, tokenizer=tok)   # the projector
 """
 
 from . import encoders, nn
-from .models import FlamingoCache, FlamingoConfig, FlamingoModel
+from .models import FlamingoCache, FlamingoConfig, FlamingoModel, LlavaCache, LlavaConfig, LlavaModel
 
 __version__ = "0.1.0"
-__all__ = ["encoders", "nn", "FlamingoCache", "FlamingoConfig", "FlamingoModel", "__version__"]
+__all__ = ["encoders", "nn", "FlamingoCache", "FlamingoConfig", "FlamingoModel", "LlavaCache", "LlavaConfig",
+           "LlavaModel", "__version__"]

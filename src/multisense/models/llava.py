@@ -1,0 +1,553 @@
+"""LLaVA (Liu et al. 2023; LLaVA-1.5, Liu et al. 2024): the projector baseline, over any Hugging
+Face causal LM.
+
+A frozen vision encoder's tokens of a chosen layer (default: the penultimate, class token
+dropped) are projected to the LM's width (`nn.Projector`: Linear-GELU-Linear) and spliced into
+the LM's input embeddings where the media markers were: each marker becomes its item's tokens
+(`nn.splice.expand_markers`, frames x tokens per frame), so an image costs the LM its full token
+count in context, at every layer. This is what Flamingo's resampler and cross-attention avoid,
+and what `multisense compare` measures.
+
+Training stages, as in LLaVA: the projector alone (LM and encoder frozen), then optionally LoRA
+on the LM (`lora_rank > 0`, through `peft`); the LoRA weights are saved with the projector's.
+
+Input convention, shared with every family: one marker token per media item in `input_ids`
+(the data path's collator), `pixel_values` [B, M, F, C, H, W], `frame_mask` [B, M, F]. Hugging
+Face's `LlavaForConditionalGeneration` takes markers already repeated; `from_hf_llava` and
+`to_hf_llava` convert a model (not its inputs) between the two.
+
+Shape letters: B batch, L text length, M media items, F frames, N tokens per frame, Dv vision
+width, D LM width, E expanded length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from transformers import DynamicCache
+
+from ..config import check_keys, from_dict
+from ..encoders import as_encoder, check_frame_mask, media_tokens
+from ..lm.adapters import cache_argument
+from ..nn import Projector
+from ..nn.splice import expand_markers
+from ..tokens import IGNORE_INDEX, MEDIA_MARKER
+from .io import lm_identity, load_backbones, load_checkpoint, load_into, save_checkpoint, vision_identity
+
+SELECT_STRATEGIES = ("default", "full")  # Hugging Face's names: "default" drops the class token
+
+
+@dataclass
+class LlavaConfig:
+    """Everything that shapes a LlavaModel apart from its two frozen backbones."""
+
+    media_token_id: int | None = None
+    projector: str = "mlp2x_gelu"  # or "linear"
+    projector_bias: bool = True
+    vision_feature_layer: int | list[int] = -2  # hidden_states index (a list: concatenated)
+    vision_feature_select_strategy: str = "default"  # "default": class token dropped, "full": kept
+    tokens_per_frame: int | None = None  # measured by from_lm when the encoder says its image size
+    # the budget, in LM tokens per sequence (cache included); None: the LM's max_position_embeddings
+    max_length: int | None = None
+    lora_rank: int = 0  # 0: the projector alone trains (stage 1); > 0: LoRA on the LM too (stage 2)
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | str | None = None  # None: peft's default for the LM's model type
+    decoder_layers_attr: str | None = None  # where the LM keeps its decoder layers (FSDP2 units, checkpointing)
+    dim_media: int | None = None
+    lm: dict = field(default_factory=dict)  # identity of the frozen LM (filled by from_lm)
+    vision: dict = field(default_factory=dict)  # identity of the frozen vision encoder
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LlavaConfig":
+        return from_dict(cls, values)
+
+    def replace(self, **values) -> "LlavaConfig":
+        check_keys(LlavaConfig, values)
+        return dataclasses.replace(self, **values)
+
+
+class LlavaCache(DynamicCache):
+    """The LM's KV cache plus the token layout it holds: `tokens` [B, E] and `mask` [B, E] (the
+    expanded sequence the LM saw), and `history` [B, T], the same tokens as the caller wrote
+    them (one marker per media item). A later `generate` gets the whole history again and
+    continues after `history`; `forward` gets only the new tokens."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokens: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self.history: torch.Tensor | None = None
+        self.refusal: str | None = None  # why this cache cannot be continued, if it cannot
+
+    def layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(tokens, mask, history) of what is cached, None for an empty cache; checked."""
+        if self.get_seq_length() == 0:
+            return None
+        if self.refusal:
+            raise ValueError(f"past_key_values: {self.refusal}")
+        if self.tokens is None or self.tokens.shape[1] != self.get_seq_length():
+            raise ValueError(f"past_key_values: the cache holds {self.get_seq_length()} tokens, but LlavaModel laid "
+                             f"out {0 if self.tokens is None else self.tokens.shape[1]}; it was changed outside "
+                             "LlavaModel (cropped, or filled by the language model alone)")
+        return self.tokens, self.mask, self.history
+
+    def record(self, tokens, mask, history) -> None:
+        self.tokens, self.mask, self.history = tokens, mask, history
+
+
+def _pop_cache(kwargs: dict) -> LlavaCache | None:
+    given = {k: kwargs.pop(k) for k in ("past_key_values", "cache") if kwargs.get(k) is not None}
+    if len(given) > 1:
+        raise ValueError("pass the cache as past_key_values or as cache, not both")
+    cache = next(iter(given.values()), None)
+    if cache is not None and not isinstance(cache, LlavaCache):
+        raise ValueError(f"past_key_values: expected a multisense.models.llava.LlavaCache (it keeps the expanded "
+                         f"token layout beside the LM's cache), got {type(cache).__name__}")
+    return cache
+
+
+class LlavaModel(nn.Module):
+    """A frozen HF causal LM and vision encoder, joined by a trainable projector (and LoRA)."""
+
+    shift_labels = True  # a causal LM: the logits at t predict the label at t + 1
+
+    def __init__(self, lm: nn.Module, vision_encoder: nn.Module | None, config: LlavaConfig):
+        super().__init__()
+        if config.media_token_id is None:
+            raise ValueError("media_token_id: required (or pass tokenizer= to from_lm to add an <image> token)")
+        if config.vision_feature_select_strategy not in SELECT_STRATEGIES:
+            raise ValueError(f"vision_feature_select_strategy: expected one of {SELECT_STRATEGIES}, "
+                             f"got {config.vision_feature_select_strategy!r}")
+        self.config = config
+        self.lm = lm
+        self.tokenizer = None
+        self.vision_encoder = None
+        if vision_encoder is not None:
+            self.vision_encoder = as_encoder(vision_encoder, config.dim_media,
+                                             feature_layer=config.vision_feature_layer,
+                                             drop_class_token=config.vision_feature_select_strategy == "default")
+        dim_media = config.dim_media or (self.vision_encoder.dim if self.vision_encoder is not None else None)
+        if dim_media is None:
+            raise ValueError("dim_media: required when no vision_encoder is given (the width of media_features)")
+        config.dim_media = dim_media
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+        if self.vision_encoder is not None:
+            for p in self.vision_encoder.parameters():
+                p.requires_grad_(False)
+            if config.tokens_per_frame is None:
+                config.tokens_per_frame = _measure_tokens(self.vision_encoder)
+        dim = lm.get_input_embeddings().embedding_dim
+        self.projector = Projector(dim_media, dim, kind=config.projector, bias=config.projector_bias)
+        if config.lora_rank > 0:
+            _add_lora(lm, config)
+        self._position_ids = "position_ids" in inspect.signature(lm.forward).parameters
+        self._cache_argument = cache_argument(lm)  # the name transformers takes it under (renamed in 5.24)
+        self._pending: dict | None = None  # one generate call's projected media, for the pre-hook
+        self._hooks = [lm.register_forward_pre_hook(self._before_lm, with_kwargs=True)]
+        self.lm.eval()
+        if self.vision_encoder is not None:
+            self.vision_encoder.eval()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_lm(cls, lm: nn.Module, vision_encoder: nn.Module | None = None, *, tokenizer=None,
+                media_token_id: int | None = None, config: LlavaConfig | None = None, **overrides) -> "LlavaModel":
+        """Wrap any HF causal LM. Keywords are LlavaConfig fields (projector="linear", lora_rank=8, ...).
+
+        With a `tokenizer` and no `media_token_id`, an `<image>` special token is added to it;
+        the tokenizer is kept and saved by `save_pretrained`.
+        """
+        config = (config or LlavaConfig()).replace(**overrides)
+        if media_token_id is None and config.media_token_id is None and tokenizer is not None:
+            tokenizer.add_special_tokens({"additional_special_tokens": [MEDIA_MARKER]})
+            media_token_id = tokenizer.convert_tokens_to_ids(MEDIA_MARKER)
+        if media_token_id is not None:
+            config.media_token_id = media_token_id
+        config.lm = lm_identity(lm)
+        if vision_encoder is not None:
+            vision_encoder = as_encoder(vision_encoder, config.dim_media)
+            config.vision = vision_identity(vision_encoder)
+        model = cls(lm, vision_encoder, config)
+        model.tokenizer = tokenizer
+        return model
+
+    @classmethod
+    def from_hf_llava(cls, dir_or_model, **overrides) -> "LlavaModel":
+        """Import a Hugging Face `LlavaForConditionalGeneration` (a local directory or the model):
+        its vision tower, projector, language model (as the causal LM its text config names),
+        `image_token_id`, `vision_feature_layer` and `vision_feature_select_strategy`. The
+        result computes the same logits on the same (expanded) sequence."""
+        hf = dir_or_model
+        if not isinstance(hf, nn.Module):
+            if not Path(dir_or_model).is_dir():
+                raise FileNotFoundError(f"dir_or_model: expected a local directory or a LlavaForConditionalGeneration, "
+                                        f"got {dir_or_model!r}")
+            hf = transformers.LlavaForConditionalGeneration.from_pretrained(dir_or_model)
+        if not isinstance(hf, transformers.LlavaForConditionalGeneration):
+            raise ValueError(f"dir_or_model: expected a LlavaForConditionalGeneration, got {type(hf).__name__}")
+        c = hf.config
+        if c.projector_hidden_act != "gelu":
+            raise ValueError(f"projector_hidden_act: {c.projector_hidden_act!r}; LlavaModel's projector is "
+                             "mlp2x_gelu (exact GELU)")
+        lm = transformers.AutoModelForCausalLM.from_config(c.text_config).to(hf.dtype)
+        lm.base_model.load_state_dict(hf.model.language_model.state_dict())
+        lm.get_output_embeddings().load_state_dict(hf.lm_head.state_dict())
+        lm.generation_config = hf.generation_config
+        layer = c.vision_feature_layer
+        config = LlavaConfig(media_token_id=c.image_token_id, projector="mlp2x_gelu",
+                             projector_bias=c.multimodal_projector_bias,
+                             vision_feature_layer=list(layer) if isinstance(layer, (list, tuple)) else layer,
+                             vision_feature_select_strategy=c.vision_feature_select_strategy).replace(**overrides)
+        model = cls.from_lm(lm, hf.model.vision_tower, config=config)
+        projector = hf.model.multi_modal_projector
+        with torch.no_grad():
+            for ours, theirs in ((model.projector[0], projector.linear_1), (model.projector[2], projector.linear_2)):
+                ours.weight.copy_(theirs.weight)
+                if theirs.bias is not None:
+                    ours.bias.copy_(theirs.bias)
+        return model
+
+    def to_hf_llava(self) -> "transformers.LlavaForConditionalGeneration":
+        """This model as Hugging Face's `LlavaForConditionalGeneration` (weights copied), whose
+        processor would repeat each `<image>` `tokens_per_frame` times."""
+        c = self.config
+        hf_vision = getattr(self.vision_encoder, "model", None)
+        problems = [text for bad, text in (
+            (hf_vision is None, "the vision encoder is not a Hugging Face model"),
+            (c.projector != "mlp2x_gelu", f"projector={c.projector!r} (Hugging Face's is mlp2x_gelu)"),
+            (c.lora_rank > 0, "the LM carries LoRA adapters (merge them first)"),
+            (c.media_token_id >= self.lm.get_input_embeddings().num_embeddings,
+             f"media_token_id {c.media_token_id} is outside the LM's vocabulary (Hugging Face's LLaVA embeds its "
+             "image token; resize the LM's embeddings before from_lm)"))
+            if bad]
+        if problems:
+            raise ValueError("to_hf_llava: " + "; ".join(problems))
+        config = transformers.LlavaConfig(
+            vision_config=hf_vision.config.to_dict(), text_config=self.lm.config.to_dict(),
+            image_token_id=c.media_token_id, projector_hidden_act="gelu", multimodal_projector_bias=c.projector_bias,
+            vision_feature_layer=c.vision_feature_layer, vision_feature_select_strategy=c.vision_feature_select_strategy,
+            image_seq_length=c.tokens_per_frame)
+        hf = transformers.LlavaForConditionalGeneration(config).to(self.lm.dtype).eval()
+        hf.model.vision_tower.load_state_dict(hf_vision.state_dict())
+        hf.model.language_model.load_state_dict(self.lm.base_model.state_dict())
+        hf.lm_head.load_state_dict(self.lm.get_output_embeddings().state_dict())
+        projector = hf.model.multi_modal_projector
+        with torch.no_grad():
+            for ours, theirs in ((self.projector[0], projector.linear_1), (self.projector[2], projector.linear_2)):
+                theirs.weight.copy_(ours.weight)
+                if theirs.bias is not None:
+                    theirs.bias.copy_(ours.bias)
+        return hf
+
+    # ------------------------------------------------------------------ media
+
+    def media_tokens(self, pixel_values, media_features, frame_mask) -> torch.Tensor:
+        """The selected vision features [B, M, F, N, Dv] of either input, checked."""
+        return media_tokens(self.vision_encoder, pixel_values, media_features, frame_mask, self.config.dim_media)
+
+    def encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, M, F, C, H, W] -> [B, M, F, N, Dv] (what eval precomputes once per episode)."""
+        return self.media_tokens(pixel_values, None, frame_mask)
+
+    def encode_media(self, pixel_values=None, media_features=None, frame_mask=None):
+        """(projected frames [B, M, F, N, D], frame_mask [B, M, F] bool), or (None, None)."""
+        if pixel_values is None and media_features is None:
+            return None, None
+        media = pixel_values if pixel_values is not None else media_features
+        frame_mask = check_frame_mask(media, frame_mask)
+        if frame_mask is None:
+            frame_mask = torch.ones(media.shape[:3], dtype=torch.bool, device=media.device)
+        present = frame_mask.any(-1)
+        in_order = present == (torch.arange(present.shape[1], device=present.device) < present.sum(-1, keepdim=True))
+        if not in_order.all():
+            raise ValueError("frame_mask: empty (padding) media items must come after the real ones in each sample")
+        feats = self.media_tokens(pixel_values, media_features, frame_mask)
+        if self.config.tokens_per_frame is None:
+            self.config.tokens_per_frame = feats.shape[3]
+        elif feats.shape[3] != self.config.tokens_per_frame:
+            raise ValueError(f"media: {feats.shape[3]} tokens per frame, but this model was built for "
+                             f"{self.config.tokens_per_frame} (tokens_per_frame)")
+        return self.projector(feats.to(self.projector[0].weight.dtype)), frame_mask
+
+    def _expand(self, input_ids, attention_mask, labels, frame_mask, *, align: str, past: torch.Tensor | None):
+        """expand_markers with this model's marker, token counts and budget."""
+        if frame_mask is None:
+            per_item = torch.zeros(input_ids.shape[0], 0, dtype=torch.long, device=input_ids.device)
+        else:
+            per_item = frame_mask.sum(-1) * self.config.tokens_per_frame  # [B, M]
+        pad = getattr(self.lm.config, "pad_token_id", None)
+        return expand_markers(input_ids, self.config.media_token_id, per_item, attention_mask=attention_mask,
+                              labels=labels, pad_id=pad if isinstance(pad, int) else 0, align=align, past=past,
+                              max_length=self.max_length())
+
+    def max_length(self) -> int | None:
+        return self.config.max_length or getattr(self.lm.config, "max_position_embeddings", None)
+
+    def embed(self, input_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """The LM's input embeddings [B, E, D] with `features` [T, D] written, in order, at the T
+        media-token positions of `input_ids` [B, E]."""
+        is_media = input_ids == self.config.media_token_id
+        embeds = self.lm.get_input_embeddings()(input_ids.masked_fill(is_media, 0))
+        count = int(is_media.sum())
+        given = 0 if features is None else features.shape[0]
+        if count != given:
+            raise ValueError(f"media tokens: {count} in the sequence for {given} projected media tokens")
+        if count:
+            embeds = embeds.masked_scatter(is_media.unsqueeze(-1), features.to(embeds.dtype))
+        return embeds
+
+    @staticmethod
+    def _kept_features(projected, frame_mask, kept) -> torch.Tensor | None:
+        """[T, D]: the projected tokens of the real frames of the items that were spliced in,
+        in sequence order (sample, item, frame, token)."""
+        if projected is None:
+            return None
+        return projected[frame_mask & kept.unsqueeze(-1)].flatten(0, 1)
+
+    # ------------------------------------------------------------------ public API
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
+                frame_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **lm_kwargs):
+        """The LM's usual output on the expanded sequence (loss when labels are given, logits
+        [B, E, V], past_key_values), plus `label_positions` [B, L]: the column of the logits
+        each input token's label belongs to (-1 for markers, padding and tokens the budget
+        dropped), and `labels` [B, E] expanded when labels were given.
+
+        With a cache (`past_key_values=`, a LlavaCache), `input_ids` are the new tokens only and
+        `attention_mask`, if given, covers the cached tokens and the new ones, as for the LM.
+        """
+        cache = _pop_cache(lm_kwargs)
+        use_cache = lm_kwargs.pop("use_cache", None)
+        if use_cache is None:
+            use_cache = cache is not None or (not self.training and getattr(self.lm.config, "use_cache", True))
+        if use_cache and cache is None:
+            cache = LlavaCache(config=self.lm.config)
+        layout = cache.layout() if cache is not None else None
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            raise ValueError("input_ids: required, a [B, L] tensor; the media markers locate the media")
+        if attention_mask is not None and layout is not None:
+            attention_mask = attention_mask[:, layout[2].shape[1]:]  # the new tokens' part
+        projected, frame_mask = self.encode_media(pixel_values, media_features, frame_mask)
+        self._check_rows(input_ids, frame_mask)
+        past = layout[1].sum(-1) if layout is not None else None
+        exp = self._expand(input_ids, attention_mask, labels, frame_mask, align="left", past=past)
+        embeds = self.embed(exp.input_ids, self._kept_features(projected, frame_mask, exp.kept))
+        mask = exp.attention_mask if layout is None else torch.cat((layout[1], exp.attention_mask), 1)
+        if self._position_ids:
+            lm_kwargs["position_ids"] = exp.position_ids
+        if cache is not None:
+            lm_kwargs[self._cache_argument] = cache
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=exp.labels, use_cache=use_cache, **lm_kwargs)
+        if cache is not None:
+            tokens, history = (exp.input_ids, input_ids) if layout is None else \
+                (torch.cat((layout[0], exp.input_ids), 1), torch.cat((layout[2], input_ids), 1))
+            cache.record(tokens, mask, history)
+        markers = input_ids == self.config.media_token_id
+        out.label_positions = exp.positions.masked_fill(markers, -1)
+        out.labels = exp.labels
+        return out
+
+    @staticmethod
+    def align_labels(out, labels: torch.Tensor) -> torch.Tensor:
+        """The training loop's labels [B, L] laid out like the logits [B, E, V] (`label_positions`)."""
+        aligned = torch.full(out.logits.shape[:2], IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+        rows, cols = (out.label_positions >= 0).nonzero(as_tuple=True)
+        aligned[rows, out.label_positions[rows, cols]] = labels[rows, cols]
+        return aligned
+
+    @staticmethod
+    def _check_rows(input_ids, frame_mask) -> None:
+        if frame_mask is not None and frame_mask.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"input_ids holds {input_ids.shape[0]} sequences but pixel_values/media_features hold "
+                             f"media for {frame_mask.shape[0]} samples; give one row of media per sequence (pad "
+                             "missing items with frame_mask)")
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
+                 frame_mask: torch.Tensor | None = None, **kwargs):
+        """transformers' `generate` plus media; returns `input_ids` followed by the new tokens (as
+        the caller wrote them: one marker per media item), or a GenerateOutput whose `sequences`
+        are that, with `return_dict_in_generate=True`.
+
+        To continue a conversation, the next call gets the whole token history as input_ids,
+        `past_key_values=out.past_key_values` and only the new media; the cache holds the
+        earlier media's tokens. A cache after beam search cannot be continued (its rows are the
+        beams, not the sequences returned).
+        """
+        cache = _pop_cache(kwargs)
+        config = kwargs.get("generation_config") or self.lm.generation_config
+        if cache is None and kwargs.get("use_cache", getattr(config, "use_cache", True)):
+            cache = LlavaCache(config=self.lm.config)
+        layout = cache.layout() if cache is not None else None
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            raise ValueError("input_ids: required, a [B, L] tensor; the media markers locate the media")
+        projected, frame_mask = self.encode_media(pixel_values, media_features, frame_mask)
+        self._check_rows(input_ids, frame_mask)
+        done = 0
+        if layout is not None:
+            tokens, mask, history = layout
+            done = history.shape[1]
+            if input_ids.shape[0] != history.shape[0] or input_ids.shape[1] < done or \
+                    not torch.equal(input_ids[:, :done], history):
+                raise ValueError(f"input_ids: must begin with the {list(history.shape)} tokens the cache holds (the "
+                                 "history so far, as returned by the previous generate), then the new ones")
+        new_mask = attention_mask[:, done:] if attention_mask is not None else None
+        exp = self._expand(input_ids[:, done:], new_mask, None, frame_mask, align="right",
+                           past=layout[1].sum(-1) if layout is not None else None)
+        ids = exp.input_ids if layout is None else torch.cat((layout[0], exp.input_ids), 1)
+        mask = exp.attention_mask if layout is None else torch.cat((layout[1], exp.attention_mask), 1)
+        if cache is not None:
+            kwargs[self._cache_argument] = cache
+        if self.config.media_token_id < self.lm.get_input_embeddings().num_embeddings:
+            kwargs["suppress_tokens"] = list(kwargs.get("suppress_tokens") or []) + [self.config.media_token_id]
+        features = self._kept_features(projected, frame_mask, exp.kept)
+        with self._splicing(features, exp.input_ids):
+            out = self.lm.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        sequences = out.sequences if hasattr(out, "sequences") else out
+        new = sequences[:, ids.shape[1]:]
+        repeat = sequences.shape[0] // ids.shape[0]  # num_return_sequences
+        full = torch.cat((input_ids.repeat_interleave(repeat, 0), new), 1)
+        if cache is not None:
+            held = cache.get_seq_length()
+            laid = torch.cat((ids.repeat_interleave(repeat, 0), new), 1)
+            cache.record(laid[:, :held], torch.cat((mask.repeat_interleave(repeat, 0), torch.ones_like(new)), 1)[:, :held],
+                         full[:, :full.shape[1] - (laid.shape[1] - held)])
+            if (kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1) > 1:
+                cache.refusal = "it comes from beam search, whose cache rows are beams, not the returned sequences"
+        if hasattr(out, "sequences"):
+            out.sequences = full
+            return out
+        return full
+
+    @contextmanager
+    def _splicing(self, features: torch.Tensor | None, expanded_ids: torch.Tensor):
+        """Hand one generate call's projected media to the LM's pre-hook, which writes them at
+        the media tokens of every LM step that holds them (the prompt's)."""
+        counts = (expanded_ids == self.config.media_token_id).sum(-1)  # [B] media tokens per sample
+        self._pending = {"features": features, "counts": counts}
+        try:
+            yield
+        finally:
+            self._pending = None
+
+    def _before_lm(self, module, args, kwargs):
+        pending = self._pending
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if pending is None or ids is None:
+            return None
+        is_media = ids == self.config.media_token_id
+        if not bool(is_media.any()):
+            return None
+        # the prompt's step (every step without a cache, which feeds the whole sequence each time)
+        features, counts = pending["features"], pending["counts"]
+        if features is not None and ids.shape[0] != counts.shape[0]:  # rows repeated (beams, num_return_sequences)
+            features = _repeat_rows(features, counts, ids.shape[0] // counts.shape[0])
+        embeds = self.embed(ids, features)
+        return (args[1:] if args else args), {**kwargs, "input_ids": None, "inputs_embeds": embeds}
+
+    def train(self, mode: bool = True):
+        """Frozen backbones stay in eval mode (no dropout), whatever the mode of the new parts."""
+        super().train(mode)
+        self.lm.eval()
+        if self.vision_encoder is not None:
+            self.vision_encoder.eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The projector's weights, and the LoRA adapters' when the LM has them."""
+        return {k: v for k, v in self.state_dict().items()
+                if k.startswith("projector.") or (k.startswith("lm.") and "lora_" in k)}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, state_dict: dict | None = None) -> Path:
+        """config.json + model.safetensors of the trainable weights (projector, LoRA), and the
+        tokenizer when the model has one; backbones are recorded, not copied."""
+        config = {"family": "llava", **dataclasses.asdict(self.config)}
+        directory = save_checkpoint(save_directory, config, state_dict or self.trainable_state_dict())
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,
+                        vision_encoder: nn.Module | None = None, check_backbones: bool = True,
+                        **overrides) -> "LlavaModel":
+        """Rebuild from save_pretrained's directory; backbones load from their recorded local paths
+        unless given (checked against their recorded fingerprints). `overrides`: `max_length`."""
+        values, tensors = load_checkpoint(directory)
+        if values.pop("family", None) != "llava":
+            raise ValueError(f"{directory}: not a LLaVA checkpoint")
+        fixed = sorted(set(overrides) - {"max_length"})
+        if fixed:
+            raise ValueError(f"from_pretrained: {fixed} would change the trained weights; only max_length may be "
+                             "overridden")
+        config = LlavaConfig.from_dict({**values, **overrides})
+        lm, vision_encoder = load_backbones(config.lm, config.vision, lm=lm, vision_encoder=vision_encoder,
+                                            check=check_backbones)
+        model = cls(lm, vision_encoder, config)
+        load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
+        if (Path(directory) / "tokenizer_config.json").is_file():
+            model.tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        return model
+
+
+def _repeat_rows(features: torch.Tensor, counts: torch.Tensor, k: int) -> torch.Tensor:
+    """features [T, D] laid out sample after sample (counts[b] tokens each) -> each sample's
+    block repeated k times in a row, as generate repeats its rows."""
+    starts = counts.cumsum(0) - counts
+    rep = counts.repeat_interleave(k)  # [B * k]
+    row = torch.repeat_interleave(torch.arange(rep.numel(), device=counts.device), rep)
+    within = torch.arange(row.numel(), device=counts.device) - (rep.cumsum(0) - rep)[row]
+    return features[starts[row // k] + within]
+
+
+def _measure_tokens(encoder: nn.Module) -> int | None:
+    """Tokens per frame of a Hugging Face vision encoder, by running it once on a blank image of
+    its configured size; None when it does not say its size."""
+    hf = getattr(encoder, "model", None)
+    cfg = getattr(getattr(hf, "config", None), "vision_config", None) or getattr(hf, "config", None)
+    size, channels = getattr(cfg, "image_size", None), getattr(cfg, "num_channels", 3)
+    if not isinstance(size, int):
+        return None
+    param = next(encoder.parameters())
+    with torch.no_grad():
+        return encoder(torch.zeros(1, channels, size, size, dtype=param.dtype, device=param.device)).tokens.shape[1]
+
+
+def _add_lora(lm: nn.Module, config: LlavaConfig) -> None:
+    """LoRA adapters on the LM, in place (its module tree, generate and cache stay), via peft."""
+    try:
+        import peft
+    except ImportError as err:  # a declared dependency; only a broken install lacks it
+        raise ImportError("lora_rank > 0 needs peft (pip install peft)") from err
+    from transformers.pytorch_utils import Conv1D
+
+    conv1d = any(isinstance(m, Conv1D) for m in lm.modules())  # GPT-2's linears store their weights transposed
+    lora = peft.LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                           target_modules=config.lora_target_modules or _default_targets(lm), fan_in_fan_out=conv1d)
+    peft.inject_adapter_in_model(lora, lm)
+    for name, p in lm.named_parameters():
+        p.requires_grad_("lora_" in name)
+
+
+def _default_targets(lm: nn.Module):
+    import peft
+
+    table = getattr(peft.utils, "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", {})
+    targets = table.get(lm.config.model_type)
+    if targets is None:
+        raise ValueError(f"lora_target_modules: peft has no default for model type {lm.config.model_type!r}; name "
+                         "the modules (e.g. ['q_proj', 'v_proj'])")
+    return list(targets)
