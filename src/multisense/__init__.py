@@ -7,8 +7,8 @@
 """
 
 from . import encoders, nn
-from .models import FlamingoCache, FlamingoConfig, FlamingoModel, LlavaCache, LlavaConfig, LlavaModel
+from .models import AutoModel, FlamingoCache, FlamingoConfig, FlamingoModel, LlavaCache, LlavaConfig, LlavaModel
 
 __version__ = "0.1.0"
-__all__ = ["encoders", "nn", "FlamingoCache", "FlamingoConfig", "FlamingoModel", "LlavaCache", "LlavaConfig",
+__all__ = ["encoders", "nn", "AutoModel", "FlamingoCache", "FlamingoConfig", "FlamingoModel", "LlavaCache", "LlavaConfig",
            "LlavaModel", "__version__"]

@@ -42,8 +42,13 @@ def _target_scores(model, tokenizer, prompts: list[Sample], targets: list[str],
     if media is not None:  # precomputed vision features: skip the encoder for every candidate
         batch.pop("pixel_values", None)
         batch.update(media)
-    logits = model(**batch).logits[:, :-1].float()
-    labels = labels[:, 1:]
+    out = model(**batch)
+    # the family's layout of the loss (a plain LM, for --in-words: next token, as given)
+    if hasattr(model, "align_labels"):
+        labels = model.align_labels(out, labels)
+    logits = out.logits.float()
+    if getattr(model, "shift_labels", True):
+        logits, labels = logits[:, :-1], labels[:, 1:]
     keep = labels != IGNORE_INDEX
     logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     loglik = (logp * keep).sum(-1)
@@ -129,7 +134,8 @@ def main(argv: list[str]) -> int:
     import yaml
 
     from ..data.tasks import get_task
-    from ..models import FlamingoModel
+    from ..models import AutoModel
+    from ..models.registry import family_of
 
     # defaults are in the help texts (ArgumentDefaultsHelpFormatter would add "default: None" to every flag)
     parser = argparse.ArgumentParser(prog="multisense eval", description="few-shot evaluation of a trained model")
@@ -168,19 +174,20 @@ def main(argv: list[str]) -> int:
     if not any((Path(tokenizer_dir) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise FileNotFoundError(f"{'--tokenizer' if args.tokenizer else '--model'}: {tokenizer_dir} holds no tokenizer "
                                 "(tokenizer.json or tokenizer_config.json); save_pretrained writes one when the model "
-                                "has it (FlamingoModel.from_lm(..., tokenizer=...)), or name one with --tokenizer DIR")
+                                "has it (from_lm(..., tokenizer=...)), or name one with --tokenizer DIR")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     task = get_task(args.task, **task_args)
     if args.truncate_frames:
         task = TruncatedFrames(task, args.truncate_frames)
     if args.in_words:
         config = json.loads((Path(args.model) / "config.json").read_text())
-        is_flamingo = config.get("architecture") == "flamingo"
-        model = FlamingoModel.from_pretrained(args.model).lm if is_flamingo else \
+        ours = "family" in config or "architecture" in config  # a multisense checkpoint: evaluate its LM
+        model = AutoModel.from_pretrained(args.model).lm if ours else \
             transformers.AutoModelForCausalLM.from_pretrained(args.model)
         task = InWords(task)
     else:
-        model = FlamingoModel.from_pretrained(args.model, **overrides)
+        family_of(args.model)  # a clear error for a directory that is not a multisense checkpoint
+        model = AutoModel.from_pretrained(args.model, **overrides)
     result = evaluate(model, tokenizer, task, shots=tuple(args.shots), seeds=tuple(args.seeds),
                       samples=args.samples, batch_size=args.batch_size)
     result["model"], result["overrides"] = str(args.model), {**overrides, "truncate_frames": args.truncate_frames}

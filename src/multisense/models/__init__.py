@@ -2,5 +2,6 @@
 
 from .flamingo import FlamingoCache, FlamingoConfig, FlamingoModel
 from .llava import LlavaCache, LlavaConfig, LlavaModel
+from .registry import FAMILIES, AutoModel, get_family, register_family
 
-__all__ = ["FlamingoCache", "FlamingoConfig", "FlamingoModel", "LlavaCache", "LlavaConfig", "LlavaModel"]
+__all__ = ["FAMILIES", "AutoModel", "get_family", "register_family", "FlamingoCache", "FlamingoConfig", "FlamingoModel", "LlavaCache", "LlavaConfig", "LlavaModel"]

@@ -158,6 +158,13 @@ def _pop_cache(kwargs: dict):
 class FlamingoModel(nn.Module):
     """A frozen HF causal LM and vision encoder, joined by a trainable resampler and gated blocks."""
 
+    shift_labels = True  # a causal LM: the logits at t predict the label at t + 1
+
+    @staticmethod
+    def align_labels(out, labels: torch.Tensor) -> torch.Tensor:
+        """The batch's labels laid out like the logits: the same layout, token for token."""
+        return labels
+
     def __init__(self, lm: nn.Module, vision_encoder: nn.Module | None, config: FlamingoConfig):
         super().__init__()
         if config.media_token_id is None:
@@ -466,7 +473,7 @@ class FlamingoModel(nn.Module):
         `state_dict`: the trainable weights to write instead of this module's own, e.g. the
         full tensors gathered from a sharded (FSDP2) model.
         """
-        config = {"architecture": "flamingo", **dataclasses.asdict(self.config)}
+        config = {"family": "flamingo", **dataclasses.asdict(self.config)}
         directory = save_checkpoint(save_directory, config, state_dict or self.trainable_state_dict())
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
@@ -484,7 +491,7 @@ class FlamingoModel(nn.Module):
         (media masking) and `interpolate_frames`.
         """
         values, tensors = load_checkpoint(directory)
-        if values.pop("architecture", None) != "flamingo":
+        if (values.pop("family", None) or values.pop("architecture", None)) != "flamingo":  # older: architecture
             raise ValueError(f"{directory}: not a Flamingo checkpoint")
         fixed = sorted(set(overrides) - {"mode", "interpolate_frames"})
         if fixed:

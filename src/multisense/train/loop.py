@@ -1,10 +1,13 @@
 """The one training loop: forward, finite-loss check, backward, clip once, step, schedule, log.
 
 `batches` yields dicts of keyword arguments for `model(**batch)`. With `labels` [B, L] (a
-language model), the loss is computed here from the logits [B, L, V], summed over target
+language model), the loss is computed here from the logits [B, E, V], summed over target
 tokens and divided by the number of target tokens in the whole optimiser step: all
 `grad_accum` micro-batches, on every process. So accumulating 4 micro-batches of 8, or 2 processes of 16, gives the
-gradient of one batch of 32, whatever the padding. An optional z-loss (PaLM, Chowdhery et
+gradient of one batch of 32, whatever the padding. What the family needs is given, not branched
+on: `align_labels(out, labels)` lays the labels out like the logits (LLaVA's sequence holds each
+image's tokens where the batch held one marker), and `shift_labels` says whether the logits at t
+predict the label at t + 1 (causal LMs) or at t (an encoder-decoder's decoder). An optional z-loss (PaLM, Chowdhery et
 al. 2022) adds z_loss * log(Z)^2 per target token to keep the softmax normaliser near 1.
 Without labels the model's own `.loss` is used (e.g. the vision tower's patch losses), averaged over
 the micro-batches.
@@ -28,15 +31,19 @@ from ..tokens import IGNORE_INDEX
 from .distributed import no_sync
 
 
-def target_count(labels: torch.Tensor) -> torch.Tensor:
-    """Tokens that carry loss: labels [B, L] shifted by one, as causal LMs predict the next token."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum()
+def target_count(labels: torch.Tensor, shift: bool = True) -> torch.Tensor:
+    """Tokens that carry loss: labels [B, L], shifted by one when the model predicts the next token."""
+    return ((labels[:, 1:] if shift else labels) != IGNORE_INDEX).sum()
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, z_loss: float = 0.0) -> tuple[torch.Tensor, ...]:
-    """Summed next-token cross-entropy (and z-loss) over target tokens; float32 whatever the logits."""
-    logits = logits[:, :-1].flatten(0, 1).float()  # [B*(L-1), V]
-    labels = labels[:, 1:].flatten()
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, z_loss: float = 0.0,
+                   shift: bool = True) -> tuple[torch.Tensor, ...]:
+    """Summed cross-entropy (and z-loss) over target tokens, of the next token when `shift`;
+    float32 whatever the logits."""
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    logits = logits.flatten(0, 1).float()  # [B*L', V]
+    labels = labels.flatten()
     ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     if not z_loss:
         return ce, ce.new_zeros(())
@@ -57,10 +64,12 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
         scheduler=None, max_grad_norm: float | None = 1.0, grad_accum: int = 1, precision: str = "fp32",
         z_loss: float = 0.0, start_step: int = 0, progress: bool = True, desc: str = "train",
         on_step: Callable[[int], dict | None] | None = None,
-        on_record: Callable[[dict], None] | None = None) -> list[dict]:
+        on_record: Callable[[dict], None] | None = None,
+        align_labels: Callable | None = None, shift_labels: bool = True) -> list[dict]:
     """Train from `start_step` to `steps` optimiser steps; one record per step (loss, lr, grad_norm, ...).
 
-    `on_step(step)` runs after each optimiser step and may return extra fields for the record
+    `align_labels(out, labels)` (default: as they are) and `shift_labels`: the model family's
+    layout of the loss (module docstring). `on_step(step)` runs after each optimiser step and may return extra fields for the record
     (e.g. gate values); `on_record(record)` then sees the complete record (e.g. to log it).
 
     `model` may be wrapped in DistributedDataParallel or sharded with FSDP2 (`distributed.wrap`);
@@ -81,7 +90,7 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
         micro = [next(batches) for _ in range(grad_accum)]
         token_mode = "labels" in micro[0]
         if token_mode:
-            tokens = torch.stack([target_count(b["labels"]) for b in micro]).sum().to(device)
+            tokens = torch.stack([target_count(b["labels"], shift_labels) for b in micro]).sum().to(device)
             if world > 1:
                 dist.all_reduce(tokens)
             denom = tokens.clamp(min=1).float()
@@ -97,7 +106,9 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
                 with _autocast(precision, device):
                     out = model(**batch)
                 if labels is not None:
-                    ce, z = token_loss_sum(out.logits, labels, z_loss)
+                    if align_labels is not None:
+                        labels = align_labels(out, labels)
+                    ce, z = token_loss_sum(out.logits, labels, z_loss, shift_labels)
                 else:
                     ce, z = out.loss.float(), out.loss.new_zeros((), dtype=torch.float32)
                 loss = (ce + z) / denom

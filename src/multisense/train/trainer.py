@@ -1,4 +1,5 @@
-"""`multisense train`: a Flamingo model trained from a typed config, on one CPU or under torchrun.
+"""`multisense train`: a model of any registered family (`model.family`: flamingo, llava) trained
+from a typed config, on one CPU or under torchrun.
 
     multisense train --config video.yaml optim.lr=3e-4 train.steps=2000
     torchrun --nproc_per_node 2 -m multisense train --config video.yaml
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import transformers
 import yaml
+from torch import nn
 
 from .. import backbones
 from ..config import check_choice, check_number, load_config, to_dict
@@ -41,7 +43,10 @@ from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
 from ..models.io import check_fits
+from ..models.llava import SELECT_STRATEGIES, LlavaConfig
+from ..models.registry import FAMILIES, get_family
 from ..nn.masks import parse_mode
+from ..nn.projector import PROJECTORS
 from . import checkpoint as ckpt
 from . import distributed
 from .distill import InWordsDistillation
@@ -57,7 +62,13 @@ class ModelConfig:
     lm: str = "default"
     vision: str = "default"  # a local vision-encoder directory, or "default": the embedded tiny CLIP tower
     tokenizer: str | None = None  # defaults to the LM's directory
+    family: str = "flamingo"  # a registered family (multisense.models.FAMILIES); its own section below
     flamingo: FlamingoConfig = field(default_factory=FlamingoConfig)
+    llava: LlavaConfig = field(default_factory=LlavaConfig)
+
+    def family_config(self):
+        """The section of the chosen family (model.flamingo, model.llava, ...)."""
+        return getattr(self, get_family(self.family).name)
 
 
 @dataclass
@@ -152,20 +163,34 @@ def validate(cfg: TrainConfig) -> None:
     from ..data.loaders import ON_ERROR, expand_paths
     from ..data.tasks import get_task
 
-    model, data, optim, run = cfg.model.flamingo, cfg.data, cfg.optim, cfg.train
+    data, optim, run = cfg.data, cfg.optim, cfg.train
+    check_choice(cfg.model.family, tuple(FAMILIES), "model.family")
     # model.lm and model.vision are checked by backbones.resolve, before anything loads
     if cfg.model.tokenizer is not None and not os.path.isdir(cfg.model.tokenizer):
         raise FileNotFoundError(f"model.tokenizer: expected a local directory, or null for model.lm's, got "
                                 f"{cfg.model.tokenizer!r} (no such directory)")
-    try:
-        parse_mode(model.mode)  # the model's own rule; its error names `mode`
-    except ValueError as err:
-        raise ValueError(f"model.flamingo.{err}") from None
-    for key in ("cross_attn_every", "num_latents", "resampler_depth", "resampler_heads", "resampler_dim_head",
-                "xattn_heads", "xattn_dim_head", "ff_mult"):
-        check_number(getattr(model, key), f"model.flamingo.{key}", at_least=1)
-    if model.max_frames is not None:
-        check_number(model.max_frames, "model.flamingo.max_frames", at_least=1)
+    if cfg.model.family == "flamingo":
+        model = cfg.model.flamingo
+        try:
+            parse_mode(model.mode)  # the model's own rule; its error names `mode`
+        except ValueError as err:
+            raise ValueError(f"model.flamingo.{err}") from None
+        for key in ("cross_attn_every", "num_latents", "resampler_depth", "resampler_heads", "resampler_dim_head",
+                    "xattn_heads", "xattn_dim_head", "ff_mult"):
+            check_number(getattr(model, key), f"model.flamingo.{key}", at_least=1)
+        if model.max_frames is not None:
+            check_number(model.max_frames, "model.flamingo.max_frames", at_least=1)
+    if cfg.model.family == "llava":
+        model = cfg.model.llava
+        check_choice(model.projector, PROJECTORS, "model.llava.projector")
+        check_choice(model.vision_feature_select_strategy, SELECT_STRATEGIES, "model.llava.vision_feature_select_strategy")
+        check_number(model.lora_rank, "model.llava.lora_rank", at_least=0)
+        if model.max_length is not None:
+            check_number(model.max_length, "model.llava.max_length", at_least=1)
+        if run.distill_words > 0:
+            raise ValueError("train.distill_words: the flamingo family's objective (it compares hidden states at the "
+                             "markers, which LLaVA replaces by image tokens); set it to 0 for model.family=llava")
+    standardize = getattr(cfg.model.family_config(), "standardize_media", False)
 
     if bool(data.task) == bool(data.paths):
         raise ValueError("data: set data.task (a task name) or data.paths (JSONL files / tar shards), "
@@ -185,7 +210,7 @@ def validate(cfg: TrainConfig) -> None:
     normalisation(data.mean, data.std, where="data.")
     check_number(data.batch_size, "data.batch_size", at_least=1)
     check_number(data.max_shots, "data.max_shots", at_least=0)
-    if model.standardize_media:  # a standard deviation needs two samples
+    if standardize:  # a standard deviation needs two samples
         check_number(data.calibration_samples, "data.calibration_samples", at_least=2)
 
     check_number(optim.lr, "optim.lr", above=0)
@@ -250,13 +275,15 @@ def resolve_preset(name_or_path: str) -> Path:
 # ---------------------------------------------------------------------------------- model
 
 
-def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[FlamingoModel, object]:
-    """Load the frozen backbones through from_pretrained and wrap them (trainable parts seeded)."""
+def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[nn.Module, object]:
+    """Load the frozen backbones through from_pretrained and wrap them in model.family's class
+    (trainable parts seeded)."""
+    family = get_family(cfg.family)
     lm_dir, vision_dir = backbones.resolve(cfg.lm, cfg.vision)
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
     lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
     vision = load_vision_encoder(vision_dir)
-    return FlamingoModel.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.flamingo), tokenizer
+    return family.model_class.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.family_config()), tokenizer
 
 
 def check_image_size(data: DataConfig, model: FlamingoModel, vision: str) -> None:
@@ -424,18 +451,19 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     model, tokenizer = build_model(cfg.model, progress=run.progress and env.is_main)
     check_image_size(cfg.data, model, cfg.model.vision)
     model.to(env.device)
-    if cfg.model.flamingo.standardize_media:  # before a checkpoint, which holds the same statistics
+    family_config = cfg.model.family_config()
+    if getattr(family_config, "standardize_media", False):  # before a checkpoint, which holds the same statistics
         model.calibrate_media(calibration_batches(cfg.data, tokenizer, samples=cfg.data.calibration_samples,
                                                   device=env.device))
     if setup is not None:
         setup(model)
     if run.activation_checkpointing:
-        checkpoint_layers(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
+        checkpoint_layers(find_decoder_layers(model.lm, family_config.decoder_layers_attr)[1])
     # DDP/FSDP2 wrap what is trained: the model, or the distillation objective around it.
     # FSDP2 replaces the parameters with sharded ones: wrap first, then build the optimiser
     # (over the model's parameters: the distillation has none of its own).
     words = run.distill_words > 0
-    units = list(find_decoder_layers(model.lm, cfg.model.flamingo.decoder_layers_attr)[1])
+    units = list(find_decoder_layers(model.lm, family_config.decoder_layers_attr)[1])
     trained = distributed.wrap(InWordsDistillation(model, run.distill_words) if words else model, env,
                                run.distributed, units=units, find_unused_parameters=run.find_unused_parameters)
     optimizer = build_optimizer(model, lr=cfg.optim.lr, gate_lr=cfg.optim.gate_lr,
@@ -500,7 +528,8 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                       max_grad_norm=cfg.optim.max_grad_norm, grad_accum=run.grad_accum,
                       precision=_precision(run.precision, env.device), z_loss=run.z_loss,
                       start_step=start_step, progress=run.progress and env.is_main, desc="train",
-                      on_step=on_step, on_record=on_record)
+                      on_step=on_step, on_record=on_record, align_labels=type(model).align_labels,
+                      shift_labels=type(model).shift_labels)
         report = None
         if cfg.check.shots:  # on every process (the same episodes): a sharded model evaluates together
             report = check(model, tokenizer, cfg)

@@ -1,0 +1,76 @@
+"""Every registered family through the same commands: train, eval, AutoModel."""
+
+import json
+
+import pytest
+import torch
+
+import multisense as ms
+from multisense.cli import main as cli
+from multisense.models.registry import FAMILIES, family_of, get_family
+from tests.train.backbones import save_tiny_backbones
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    return save_tiny_backbones(tmp_path_factory.mktemp("backbones"))
+
+
+def train_args(backbones, out, family):
+    lm, vision = backbones
+    args = [f"model.family={family}", f"model.lm={lm}", f"model.vision={vision}", "data.task=video",
+            "data.task_args={frames: 2}", "data.max_shots=1", "data.batch_size=2", "optim.warmup_steps=1",
+            "train.steps=3", "train.save_every=3", "train.log_every=1", f"train.out_dir={out}", "train.progress=false",
+            "train.device=cpu"]
+    if family == "flamingo":
+        args += ["model.flamingo.num_latents=4", "model.flamingo.resampler_depth=1", "model.flamingo.resampler_heads=2",
+                 "model.flamingo.resampler_dim_head=8", "model.flamingo.xattn_heads=2",
+                 "model.flamingo.xattn_dim_head=8", "model.flamingo.max_frames=4"]
+    return args
+
+
+@pytest.mark.parametrize("family", ["flamingo", "llava"])
+def test_each_family_trains_evaluates_and_reloads_through_one_interface(backbones, tmp_path, family, capsys):
+    out = tmp_path / "run"
+    assert cli(["train", *train_args(backbones, out, family)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["final_loss"] > 0
+    assert family_of(out / "model") == family
+    model = ms.AutoModel.from_pretrained(out / "model")
+    assert type(model) is get_family(family).model_class
+    trained = model.trainable_state_dict()
+    saved = ms.models.io.load_checkpoint(out / "model")[1]
+    assert set(trained) == set(saved) and all(torch.equal(trained[k], saved[k]) for k in saved)
+    assert cli(["eval", "--model", str(out / "model"), "--task", "video", "--task-arg", "frames=2", "--shots", "0",
+                "--seeds", "0", "--samples", "4", "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert 0.0 <= result["shots"]["0"]["accuracy"]["mean"] <= 1.0 and result["chance"] == 0.25
+
+
+def test_the_registry_names_the_nearest_family_and_every_family_is_a_class_with_a_config():
+    with pytest.raises(ValueError, match=r"unknown family 'lava'.*did you mean 'llava'"):
+        get_family("lava")
+    assert {"flamingo", "llava"} <= set(FAMILIES)
+    for family in FAMILIES.values():
+        assert hasattr(family.model_class, "from_lm") and hasattr(family.model_class, "from_pretrained")
+        assert isinstance(family.model_class.shift_labels, bool) and callable(family.model_class.align_labels)
+
+
+def test_an_unknown_family_in_a_config_is_named_before_anything_loads(tmp_path):
+    assert cli(["train", "model.family=perceiver", f"train.out_dir={tmp_path / 'run'}", "data.task=video"]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_automodel_names_a_directory_that_is_not_a_multisense_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="names no family"):
+        ms.AutoModel.from_pretrained(tmp_path)
+
+
+def test_llava_cannot_take_the_flamingo_only_distillation(backbones, tmp_path):
+    from multisense.config import load_config
+    from multisense.train.trainer import TrainConfig, train
+
+    cfg = load_config(TrainConfig, None, train_args(backbones, tmp_path / "run", "llava") + ["train.distill_words=1"])
+    with pytest.raises(ValueError, match="train.distill_words: the flamingo family"):
+        train(cfg)
