@@ -7,6 +7,7 @@
     multisense bench [...]                      block throughput and memory benchmarks
     multisense bench training [...]             training throughput, memory, DDP scaling
     multisense backbones build|probe [...]      rebuild or measure the embedded backbones
+    multisense cost --cameras 5 --fps 30 ...    what an input costs each architecture (no model)
 
 An error in what was given (a config value, a path, a run already there) is one line,
 `multisense <command>: error: ...`, and exit code 2; `multisense --debug <command> ...` (or
@@ -84,7 +85,13 @@ def _backbones(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"demo": _demo, "train": _train, "eval": _eval, "experiment": _experiment, "bench": _bench,
+def _cost(argv: list[str]) -> int:
+    from .bench.cost import main
+
+    return main(argv)
+
+
+COMMANDS = {"cost": _cost, "demo": _demo, "train": _train, "eval": _eval, "experiment": _experiment, "bench": _bench,
             "backbones": _backbones}
 
 
