@@ -7,6 +7,7 @@
     multisense bench [...]                      block throughput and memory benchmarks
     multisense bench training [...]             training throughput, memory, DDP scaling
     multisense backbones build|probe [...]      rebuild or measure the embedded backbones
+    multisense compare [--quick] [--docs F]     every family measured: cost per image count, accuracy
     multisense cost --cameras 5 --fps 30 ...    what an input costs each architecture (no model)
 
 An error in what was given (a config value, a path, a run already there) is one line,
@@ -91,7 +92,13 @@ def _cost(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"cost": _cost, "demo": _demo, "train": _train, "eval": _eval, "experiment": _experiment, "bench": _bench,
+def _compare(argv: list[str]) -> int:
+    from .bench.compare import main
+
+    return main(argv)
+
+
+COMMANDS = {"compare": _compare, "cost": _cost, "demo": _demo, "train": _train, "eval": _eval, "experiment": _experiment, "bench": _bench,
             "backbones": _backbones}
 
 

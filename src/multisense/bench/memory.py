@@ -81,3 +81,24 @@ def memory_of(case: ResamplerCase, device: str, bf16: bool, threads: int) -> tup
 
 if __name__ == "__main__":
     print(json.dumps(memory_child(json.loads(sys.argv[1]))))
+
+
+def peak_allocated_mib(fn) -> float:
+    """Peak growth of the bytes torch holds allocated while `fn()` runs, in MiB, in this process:
+    the running sum of torch.profiler's allocation and free events (each op's own allocations, and
+    the frees between ops), so memory the allocator had cached or freed before does not hide it,
+    as it can hide an in-process RSS peak. Tensor memory only (no Python objects, no code)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = []
+    for e in prof.events():
+        change = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        if change:
+            deltas.append((e.time_range.start, change))
+    live = top = 0
+    for _, change in sorted(deltas):
+        live += change
+        top = max(top, live)
+    return top / 2 ** 20

@@ -165,6 +165,12 @@ class FlamingoModel(nn.Module):
         """The batch's labels laid out like the logits: the same layout, token for token."""
         return labels
 
+    def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] tokens each sample occupies in the LM's context: its text, one marker per media
+        item (the media reach the LM by cross-attention, not in its sequence)."""
+        return attention_mask.sum(-1) if attention_mask is not None else torch.full_like(input_ids[:, 0], input_ids.shape[1])
+
     def __init__(self, lm: nn.Module, vision_encoder: nn.Module | None, config: FlamingoConfig):
         super().__init__()
         if config.media_token_id is None:

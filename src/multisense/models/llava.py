@@ -367,6 +367,15 @@ class LlavaModel(nn.Module):
         aligned[rows, out.label_positions[rows, cols]] = labels[rows, cols]
         return aligned
 
+    def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] tokens each sample occupies in the LM's context before any budget: its text, with
+        each marker replaced by its item's frames x tokens_per_frame."""
+        real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        markers = ((input_ids == self.config.media_token_id) & real).sum(-1)
+        frames = frame_mask.sum((1, 2)) if frame_mask is not None else torch.zeros_like(markers)
+        return real.sum(-1) - markers + frames * self.config.tokens_per_frame
+
     @staticmethod
     def _check_rows(input_ids, frame_mask) -> None:
         if frame_mask is not None and frame_mask.shape[0] != input_ids.shape[0]:

@@ -1,0 +1,31 @@
+import json
+
+from multisense.bench.compare import FRAMES, IMAGES
+from multisense.cli import main as cli
+
+
+def test_compare_quick_produces_every_cell_and_marks_context_overflow(tmp_path):
+    out, page = tmp_path / "out", tmp_path / "docs" / "compare.md"
+    page.parent.mkdir()
+    page.write_text("# Compare\n\nprose that stays\n")
+    assert cli(["compare", "--quick", "--out", str(out), "--docs", str(page)]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    limit = result["cost"]["context_limit"]
+    keys = [f"images={m}" for m in IMAGES] + [f"frames={f}" for f in FRAMES]
+    for family in ("flamingo", "llava"):
+        fam = result["cost"]["families"][family]
+        assert fam["trainable_parameters"] > 0
+        assert list(fam["cells"]) == keys
+        for cell in fam["cells"].values():
+            assert cell["flops"] > 0 and cell["seconds"] > 0 and cell["peak_mib"] > 0
+            assert cell["overflow"] == (cell["context_tokens"] > limit)
+        assert set(result["scenes"][family]["kinds"]) == {"caption", "colour", "shape", "count", "position"}
+        assert set(result["fewshot"][family]["shots"]) == {"0", "2", "4", "8"}
+    flamingo, llava = (result["cost"]["families"][f] for f in ("flamingo", "llava"))
+    assert flamingo["tokens_per_image"] == 1 and llava["tokens_per_image"] == 64  # the marker / 8x8 patches
+    assert not any(c["overflow"] for c in flamingo["cells"].values())
+    assert llava["cells"]["images=32"]["overflow"] and not llava["cells"]["images=1"]["overflow"]
+    # more images cost LLaVA more FLOPs than Flamingo, which keeps one marker per image in context
+    assert llava["cells"]["images=32"]["flops"] > flamingo["cells"]["images=32"]["flops"]
+    text = page.read_text()
+    assert "prose that stays" in text and "context overflow" in text and (page.parent / "compare.png").is_file()
