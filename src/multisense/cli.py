@@ -3,6 +3,7 @@
     multisense demo [--steps N] [--out DIR]     the main job on the embedded default
     multisense train --config FILE [a.b=v ...]  train from a YAML preset (also under torchrun)
     multisense eval --model DIR --task NAME     few-shot evaluation at 0/2/4/8 shots, several seeds
+    multisense generate --model DIR --image F --prompt "<image> ..."   any saved family answers
     multisense experiment NAME|all              the claims checked: gate_init, frame_embeddings, masking
     multisense bench [...]                      block throughput and memory benchmarks
     multisense bench training [...]             training throughput, memory, DDP scaling
@@ -74,6 +75,12 @@ def _eval(argv: list[str]) -> int:
     return main(argv)
 
 
+def _generate(argv: list[str]) -> int:
+    from .eval.generate import main
+
+    return main(argv)
+
+
 def _experiment(argv: list[str]) -> int:
     from .eval.experiments import main
 
@@ -98,7 +105,8 @@ def _compare(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"compare": _compare, "cost": _cost, "demo": _demo, "train": _train, "eval": _eval, "experiment": _experiment, "bench": _bench,
+COMMANDS = {"compare": _compare, "cost": _cost, "demo": _demo, "train": _train, "eval": _eval, "generate": _generate,
+            "experiment": _experiment, "bench": _bench,
             "backbones": _backbones}
 
 

@@ -2,8 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import multisense as ms
 from multisense.cli import main as cli
@@ -45,6 +47,15 @@ def test_each_family_trains_evaluates_and_reloads_through_one_interface(backbone
                 "--seeds", "0", "--samples", "4", "--out", str(tmp_path / "eval")]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     assert 0.0 <= result["shots"]["0"]["accuracy"]["mean"] <= 1.0 and result["chance"] == 0.25
+    image = tmp_path / "frame.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    assert cli(["generate", "--model", str(out / "model"), "--image", str(image), "--prompt",
+                "<image> direction :", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1  # one answer line (3 tokens of an untrained model)
+    assert cli(["generate", "--model", str(out / "model"), "--prompt", "<image> <image> x", "--image",
+                str(image)]) == 2
+    assert "--prompt holds 2 <image> markers for 1 --image files" in capsys.readouterr().err
 
 
 def test_the_registry_names_the_nearest_family_and_every_family_is_a_class_with_a_config():
