@@ -85,3 +85,28 @@ def test_llava_cannot_take_the_flamingo_only_distillation(backbones, tmp_path):
     cfg = load_config(TrainConfig, None, train_args(backbones, tmp_path / "run", "llava") + ["train.distill_words=1"])
     with pytest.raises(ValueError, match="train.distill_words: the flamingo family"):
         train(cfg)
+
+
+def test_llava_stage_two_starts_from_the_stage_one_projector_and_adds_lora(backbones, tmp_path):
+    from multisense.config import load_config
+    from multisense.models.io import load_checkpoint
+    from multisense.train.trainer import TrainConfig, train
+
+    stage1 = tmp_path / "stage1"
+    train(load_config(TrainConfig, None, train_args(backbones, stage1, "llava")))
+    saved = load_checkpoint(stage1 / "model")[1]
+    seen = {}
+
+    def capture(model):
+        seen.update({k: v.clone() for k, v in model.trainable_state_dict().items()})
+
+    args = train_args(backbones, tmp_path / "stage2", "llava") + [
+        "model.llava.lora_rank=4", f"model.init_from={stage1 / 'model'}"]
+    train(load_config(TrainConfig, None, args), setup=capture)
+    assert all(torch.equal(seen[k], saved[k]) for k in saved)  # the projector as stage 1 left it
+    assert any("lora_" in k for k in set(seen) - set(saved))
+    final = load_checkpoint(tmp_path / "stage2" / "model")[1]
+    assert any("lora_" in k for k in final)
+    flamingo = train_args(backbones, tmp_path / "x", "flamingo") + [f"model.init_from={stage1 / 'model'}"]
+    with pytest.raises(ValueError, match="model.init_from: .* is a llava model, model.family is flamingo"):
+        train(load_config(TrainConfig, None, flamingo))

@@ -70,6 +70,7 @@ class CompareConfig:
     fewshot_samples: int = 100
     seed: int = 0
     quick: bool = False
+    accuracy: bool = True  # train and evaluate each family (else cost only)
 
     @classmethod
     def quick_config(cls, **kw) -> "CompareConfig":
@@ -376,11 +377,11 @@ def run(cfg: CompareConfig, out: Path, work: Path, log=print) -> dict:
     result = {"config": dataclasses.asdict(cfg), "machine": machine("cpu"), "load": loadavg(),
               "cost": cost_table(cfg, lm, vision, tokenizer, log)}
     result["scenes"], result["fewshot"] = {}, {}
-    for family in cfg.families:
+    for family in cfg.families if cfg.accuracy else ():
         log(f"demo tasks, {family}:")
         result["scenes"][family] = scene_accuracy(cfg, family, lm, vision, tokenizer)
         log(f"  {json.dumps({k: v['exact_match'] for k, v in result['scenes'][family]['kinds'].items()})}")
-    if cfg.lm == "default":  # the few-shot task needs the in-context LM
+    if cfg.accuracy and cfg.lm == "default":  # the few-shot task needs the in-context LM
         for family in cfg.families:
             log(f"few-shot, {family}:")
             result["fewshot"][family] = fewshot_accuracy(cfg, family, work / "fewshot")
@@ -409,12 +410,14 @@ def main(argv: list[str] | None = None, prog: str = "multisense compare") -> int
     parser.add_argument("--quick", action="store_true", help="every cell, two training steps: a check, not a figure")
     parser.add_argument("--scene-steps", type=int, help="training steps on the demo's tasks (default: 1000)")
     parser.add_argument("--fewshot-steps", type=int, help="training steps on the few-shot task (default: 500)")
+    parser.add_argument("--cost-only", action="store_true", help="measure cost only: no training, no accuracy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/compare", help="where compare.json, compare.png and the tables go")
     parser.add_argument("--docs", help="also write the measured section of this page (docs/compare.md) and its plot")
     args = parser.parse_args(argv)
     base = {"lm": args.lm, "vision": args.vision, "families": tuple(args.families), "seed": args.seed}
     cfg = CompareConfig.quick_config(**base) if args.quick else CompareConfig(**base)
+    cfg.accuracy = not args.cost_only
     if args.scene_steps:
         cfg.scene_steps = args.scene_steps
     if args.fewshot_steps:

@@ -63,6 +63,10 @@ class ModelConfig:
     vision: str = "default"  # a local vision-encoder directory, or "default": the embedded tiny CLIP tower
     tokenizer: str | None = None  # defaults to the LM's directory
     family: str = "flamingo"  # a registered family (multisense.models.FAMILIES); its own section below
+    # a saved model (save_pretrained) of the same family whose trained weights start this run:
+    # LLaVA's stage 2 (model.llava.lora_rank > 0) from its stage-1 projector; weights the saved
+    # model lacks (the new LoRA adapters) start fresh
+    init_from: str | None = None
     flamingo: FlamingoConfig = field(default_factory=FlamingoConfig)
     llava: LlavaConfig = field(default_factory=LlavaConfig)
 
@@ -166,6 +170,12 @@ def validate(cfg: TrainConfig) -> None:
     data, optim, run = cfg.data, cfg.optim, cfg.train
     check_choice(cfg.model.family, tuple(FAMILIES), "model.family")
     # model.lm and model.vision are checked by backbones.resolve, before anything loads
+    if cfg.model.init_from is not None:
+        from ..models.registry import family_of
+
+        if family_of(cfg.model.init_from) != cfg.model.family:
+            raise ValueError(f"model.init_from: {cfg.model.init_from} is a {family_of(cfg.model.init_from)} model, "
+                             f"model.family is {cfg.model.family}")
     if cfg.model.tokenizer is not None and not os.path.isdir(cfg.model.tokenizer):
         raise FileNotFoundError(f"model.tokenizer: expected a local directory, or null for model.lm's, got "
                                 f"{cfg.model.tokenizer!r} (no such directory)")
@@ -284,6 +294,25 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[nn.Module, 
     lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
     vision = load_vision_encoder(vision_dir)
     return family.model_class.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.family_config()), tokenizer
+
+
+def init_from(model: nn.Module, directory: str) -> list[str]:
+    """Start `model`'s trainable weights from a saved model's; returns the names that start fresh."""
+    from ..models.io import load_checkpoint
+
+    values, tensors = load_checkpoint(directory)
+    own = model.trainable_state_dict()
+    extra = sorted(set(tensors) - set(own))
+    if extra:
+        raise ValueError(f"model.init_from: {directory} holds weights this model has not ({extra[:5]}); "
+                         "is it built with the same family options?")
+    check_fits({k: own[k].shape for k in tensors}, tensors, f"model.init_from {directory}")
+    recorded = values.get("lm", {}).get("fingerprint")
+    if recorded and recorded != model.config.lm.get("fingerprint"):
+        raise ValueError(f"model.init_from: {directory} was trained on another language model "
+                         f"({values['lm'].get('name_or_path')!r}) than model.lm")
+    model.load_state_dict(tensors, strict=False)
+    return sorted(set(own) - set(tensors))
 
 
 def check_image_size(data: DataConfig, model: FlamingoModel, vision: str) -> None:
@@ -455,6 +484,11 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     if getattr(family_config, "standardize_media", False):  # before a checkpoint, which holds the same statistics
         model.calibrate_media(calibration_batches(cfg.data, tokenizer, samples=cfg.data.calibration_samples,
                                                   device=env.device))
+    if cfg.model.init_from is not None:
+        fresh = init_from(model, cfg.model.init_from)
+        if env.is_main and fresh:
+            print(f"model.init_from: {len(fresh)} trainable tensors start fresh (not in {cfg.model.init_from}), "
+                  f"e.g. {fresh[0]}")
     if setup is not None:
         setup(model)
     if run.activation_checkpointing:
