@@ -441,4 +441,10 @@ def test_a_check_needs_a_check_function(backbones, tmp_path, no_backbones):
 
 def test_the_fewshot_preset_checks_that_it_learned_in_context():
     cfg = load_config(TrainConfig, resolve_preset("fewshot"), [])
-    assert cfg.check.shots == [0, 8] and cfg.check.min_gain == 0.2
+    assert cfg.check.shots == [0, 8] and cfg.check.min_gain == 0.2 and cfg.check.min_accuracy == 0.8
+
+
+def test_the_video_preset_is_checked_on_the_task_proper():
+    cfg = load_config(TrainConfig, resolve_preset("video"), [])
+    assert cfg.data.task_args["lead"] == 1.0  # trained with the aid
+    assert cfg.check.shots == [0] and cfg.check.min_accuracy == 0.9 and cfg.check.task_args == {"lead": 0.0}
