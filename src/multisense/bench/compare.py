@@ -236,16 +236,18 @@ def fewshot_accuracy(cfg: CompareConfig, family: str, out_dir: Path) -> dict:
     from ..models import AutoModel
     from ..train.trainer import TrainConfig, resolve_preset, train
 
-    lm_dir, _ = backbones.resolve("icl", "default")
-    limit = context_of(transformers.AutoModelForCausalLM.from_pretrained(lm_dir)) or 0
+    lm, vision, tokenizer = load_backbones("icl", "default")
+    limit = context_of(lm) or 0
     overrides = [f"model.family={family}", f"train.steps={cfg.fewshot_steps}", "check.shots=[]",
                  f"train.out_dir={out_dir / family}", "train.progress=false", "train.resume=never",
                  f"train.seed={cfg.seed}", f"data.seed={cfg.seed}"]
     shots = [0, 2, 4, 8]
+    task = get_task("fewshot_mapped")
+    sizer, tok = build(family, lm, vision, tokenizer)  # only to count each episode's context tokens
+    fits = [k for k in shots if _tokens(sizer, collate([task.episode(np.random.default_rng([10_000, 0, 0]), k, "eval")],
+                                                       tok)) <= limit]
     if family != "flamingo":
-        # its own recipe: no in-words distillation (Flamingo's objective); as many shots as fit
-        tokens = 64 + 16  # tokens per image of the default tower, and a demonstration's words
-        fits = [k for k in shots if (k + 1) * tokens <= limit]
+        # its own recipe: no in-words distillation (Flamingo's objective), and as many shots as fit
         overrides += ["train.distill_words=0", f"data.max_shots={max(fits)}"]
     cfg_train = load_config(TrainConfig, resolve_preset("fewshot"), overrides)
     start = time.perf_counter()
@@ -253,7 +255,6 @@ def fewshot_accuracy(cfg: CompareConfig, family: str, out_dir: Path) -> dict:
     seconds = time.perf_counter() - start
     model = AutoModel.from_pretrained(out_dir / family / "model").eval()
     tok = model.tokenizer
-    task = get_task("fewshot_mapped")
     cells = {}
     for k in shots:
         batch = collate([task.episode(np.random.default_rng([10_000, 0, 0]), k, "eval")], tok)

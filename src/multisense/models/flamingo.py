@@ -42,8 +42,8 @@ from ..encoders import as_encoder, check_frame_mask, encode_frames, media_tokens
 from ..lm.adapters import cache_argument, find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
-from ..tokens import IGNORE_INDEX, MEDIA_MARKER
-from .io import lm_identity, load_backbones, load_checkpoint, load_into, save_checkpoint, vision_identity
+from ..tokens import IGNORE_INDEX
+from .io import attach_identities, load_backbones, load_checkpoint, load_into, save_checkpoint
 
 
 @dataclass
@@ -230,15 +230,8 @@ class FlamingoModel(nn.Module):
         the tokenizer is kept and saved by `save_pretrained`.
         """
         config = (config or FlamingoConfig()).replace(**overrides)
-        if media_token_id is None and config.media_token_id is None and tokenizer is not None:
-            tokenizer.add_special_tokens({"additional_special_tokens": [MEDIA_MARKER]})
-            media_token_id = tokenizer.convert_tokens_to_ids(MEDIA_MARKER)
-        if media_token_id is not None:
-            config.media_token_id = media_token_id
-        config.lm = lm_identity(lm)
-        if vision_encoder is not None:
-            vision_encoder = as_encoder(vision_encoder, config.dim_media)
-            config.vision = vision_identity(vision_encoder)
+        vision_encoder = attach_identities(config, lm, vision_encoder, tokenizer=tokenizer,
+                                           media_token_id=media_token_id)
         model = cls(lm, vision_encoder, config)
         model.tokenizer = tokenizer
         return model

@@ -170,3 +170,24 @@ def load_backbones(lm_ident: dict, vision_ident: dict, *, lm: nn.Module | None =
                                  f"({ident.get('name_or_path') or 'unnamed'}); pass check_backbones=False "
                                  "to load anyway")
     return lm, vision_encoder
+
+
+def attach_identities(config, lm: nn.Module, vision_encoder: nn.Module | None, *, tokenizer=None,
+                      media_token_id: int | None = None):
+    """What every family's `from_lm` does before building: the media marker's id (with a
+    tokenizer and no id, an `<image>` special token is added to it), and the identities of the
+    frozen backbones in `config` (fields media_token_id, lm, vision, dim_media). Returns the
+    vision encoder wrapped by `encoders.as_encoder` (or None)."""
+    from ..encoders import as_encoder
+    from ..tokens import MEDIA_MARKER
+
+    if media_token_id is None and config.media_token_id is None and tokenizer is not None:
+        tokenizer.add_special_tokens({"additional_special_tokens": [MEDIA_MARKER]})
+        media_token_id = tokenizer.convert_tokens_to_ids(MEDIA_MARKER)
+    if media_token_id is not None:
+        config.media_token_id = media_token_id
+    config.lm = lm_identity(lm)
+    if vision_encoder is not None:
+        vision_encoder = as_encoder(vision_encoder, config.dim_media)
+        config.vision = vision_identity(vision_encoder)
+    return vision_encoder

@@ -39,8 +39,8 @@ from ..encoders import as_encoder, check_frame_mask, media_tokens
 from ..lm.adapters import cache_argument
 from ..nn import Projector
 from ..nn.splice import expand_markers
-from ..tokens import IGNORE_INDEX, MEDIA_MARKER
-from .io import lm_identity, load_backbones, load_checkpoint, load_into, save_checkpoint, vision_identity
+from ..tokens import IGNORE_INDEX
+from .io import attach_identities, load_backbones, load_checkpoint, load_into, save_checkpoint
 
 SELECT_STRATEGIES = ("default", "full")  # Hugging Face's names: "default" drops the class token
 
@@ -169,15 +169,8 @@ class LlavaModel(nn.Module):
         the tokenizer is kept and saved by `save_pretrained`.
         """
         config = (config or LlavaConfig()).replace(**overrides)
-        if media_token_id is None and config.media_token_id is None and tokenizer is not None:
-            tokenizer.add_special_tokens({"additional_special_tokens": [MEDIA_MARKER]})
-            media_token_id = tokenizer.convert_tokens_to_ids(MEDIA_MARKER)
-        if media_token_id is not None:
-            config.media_token_id = media_token_id
-        config.lm = lm_identity(lm)
-        if vision_encoder is not None:
-            vision_encoder = as_encoder(vision_encoder, config.dim_media)
-            config.vision = vision_identity(vision_encoder)
+        vision_encoder = attach_identities(config, lm, vision_encoder, tokenizer=tokenizer,
+                                           media_token_id=media_token_id)
         model = cls(lm, vision_encoder, config)
         model.tokenizer = tokenizer
         return model
@@ -210,12 +203,7 @@ class LlavaModel(nn.Module):
                              vision_feature_layer=list(layer) if isinstance(layer, (list, tuple)) else layer,
                              vision_feature_select_strategy=c.vision_feature_select_strategy).replace(**overrides)
         model = cls.from_lm(lm, hf.model.vision_tower, config=config)
-        projector = hf.model.multi_modal_projector
-        with torch.no_grad():
-            for ours, theirs in ((model.projector[0], projector.linear_1), (model.projector[2], projector.linear_2)):
-                ours.weight.copy_(theirs.weight)
-                if theirs.bias is not None:
-                    ours.bias.copy_(theirs.bias)
+        _copy_projector(hf.model.multi_modal_projector, model.projector, to_hf=False)
         return model
 
     def to_hf_llava(self) -> "transformers.LlavaForConditionalGeneration":
@@ -242,12 +230,7 @@ class LlavaModel(nn.Module):
         hf.model.vision_tower.load_state_dict(hf_vision.state_dict())
         hf.model.language_model.load_state_dict(self.lm.base_model.state_dict())
         hf.lm_head.load_state_dict(self.lm.get_output_embeddings().state_dict())
-        projector = hf.model.multi_modal_projector
-        with torch.no_grad():
-            for ours, theirs in ((self.projector[0], projector.linear_1), (self.projector[2], projector.linear_2)):
-                theirs.weight.copy_(ours.weight)
-                if theirs.bias is not None:
-                    theirs.bias.copy_(ours.bias)
+        _copy_projector(hf.model.multi_modal_projector, self.projector, to_hf=True)
         return hf
 
     # ------------------------------------------------------------------ media
@@ -510,6 +493,16 @@ class LlavaModel(nn.Module):
         if (Path(directory) / "tokenizer_config.json").is_file():
             model.tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
         return model
+
+
+@torch.no_grad()
+def _copy_projector(hf_projector: nn.Module, ours: Projector, *, to_hf: bool) -> None:
+    """Hugging Face's linear_1 / linear_2 are our projector's layers 0 and 2."""
+    for mine, theirs in ((ours[0], hf_projector.linear_1), (ours[2], hf_projector.linear_2)):
+        src, dst = (mine, theirs) if to_hf else (theirs, mine)
+        dst.weight.copy_(src.weight)
+        if src.bias is not None:
+            dst.bias.copy_(src.bias)
 
 
 def _repeat_rows(features: torch.Tensor, counts: torch.Tensor, k: int) -> torch.Tensor:
