@@ -37,6 +37,51 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return out.masked_fill(~sees_any, 0.0)
 
 
+def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`attend` over keys that arrive in chunks, never all held at once (Perceiver inputs of
+    100k+ tokens): the softmax is accumulated online, rescaled by the running maximum.
+
+    q [..., H, N, Dh]; `chunks` yields (k, v, mask, group) with k, v [..., H, Kc, Dh], mask
+    broadcasting to [..., H, N, Kc] (True = may look) or None, and group an int < `groups`.
+    Returns the output [..., H, N, Dh] (rows with no allowed key: exactly zero, as in `attend`)
+    and, with groups > 0, the attention mass on each group's keys [G, ..., H, N] (sums to 1
+    over groups where a row saw any key, else 0).
+    """
+    scale = q.shape[-1] ** -0.5
+    top = acc = total = None  # running max [..., N, 1], weighted values, softmax denominator
+    mass: list[torch.Tensor | float] = [0.0] * groups
+    for k, v, mask, group in chunks:
+        s = (q @ k.transpose(-1, -2)) * scale  # [..., H, N, Kc]
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf"))
+        new_top = s.amax(-1, keepdim=True)
+        if top is not None:
+            new_top = torch.maximum(top, new_top)
+        # -inf (no allowed key yet) is replaced by finite stand-ins, so no inf - inf is formed,
+        # not even in a branch torch.where discards (its gradient would be NaN)
+        shift = torch.where(torch.isinf(new_top), torch.zeros_like(new_top), new_top)
+        p = torch.exp(s - shift)
+        if top is None:
+            acc, total = p @ v, p.sum(-1, keepdim=True)
+        else:
+            old = torch.where(torch.isinf(top), shift, top)
+            rescale = torch.exp(old - shift)
+            acc, total = acc * rescale + p @ v, total * rescale + p.sum(-1, keepdim=True)
+            mass = [m * rescale for m in mass]
+        if groups:
+            mass[group] = mass[group] + p.sum(-1, keepdim=True)
+        top = new_top
+    if top is None:
+        raise ValueError("chunks: expected at least one chunk of keys, got none")
+    seen = total > 0
+    denom = torch.where(seen, total, torch.ones_like(total))
+    out = torch.where(seen, acc / denom, torch.zeros_like(acc))
+    if not groups:
+        return out, None
+    shares = [torch.zeros_like(total) + m for m in mass]  # a group that had no chunk: zero
+    return out, torch.stack([torch.where(seen, m / denom, torch.zeros_like(m)) for m in shares]).squeeze(-1)
+
+
 class Attention(nn.Module):
     """Multi-head attention without biases (the Flamingo/Perceiver layout).
 

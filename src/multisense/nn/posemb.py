@@ -1,4 +1,5 @@
-"""Learned position tables over time (Flamingo's frame embeddings) that can be resampled.
+"""Position encodings: learned tables over time (Flamingo's frame embeddings) that can be resampled,
+and Fourier features over real coordinates (the Perceiver's).
 
 A table trained for T frames serves F != T frames at inference by linear interpolation
 along time (Flamingo trains on 8 frames and runs on 30). Asking for more frames than the
@@ -64,3 +65,31 @@ class FrameEmbedding(nn.Module):
                 tables[n, :n] = self(n, interpolate=True)
         return tables[span]  # [B, M, F, D]
 
+
+
+class FourierFeatures(nn.Module):
+    """Fourier position features over real coordinates (Perceiver, Jaegle et al. 2021, sec. 3.2).
+
+    coords [..., N, P] in [-1, 1] (a timestamp scaled by the window, pixel x and y...), per sample
+    -> [..., N, P * (2 * num_bands + 1)]: each coordinate itself, then sin(pi f x) and cos(pi f x)
+    for `num_bands` frequencies f spaced linearly from 1 to max_freq / 2 (max_freq: the Nyquist
+    rate of the finest detail, e.g. the number of samples across the range). No parameters."""
+
+    def __init__(self, *, pos_dims: int = 1, num_bands: int = 8, max_freq: float = 32.0):
+        super().__init__()
+        if pos_dims < 1 or num_bands < 1 or max_freq < 2:
+            raise ValueError(f"FourierFeatures: expected pos_dims >= 1, num_bands >= 1, max_freq >= 2, got "
+                             f"{pos_dims}, {num_bands}, {max_freq}")
+        self.pos_dims = pos_dims
+        self.register_buffer("freqs", torch.linspace(1.0, max_freq / 2, num_bands), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return self.pos_dims * (2 * self.freqs.numel() + 1)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        if coords.shape[-1] != self.pos_dims:
+            raise ValueError(f"positions: expected {self.pos_dims} coordinate(s) per token in the last dimension, "
+                             f"got shape {list(coords.shape)}")
+        x = coords.unsqueeze(-1) * self.freqs.to(coords.dtype) * torch.pi  # [..., N, P, bands]
+        return torch.cat((coords, x.sin().flatten(-2), x.cos().flatten(-2)), dim=-1)

@@ -1,0 +1,67 @@
+"""Tactile encoder for vision-based touch sensors (GelSight, Yuan et al. 2017; DIGIT, Lambeta et
+al. 2020): a camera behind an elastomer pad films its deformation, so touch arrives as a local
+video stream. Each frame, optionally minus the no-contact frame (only the deformation is left),
+goes through a small ViT; a Perceiver Resampler (Flamingo's) compresses the stream to a few
+tactile tokens.
+
+Input layout: frames [N, T, C, H, W] in [0, 1] at `sample_rate` (60 Hz), mask [N, T] (True = the
+frame exists), reference [N, C, H, W]: the sensor's frame without contact.
+Shape letters: N streams, T frames, P = (H / patch)^2 patches per frame, D width, R tactile tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn.checks import check_shape
+from ..nn.resampler import PerceiverResampler
+from ..nn.vit import PatchViT
+from .base import EncoderOutput
+from .registry import register_encoder
+
+
+@register_encoder
+class TactileEncoder(nn.Module):
+    name = "tactile"
+    sample_rate = 60.0
+    layout = "frames [N, T, C, H, W] in [0, 1]; mask [N, T]; reference [N, C, H, W] (the no-contact frame)"
+
+    def __init__(self, *, dim: int = 64, image_size: int = 32, patch_size: int = 8, channels: int = 3,
+                 depth: int = 2, heads: int = 4, dim_head: int = 16, ff_mult: int = 2, num_tokens: int = 4,
+                 resampler_depth: int = 1, max_frames: int = 256, background_subtract: bool = True):
+        super().__init__()
+        self.dim, self.num_tokens, self.background_subtract = dim, num_tokens, background_subtract
+        self.vit = PatchViT(image_size=image_size, patch_size=patch_size, channels=channels, dim=dim, depth=depth,
+                            heads=heads, dim_head=dim_head, ff_mult=ff_mult)
+        self.resampler = PerceiverResampler(dim=dim, depth=resampler_depth, num_latents=num_tokens, heads=heads,
+                                            dim_head=dim_head, ff_mult=ff_mult, max_frames=max_frames,
+                                            interpolate_frames=False)
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None,
+                reference: torch.Tensor | None = None) -> EncoderOutput:
+        """-> tokens [N, R, D]; mask [N, R]: False for a stream with no frame at all."""
+        s = check_shape("frames", frames, "N T C H W", C=self.vit.channels, H=self.vit.image_size,
+                        W=self.vit.image_size)
+        N, T = s["N"], s["T"]
+        if mask is not None:
+            check_shape("mask", mask, "N T", N=N, T=T)
+            mask = mask.bool()
+        if self.background_subtract:
+            if reference is None:
+                raise ValueError("reference: background_subtract=True needs the no-contact frame [N, C, H, W] "
+                                 "(or build the encoder with background_subtract=False)")
+            check_shape("reference", reference, "N C H W", N=N, C=s["C"], H=s["H"], W=s["W"])
+            frames = frames - reference.unsqueeze(1)
+        tokens = self.vit(frames.flatten(0, 1))  # [N*T, P, D]
+        tokens = tokens.view(N, 1, T, *tokens.shape[1:])  # one media item of T frames per stream
+        out = self.resampler(tokens, None if mask is None else mask.unsqueeze(1))[:, 0]  # [N, R, D]
+        present = None if mask is None else mask.any(-1, keepdim=True).expand(N, self.num_tokens)
+        return EncoderOutput(out, present)
+
+    @classmethod
+    def example(cls, n: int = 2, seconds: float = 0.5, *, image_size: int = 32, channels: int = 3, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        T = max(1, round(seconds * cls.sample_rate))
+        frames = torch.rand(n, T, channels, image_size, image_size, generator=g)
+        return {"frames": frames, "mask": torch.ones(n, T, dtype=torch.bool), "reference": frames[:, 0]}
