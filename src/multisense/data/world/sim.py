@@ -1,0 +1,274 @@
+"""The touch world on MuJoCo: a two-finger gripper approaches a patch of material, touches it,
+presses, slides across it and lifts off. Seeded and deterministic.
+
+The scene: a 10 cm square patch (MuJoCo height field, 64 x 64, the material's coarse map and
+friction), a gripper on an x-y-z carriage (position actuators; the carriage's own weight is
+compensated, the hand's is not, so the wrist sensor feels it), a force-torque site at the wrist
+(MuJoCo's `force` and `torque` sensors), two fingers whose pads touch the surface, a scene camera,
+and an occluder plate on the hand that is drawn only in the "occluded" camera stream: the camera
+is blocked by the gripper from the first contact on. Shadows are off (100x per frame).
+
+Streams at their native rates (an episode of `seconds`):
+  camera, camera_occluded  [30 Hz x s, 32, 32, 3] uint8
+  tactile                  [60 Hz x s, 32, 32, 3] uint8 (left fingertip), tactile_reference [32, 32, 3]
+  wrench                   [500 Hz x s, 6] float32 (N, N m; sensor noise added)
+  audio                    [16 kHz x s] float32
+  touching, slipping, lifted [500 Hz x s] bool; phase [500 Hz x s] int8 (index into PHASES)
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; set here, not in the user's shell
+
+from dataclasses import asdict, dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from . import audio as audio_synth  # noqa: E402
+from . import tactile as tactile_render  # noqa: E402
+from .materials import COARSE, NAMES, appearance, height_maps, material  # noqa: E402
+
+PHYSICS_RATE, CAMERA_RATE, TACTILE_RATE, AUDIO_RATE = 500.0, 30.0, 60.0, 16000.0
+PHASES = ("approach", "touch", "press", "slide", "lift")
+HALF = 0.05  # half side of the patch (m)
+PAD = 0.012  # side of a finger pad (m)
+IMAGE = 32
+HAND_MASS = 0.25  # kg: palm 0.15 and two fingers 0.05 each
+
+
+def scene_xml(relief: float, friction: float) -> str:
+    return f"""
+<mujoco model="touch-world">
+  <option timestep="{1 / PHYSICS_RATE}" gravity="0 0 -9.81" cone="elliptic" noslip_iterations="2"/>
+  <visual><quality shadowsize="0"/><global offwidth="{IMAGE}" offheight="{IMAGE}"/></visual>
+  <asset>
+    <hfield name="surface" nrow="{COARSE}" ncol="{COARSE}" size="{HALF} {HALF} {relief} 0.005"/>
+    <texture name="look" type="2d" builtin="flat" width="128" height="128" rgb1="0.5 0.5 0.5"/>
+    <material name="look" texture="look" texrepeat="1 1"/>
+  </asset>
+  <worldbody>
+    <light pos="0 -0.1 0.4" dir="0 0.2 -1" castshadow="false" diffuse="0.8 0.8 0.8"/>
+    <geom name="table" type="plane" size="0.3 0.3 0.01" pos="0 0 -0.0051" rgba="0.3 0.25 0.2 1"/>
+    <geom name="surface" type="hfield" hfield="surface" material="look" friction="{friction} 0.005 0.0001"/>
+    <camera name="scene" pos="0 -0.16 0.13" xyaxes="1 0 0 0 0.63 0.78" fovy="45"/>
+    <body name="carriage" pos="0 0 0.06" gravcomp="1">
+      <joint name="x" type="slide" axis="1 0 0" damping="20"/>
+      <joint name="y" type="slide" axis="0 1 0" damping="20"/>
+      <joint name="z" type="slide" axis="0 0 1" damping="20"/>
+      <geom type="sphere" size="0.005" mass="0.05" contype="0" conaffinity="0" rgba="0.6 0.6 0.6 1"/>
+      <body name="hand" pos="0 0 0">
+        <site name="wrist" pos="0 0 0"/>
+        <geom name="palm" type="box" size="0.02 0.01 0.006" pos="0 0 -0.008" mass="0.15" rgba="0.2 0.2 0.25 1"/>
+        <geom name="occluder" type="box" size="0.08 0.002 0.07" pos="0 -0.035 0.0" mass="0" contype="0"
+              conaffinity="0" rgba="0.15 0.15 0.18 0"/>
+        <body name="finger_l" pos="-0.009 0 -0.026">
+          <joint name="spring_l" type="slide" axis="0 0 1" stiffness="1500" damping="8" range="-0.003 0.003"/>
+          <geom name="finger_l" type="box" size="0.003 0.006 0.012" mass="0.04" rgba="0.25 0.25 0.3 1"/>
+          <geom name="pad_l" type="box" size="{PAD / 2} {PAD / 2} 0.0015" pos="0 0 -0.0135" mass="0.01"
+                friction="0.1 0.005 0.0001" rgba="0.8 0.7 0.5 1"/>
+        </body>
+        <body name="finger_r" pos="0.009 0 -0.026">
+          <joint name="spring_r" type="slide" axis="0 0 1" stiffness="1500" damping="8" range="-0.003 0.003"/>
+          <geom name="finger_r" type="box" size="0.003 0.006 0.012" mass="0.04" rgba="0.25 0.25 0.3 1"/>
+          <geom name="pad_r" type="box" size="{PAD / 2} {PAD / 2} 0.0015" pos="0 0 -0.0135" mass="0.01"
+                friction="0.1 0.005 0.0001" rgba="0.8 0.7 0.5 1"/>
+        </body>
+      </body>
+    </body>
+  </worldbody>
+  <actuator>
+    <position joint="x" kp="600"/>
+    <position joint="y" kp="600"/>
+    <position joint="z" kp="1500"/>
+  </actuator>
+  <sensor>
+    <force site="wrist"/>
+    <torque site="wrist"/>
+  </sensor>
+</mujoco>"""
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """What a seed decides about one episode."""
+
+    material: str
+    start: tuple[float, float]  # pad centre, x y (m)
+    direction: float  # slide direction (rad)
+    distance: float  # slide distance (m)
+    press: float  # how far below the surface the hand is commanded while pressing (m)
+    times: tuple[float, ...]  # phase starts (s): touch, press, slide, lift
+    tint: tuple[float, float, float]  # the camera's colour cast (lighting varies between episodes)
+    seconds: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, *, seconds: float = 3.0, material_name: str | None = None):
+        name = material_name or NAMES[int(rng.integers(len(NAMES)))]
+        jitter = rng.uniform(-0.06, 0.06, 4) * seconds / 3
+        times = tuple(float(t) for t in (np.array([0.8, 1.1, 1.4, 2.2]) * seconds / 3 + jitter))
+        return cls(material=name, start=tuple(float(v) for v in rng.uniform(-0.015, 0.015, 2)),
+                   direction=float(rng.uniform(0, 2 * np.pi)), distance=float(rng.uniform(0.015, 0.03)),
+                   press=float(rng.uniform(0.001, 0.003)), times=times,
+                   tint=tuple(float(v) for v in rng.uniform(0.8, 1.2, 3)), seconds=seconds)
+
+
+def _smooth(a: float, b: float, s: float) -> float:
+    s = min(max(s, 0.0), 1.0)
+    return a + (b - a) * (1 - np.cos(np.pi * s)) / 2
+
+
+class World:
+    """One material's scene, compiled once and reused for every episode on it."""
+
+    def __init__(self, material_name: str):
+        import mujoco
+
+        self.mujoco = mujoco
+        self.material = material(material_name)
+        self.coarse, self.fine = height_maps(material_name)
+        self.model = mujoco.MjModel.from_xml_string(scene_xml(self.material.relief, self.material.friction))
+        self.model.hfield_data[:] = self.coarse.ravel()  # row i at y = (2i / (n - 1) - 1) * HALF, as the fine map
+        look = appearance(material_name)
+        tex = self.model.texture("look")
+        self.model.tex_data[tex.adr[0]: tex.adr[0] + look.size] = look.ravel()
+        self.data = mujoco.MjData(self.model)
+        try:
+            self.renderer = mujoco.Renderer(self.model, IMAGE, IMAGE)
+        except Exception as err:  # mujoco picks its GL backend when first imported
+            raise RuntimeError(f"the touch world cannot render headless ({err}); mujoco was imported before "
+                               f"multisense set MUJOCO_GL=egl: set MUJOCO_GL=egl in the environment, or import "
+                               f"multisense.data.world before mujoco (MUJOCO_GL is now "
+                               f"{os.environ.get('MUJOCO_GL')!r})") from err
+        m = self.model
+        self.ids = {n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, n)
+                    for n in ("surface", "pad_l", "pad_r", "occluder")}
+        self.pad_body_offset = np.array([-0.009, 0.0, -0.0395 - 0.0015])  # the left pad's face, from the wrist
+        self.hand = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "hand")
+        self.hand_mass = float(m.body_subtreemass[self.hand])
+
+    def surface_height(self, x: float, y: float) -> float:
+        """The highest point of the contact surface (the coarse map MuJoCo collides with) under the pad."""
+        win = tactile_render.surface_window(self.coarse, self.material.relief, HALF, (x, y), PAD, 8)
+        return float(win.max())
+
+    def _pad_force(self) -> tuple[float, float]:
+        """Normal force (N) of the surface on the left and on the right pad."""
+        mj, m, d = self.mujoco, self.model, self.data
+        out = [0.0, 0.0]
+        f = np.zeros(6)
+        for i in range(d.ncon):
+            c = d.contact[i]
+            pair = {int(c.geom1), int(c.geom2)}
+            if self.ids["surface"] not in pair:
+                continue
+            for k, pad in enumerate(("pad_l", "pad_r")):
+                if self.ids[pad] in pair:
+                    mj.mj_contactForce(m, d, i, f)
+                    out[k] += abs(f[0])
+        return out[0], out[1]
+
+    def _render(self, tint: np.ndarray, occluded: bool) -> np.ndarray:
+        self.model.geom_rgba[self.ids["occluder"], 3] = 1.0 if occluded else 0.0
+        self.renderer.update_scene(self.data, camera="scene")
+        img = self.renderer.render().astype(np.float32) * tint
+        self.model.geom_rgba[self.ids["occluder"], 3] = 0.0
+        return img.clip(0, 255).astype(np.uint8)
+
+    def run(self, spec: EpisodeSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        mj, m, d = self.mujoco, self.model, self.data
+        mj.mj_resetData(m, d)
+        steps = int(round(spec.seconds * PHYSICS_RATE))
+        x0, y0 = spec.start
+        dx, dy = np.cos(spec.direction) * spec.distance, np.sin(spec.direction) * spec.distance
+        # the hand is at the carriage's origin; the pad's face is pad_body_offset below and beside it
+        off = self.pad_body_offset
+        # the highest point under either pad (z = 0: the texture's lowest); the fingers' springs share the load
+        z_face_contact = max(self.surface_height(x0, y0), self.surface_height(x0 - 2 * off[0], y0))
+        t_touch, t_press, t_slide, t_lift = spec.times
+        hover = 0.03
+
+        def target(t: float) -> tuple[float, float, float, int]:
+            zc = z_face_contact - off[2] - 0.06  # carriage joint z that puts the pad face on the surface
+            if t < t_touch:
+                return x0 - off[0], y0, _smooth(zc + hover + 0.005, zc + 0.004, t / t_touch), 0
+            if t < t_press:
+                return x0 - off[0], y0, _smooth(zc + 0.004, zc, (t - t_touch) / (t_press - t_touch)), 1
+            if t < t_slide:
+                return x0 - off[0], y0, _smooth(zc, zc - spec.press, (t - t_press) / (t_slide - t_press)), 2
+            lift_start = t_lift
+            if t < lift_start:
+                s = (t - t_slide) / (lift_start - t_slide)
+                return (_smooth(x0, x0 + dx, s) - off[0], _smooth(y0, y0 + dy, s), zc - spec.press, 3)
+            s = (t - lift_start) / max(spec.seconds - lift_start, 1e-6)
+            return x0 + dx - off[0], y0 + dy, _smooth(zc - spec.press, zc + hover, s * 1.5), 4
+
+        qz0 = target(0.0)[2]
+        d.qpos[:3] = [target(0.0)[0], target(0.0)[1], qz0]
+        d.ctrl[:3] = d.qpos[:3]
+        for _ in range(int(0.3 * PHYSICS_RATE)):  # settle the finger springs before the clock starts
+            mj.mj_step(m, d)
+        d.time = 0.0
+
+        wrench = np.zeros((steps, 6), np.float32)
+        pad_xy = np.zeros((steps, 2))
+        pad_z = np.zeros(steps)
+        force = np.zeros(steps)  # on the left pad (the tactile sensor's)
+        force_both = np.zeros(steps)
+        vel = np.zeros(steps)
+        phase = np.zeros(steps, np.int8)
+        # frame k of a stream at rate r is taken at the physics step nearest k / r seconds
+        cam_steps = set(np.round(np.arange(int(round(spec.seconds * CAMERA_RATE))) * PHYSICS_RATE / CAMERA_RATE)
+                        .astype(int).tolist())
+        tac_steps = set(np.round(np.arange(int(round(spec.seconds * TACTILE_RATE))) * PHYSICS_RATE / TACTILE_RATE)
+                        .astype(int).tolist())
+        camera, camera_occ, tactile = [], [], []
+        tint = np.asarray(spec.tint, np.float32)
+        contact_seen = False
+        reference = None
+        for i in range(steps):
+            t = i / PHYSICS_RATE
+            tx, ty, tz, ph = target(t)
+            d.ctrl[:3] = [tx, ty, tz]
+            mj.mj_step(m, d)
+            phase[i] = ph
+            wrench[i] = d.sensordata[:6]
+            pad = d.geom_xpos[self.ids["pad_l"]]
+            pad_xy[i] = pad[:2]
+            pad_z[i] = pad[2] - 0.0015  # its face
+            fl, fr = self._pad_force()
+            force[i], force_both[i] = fl, fl + fr
+            vel[i] = float(np.hypot(d.qvel[0], d.qvel[1]))
+            contact_seen = contact_seen or fl + fr > 0
+            if i in cam_steps:
+                img = self._render(tint, occluded=False)
+                camera.append(img)
+                camera_occ.append(self._render(tint, occluded=True) if contact_seen else img)
+            if i in tac_steps:
+                heights = tactile_render.surface_window(self.fine, self.material.relief, HALF, tuple(pad_xy[i]),
+                                                        PAD, IMAGE)
+                frame, _ = tactile_render.render_frame(heights, pad_z[i], fl, rng=rng)
+                if reference is None:
+                    reference, _ = tactile_render.render_frame(heights, pad_z[i], 0.0, rng=rng)
+                tactile.append(frame)
+        noise = np.concatenate([rng.normal(0, 0.02, (steps, 3)), rng.normal(0, 5e-4, (steps, 3))], 1)
+        touching = force_both > 0.05
+        slipping = touching & (vel > 0.005)
+        ever = np.maximum.accumulate(touching)
+        lifted = ever & ~touching & (phase == 4)
+        wave = audio_synth.synthesize(pad_xy, np.where(touching, force, 0.0) * (vel > 0.002), self.fine,
+                                      self.material.relief, HALF, physics_rate=PHYSICS_RATE, audio_rate=AUDIO_RATE,
+                                      rng=rng)
+        to8 = lambda frames: (np.stack(frames) * 255).round().astype(np.uint8)  # noqa: E731
+        return {
+            "camera": np.stack(camera), "camera_occluded": np.stack(camera_occ),
+            "tactile": to8(tactile), "tactile_reference": to8([reference])[0],
+            "wrench": (wrench + noise).astype(np.float32), "audio": wave,
+            "touching": touching, "slipping": slipping, "lifted": lifted, "phase": phase,
+            "normal_force": force_both.astype(np.float32),
+        }
+
+
+def spec_dict(spec: EpisodeSpec) -> dict:
+    return asdict(spec)

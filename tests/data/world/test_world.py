@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from multisense.data.world import NAMES, generate, load_episode, simulate
+from multisense.data.world import episodes as episodes_module
+from multisense.data.world.sim import AUDIO_RATE, CAMERA_RATE, PHASES, PHYSICS_RATE, TACTILE_RATE, World
+
+
+@pytest.fixture(scope="module")
+def episode():
+    return simulate(seed=3, index=1, seconds=3.0)
+
+
+def test_streams_come_at_their_native_rates(episode):
+    arrays, spec = episode
+    s = spec["seconds"]
+    assert arrays["camera"].shape == (int(s * CAMERA_RATE), 32, 32, 3) and arrays["camera"].dtype == np.uint8
+    assert arrays["camera_occluded"].shape == arrays["camera"].shape
+    assert arrays["tactile"].shape == (int(s * TACTILE_RATE), 32, 32, 3)
+    assert arrays["wrench"].shape == (int(s * PHYSICS_RATE), 6)
+    assert arrays["audio"].shape == (int(s * AUDIO_RATE),) and np.abs(arrays["audio"]).max() <= 1
+    for key in ("touching", "slipping", "lifted", "phase"):
+        assert arrays[key].shape == (int(s * PHYSICS_RATE),)
+    assert spec["material"] == NAMES[1]
+
+
+def test_the_episode_has_every_event_in_order(episode):
+    arrays, _ = episode
+    touching, slipping, lifted, phase = arrays["touching"], arrays["slipping"], arrays["lifted"], arrays["phase"]
+    assert set(np.unique(phase).tolist()) == set(range(len(PHASES)))
+    assert not touching[phase == 0].any()  # approach: free motion
+    assert touching[phase == 2].mean() > 0.9  # pressing
+    assert slipping[phase == 3].any() and not slipping[phase <= 2].any()
+    first_touch, first_lift = np.argmax(touching), np.argmax(lifted)
+    assert lifted.any() and first_lift > first_touch and not touching[-100:].any()
+
+
+def test_the_world_is_deterministic_for_a_seed(episode):
+    again, spec = simulate(seed=3, index=1, seconds=3.0)
+    for key, value in episode[0].items():
+        assert np.array_equal(value, again[key]), key
+    other, _ = simulate(seed=4, index=1, seconds=3.0)
+    assert not np.array_equal(other["wrench"], again["wrench"])
+
+
+def test_tactile_frames_show_no_deformation_without_contact(episode):
+    arrays, _ = episode
+    steps = np.round(np.arange(arrays["tactile"].shape[0]) * PHYSICS_RATE / TACTILE_RATE).astype(int)
+    in_contact = arrays["normal_force"][steps] > 0
+    diff = np.abs(arrays["tactile"].astype(int) - arrays["tactile_reference"].astype(int))
+    free = diff[~in_contact].reshape((~in_contact).sum(), -1)
+    assert (~in_contact).sum() > 20 and free.max() <= 8  # sensor noise only (sd 0.004 ~ 1 grey level)
+    pressed = diff[arrays["phase"][steps] == 2].mean()
+    assert pressed > 5 * free.mean()
+
+
+def test_force_torque_in_free_motion_equals_the_hands_weight(episode):
+    arrays, _ = episode
+    world = World(NAMES[1])
+    weight = world.hand_mass * 9.81
+    hold = arrays["wrench"][25:100]  # the first 0.05-0.2 s: the hand hangs nearly still
+    assert abs(hold[:, 2].mean() - weight) < 0.05 * weight
+    assert np.abs(hold[:, :2].mean(0)).max() < 0.05 and np.abs(hold[:, 3:].mean(0)).max() < 0.005
+    assert hold[:, 2].std() < 0.05  # the noise the sensor adds: sd 0.02 N
+
+
+def test_the_camera_is_blocked_from_the_first_contact_on(episode):
+    arrays, _ = episode
+    steps = np.round(np.arange(arrays["camera"].shape[0]) * PHYSICS_RATE / CAMERA_RATE).astype(int)
+    before = steps < np.argmax(arrays["normal_force"] > 0)
+    cam, occ = arrays["camera"].astype(int), arrays["camera_occluded"].astype(int)
+    assert np.array_equal(cam[before], occ[before])
+    pressing = np.isin(arrays["phase"][steps], (2, 3))  # the hand low over the patch: the plate covers the view
+    assert np.abs(cam[pressing] - occ[pressing]).mean() > 20
+
+
+def test_episodes_are_cached_by_seed_and_version(tmp_path, monkeypatch):
+    paths = generate(2, seed=5, seconds=1.0, cache_dir=tmp_path, workers=1)
+    stamp = [p.stat().st_mtime_ns for p in paths]
+    arrays, spec = load_episode(paths[1])
+    direct, _ = simulate(seed=5, index=1, seconds=1.0)
+    assert all(np.array_equal(arrays[k], direct[k]) for k in direct) and spec["seconds"] == 1.0
+    assert [p.stat().st_mtime_ns for p in generate(2, seed=5, seconds=1.0, cache_dir=tmp_path)] == stamp  # a hit
+    monkeypatch.setattr(episodes_module, "VERSION", "v-test")
+    assert generate(1, seed=5, seconds=1.0, cache_dir=tmp_path, workers=1)[0].parent != paths[0].parent
+    with pytest.raises(ValueError, match="touch-world 'v1'"):
+        load_episode(paths[0])
