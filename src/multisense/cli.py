@@ -7,6 +7,7 @@
     multisense experiment NAME|all              the claims checked: gate_init, frame_embeddings, masking
     multisense bench [...]                      block throughput and memory benchmarks
     multisense bench training [...]             training throughput, memory, DDP scaling
+    multisense bench perceiver [...]            Perceiver fusion over 115,200 tokens against full self-attention
     multisense backbones build|probe [...]      rebuild or measure the embedded backbones
     multisense compare [--quick] [--docs F]     every family measured: cost per image count, accuracy
     multisense cost --cameras 5 --fps 30 ...    what an input costs each architecture (no model)
@@ -53,6 +54,10 @@ def _bench(argv: list[str]) -> int:
         from .bench.training import main as training
 
         return training(argv[1:], prog="multisense bench training") or 0
+    if argv[:1] == ["perceiver"]:
+        from .bench.perceiver import main as perceiver
+
+        return perceiver(argv[1:], prog="multisense bench perceiver") or 0
     from .bench.blocks import main
 
     return main(argv) or 0
