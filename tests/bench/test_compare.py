@@ -21,6 +21,10 @@ def test_compare_quick_produces_every_cell_and_marks_context_overflow(tmp_path):
             assert cell["overflow"] == (cell["context_tokens"] > limit)
         assert set(result["scenes"][family]["kinds"]) == {"caption", "colour", "shape", "count", "position"}
         assert set(result["fewshot"][family]["shots"]) == {"0", "2", "4", "8"}
+    lora = result["scenes"]["llava + LoRA"]  # the second recipe: the projector and LoRA on the LM train
+    assert set(lora["kinds"]) == set(result["scenes"]["llava"]["kinds"]) and lora["options"] == {"lora_rank": 16}
+    assert lora["trainable_parameters"] > result["scenes"]["llava"]["trainable_parameters"]
+    assert result["scenes"]["llava"]["trainable_parameters"] == result["cost"]["families"]["llava"]["trainable_parameters"]
     flamingo, llava = (result["cost"]["families"][f] for f in ("flamingo", "llava"))
     assert flamingo["tokens_per_image"] == 1 and llava["tokens_per_image"] == 64  # the marker / 8x8 patches
     assert not any(c["overflow"] for c in flamingo["cells"].values())

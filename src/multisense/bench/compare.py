@@ -53,6 +53,9 @@ FAMILY_OPTIONS = {
                      xattn_heads=4, xattn_dim_head=32, ff_mult=2, qk_norm=True, max_frames=None),
     "llava": dict(),
 }
+# Second recipes on the demo's tasks, beside each family's first: LLaVA's stage 2 (LoRA on the LM;
+# LLaVA-1.5 tunes the whole LM) after its stage 1 (the projector alone). name -> (family, options).
+RECIPES = {"llava + LoRA": ("llava", {"lora_rank": 16})}
 
 
 @dataclasses.dataclass
@@ -71,6 +74,7 @@ class CompareConfig:
     seed: int = 0
     quick: bool = False
     accuracy: bool = True  # train and evaluate each family (else cost only)
+    recipes: bool = True  # also the second recipes (RECIPES) on the demo's tasks
 
     @classmethod
     def quick_config(cls, **kw) -> "CompareConfig":
@@ -88,10 +92,11 @@ def load_backbones(lm: str, vision: str):
             tokenizer)
 
 
-def build(family: str, lm, vision, tokenizer, seed: int = 0):
+def build(family: str, lm, vision, tokenizer, seed: int = 0, options: dict | None = None):
     torch.manual_seed(seed)
     tokenizer = _copy_tokenizer(tokenizer)
-    model = get_family(family).model_class.from_lm(lm, vision, tokenizer=tokenizer, **FAMILY_OPTIONS.get(family, {}))
+    options = {**FAMILY_OPTIONS.get(family, {}), **(options or {})}
+    model = get_family(family).model_class.from_lm(lm, vision, tokenizer=tokenizer, **options)
     return model.eval(), tokenizer
 
 
@@ -203,14 +208,16 @@ def _tokens(model, batch) -> int:
 # ---------------------------------------------------------------------------------- accuracy
 
 
-def scene_accuracy(cfg: CompareConfig, family: str, lm, vision, tokenizer) -> dict:
-    """The demo's captions and questions: trained `scene_steps` steps, then exact match per kind."""
+def scene_accuracy(cfg: CompareConfig, family: str, lm, vision, tokenizer, options: dict | None = None) -> dict:
+    """The demo's captions and questions: trained `scene_steps` steps, then exact match per kind.
+    `options`: the family's own keywords over FAMILY_OPTIONS (a second recipe)."""
     from ..demo import CHANCE
     from ..eval.generation import exact_match, generate_answers
     from ..train.loop import fit
     from ..train.optim import build_optimizer, warmup_cosine
 
-    model, tok = build(family, lm, vision, tokenizer, cfg.seed)
+    model, tok = build(family, lm, vision, tokenizer, cfg.seed, options)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     batches = scene_tasks.training_batches(tok, batch_size=cfg.batch_size, seed=cfg.seed)
     optimizer = build_optimizer(model, lr=2e-3, gate_lr=0.1)
     scheduler = warmup_cosine(optimizer, warmup_steps=min(30, cfg.scene_steps), total_steps=cfg.scene_steps)
@@ -224,7 +231,8 @@ def scene_accuracy(cfg: CompareConfig, family: str, lm, vision, tokenizer) -> di
         samples = scene_tasks.evaluation_set(kind, cfg.eval_samples, seed=10_000 + cfg.seed + i)
         results[kind] = {"exact_match": exact_match(generate_answers(model, tok, samples), [s.target for s in samples]),
                          "chance": CHANCE[kind], "n": len(samples)}
-    return {"train_seconds": seconds, "steps": cfg.scene_steps, "kinds": results}
+    return {"train_seconds": seconds, "steps": cfg.scene_steps, "kinds": results, "trainable_parameters": trainable,
+            "family": family, "options": options or {}}
 
 
 def fewshot_accuracy(cfg: CompareConfig, family: str, out_dir: Path) -> dict:
@@ -306,6 +314,7 @@ def render(result: dict) -> str:
         first = next(iter(scenes.values()))
         rows = [[k, *[fmt(scenes[f]["kinds"][k]["exact_match"]) for f in scenes], fmt(first["kinds"][k]["chance"])]
                 for k in first["kinds"]]
+        rows.append(["trainable parameters", *[f"{scenes[f]['trainable_parameters']:,}" for f in scenes], ""])
         rows.append(["training seconds", *[fmt(scenes[f]["train_seconds"]) for f in scenes], ""])
         parts.append(_table(f"Demo tasks: held-out exact match after {first['steps']} steps (same batch, lr, data)",
                             ["kind", *scenes, "chance"], rows))
@@ -382,6 +391,11 @@ def run(cfg: CompareConfig, out: Path, work: Path, log=print) -> dict:
         log(f"demo tasks, {family}:")
         result["scenes"][family] = scene_accuracy(cfg, family, lm, vision, tokenizer)
         log(f"  {json.dumps({k: v['exact_match'] for k, v in result['scenes'][family]['kinds'].items()})}")
+    for name, (family, options) in RECIPES.items() if cfg.accuracy and cfg.recipes else ():
+        if family in cfg.families:
+            log(f"demo tasks, {name}:")
+            result["scenes"][name] = scene_accuracy(cfg, family, lm, vision, tokenizer, options)
+            log(f"  {json.dumps({k: v['exact_match'] for k, v in result['scenes'][name]['kinds'].items()})}")
     if cfg.accuracy and cfg.lm == "default":  # the few-shot task needs the in-context LM
         for family in cfg.families:
             log(f"few-shot, {family}:")
@@ -412,6 +426,7 @@ def main(argv: list[str] | None = None, prog: str = "multisense compare") -> int
     parser.add_argument("--scene-steps", type=int, help="training steps on the demo's tasks (default: 1000)")
     parser.add_argument("--fewshot-steps", type=int, help="training steps on the few-shot task (default: 500)")
     parser.add_argument("--cost-only", action="store_true", help="measure cost only: no training, no accuracy")
+    parser.add_argument("--no-recipes", action="store_true", help="skip the second recipes (LLaVA + LoRA) on the demo's tasks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/compare", help="where compare.json, compare.png and the tables go")
     parser.add_argument("--docs", help="also write the measured section of this page (docs/compare.md) and its plot")
@@ -419,6 +434,7 @@ def main(argv: list[str] | None = None, prog: str = "multisense compare") -> int
     base = {"lm": args.lm, "vision": args.vision, "families": tuple(args.families), "seed": args.seed}
     cfg = CompareConfig.quick_config(**base) if args.quick else CompareConfig(**base)
     cfg.accuracy = not args.cost_only
+    cfg.recipes = not args.no_recipes
     if args.scene_steps:
         cfg.scene_steps = args.scene_steps
     if args.fewshot_steps:
