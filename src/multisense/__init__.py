@@ -7,8 +7,18 @@
 """
 
 from . import encoders, nn
-from .models import AutoModel, FlamingoCache, FlamingoConfig, FlamingoModel, LlavaCache, LlavaConfig, LlavaModel
+from .models import (
+                     AutoModel,
+                     FlamingoCache,
+                     FlamingoConfig,
+                     FlamingoModel,
+                     FusionConfig,
+                     FusionModel,
+                     LlavaCache,
+                     LlavaConfig,
+                     LlavaModel,
+)
 
 __version__ = "0.1.0"
 __all__ = ["encoders", "nn", "AutoModel", "FlamingoCache", "FlamingoConfig", "FlamingoModel", "LlavaCache", "LlavaConfig",
-           "LlavaModel", "__version__"]
+           "LlavaModel", "FusionConfig", "FusionModel", "__version__"]

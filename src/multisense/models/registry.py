@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .flamingo import FlamingoConfig, FlamingoModel
+from .fusion import FusionConfig, FusionModel
 from .io import CONFIG_NAME
 from .llava import LlavaConfig, LlavaModel
 
@@ -82,3 +83,4 @@ class AutoModel:
 
 register_family("flamingo", FlamingoModel, FlamingoConfig)
 register_family("llava", LlavaModel, LlavaConfig)
+register_family("fusion", FusionModel, FusionConfig)

@@ -161,7 +161,7 @@ class Perceiver(nn.Module):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size: expected a positive number of tokens or None, got {chunk_size}")
         specs = {name: m if isinstance(m, Modality) else Modality(dim=int(m)) for name, m in modalities.items()}
-        self.names = list(specs)
+        self.names = sorted(specs)  # a canonical order: the same sums whatever order a dict was built in
         self.inputs = nn.ModuleDict({name: ModalityInput(spec, dim) for name, spec in specs.items()})
         self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
         self.chunk_size = chunk_size

@@ -169,6 +169,9 @@ def validate(cfg: TrainConfig) -> None:
 
     data, optim, run = cfg.data, cfg.optim, cfg.train
     check_choice(cfg.model.family, tuple(FAMILIES), "model.family")
+    if not hasattr(cfg.model, cfg.model.family):
+        raise ValueError(f"model.family: {cfg.model.family!r} is registered but `multisense train` cannot train it "
+                         f"yet (it trains {[f for f in FAMILIES if hasattr(cfg.model, f)]})")
     # model.lm and model.vision are checked by backbones.resolve, before anything loads
     if cfg.model.init_from is not None:
         from ..models.registry import family_of

@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from multisense import AutoModel, FusionConfig, FusionModel
+from multisense.encoders import AudioEncoder, ForceTorqueEncoder, TactileEncoder, VisionEncoder
+
+SENSORS = {"camera": {"encoder": "vision", "dim": 16, "depth": 1},
+           "touch": {"encoder": "tactile", "dim": 16, "depth": 1, "num_tokens": 2},
+           "wrist": {"encoder": "force_torque", "dim": 16},
+           "microphone": {"encoder": "audio", "dim": 16, "optional": True},
+           }
+
+
+def model(**kw):
+    torch.manual_seed(0)
+    cfg = FusionConfig(sensors=SENSORS, dim=32, num_latents=4, depth=1, heads=2, dim_head=8, cross_dim_head=8,
+                       class_names=["smooth", "brick", "grass", "gravel"], **kw)
+    return FusionModel(cfg).eval()
+
+
+def inputs(n=2):
+    return {"camera": VisionEncoder.example(n, 0.1), "touch": TactileEncoder.example(n, 0.1),
+            "wrist": ForceTorqueEncoder.example(n, 0.2), "microphone": AudioEncoder.example(n, 0.2)}
+
+
+def test_forward_gives_class_logits_and_a_loss():
+    m = model()
+    out = m(inputs(), labels=torch.tensor([0, 3]), return_attention=True)
+    assert out.latents.shape == (2, 4, 32) and out.logits.shape == (2, 4)
+    assert torch.isfinite(out.loss) and set(out.attention) == set(SENSORS)
+    torch.testing.assert_close(sum(out.attention.values()), torch.ones(2, 4))
+
+
+def test_a_missing_optional_sensor_equals_the_sensor_masked_out():
+    m = model()
+    x = inputs()
+    without = {k: v for k, v in x.items() if k != "microphone"}
+    masked = dict(x, microphone={**x["microphone"], "mask": torch.zeros_like(x["microphone"]["mask"])})
+    torch.testing.assert_close(m(without).logits, m(masked).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_sensors_are_matched_by_name_and_errors_name_them():
+    m = model()
+    x = inputs()
+    torch.testing.assert_close(m(dict(reversed(list(x.items())))).logits, m(x).logits)
+    with pytest.raises(ValueError, match="'sonar'"):
+        m({**x, "sonar": x["wrist"]})
+    strict = FusionModel(FusionConfig(sensors={"touch": {"encoder": "tactile", "dim": 16, "optional": False},
+                                               "wrist": {"encoder": "force_torque", "dim": 16}}, dim=32))
+    with pytest.raises(ValueError, match="'touch' is missing"):
+        strict({"wrist": x["wrist"]})
+    with pytest.raises(ValueError, match="did you mean 'tactile'"):
+        FusionModel(FusionConfig(sensors={"touch": {"encoder": "tactle"}}))
+
+
+def test_modality_dropout_drops_whole_sensors_in_training_only_and_never_all():
+    m = model(modality_dropout=0.7)
+    x = inputs(n=64)
+    masks = m.encode(x)[1]
+    m.train()
+    dropped = m.drop_sensors(masks, generator=torch.Generator().manual_seed(0))
+    kept = torch.stack([d.any(-1) for d in dropped.values()], -1)  # [B, sensors]
+    assert kept.any(-1).all() and (~kept).any()
+    for name in masks:  # whole sensors: a sample keeps all of a sensor's tokens or none
+        assert torch.equal(dropped[name].all(-1), dropped[name].any(-1))
+    m.eval()
+    assert all(torch.equal(a, b) for a, b in zip(m.drop_sensors(masks).values(), masks.values()))
+
+
+def test_save_load_round_trip_through_automodel(tmp_path):
+    m = model()
+    x = inputs()
+    m.save_pretrained(tmp_path / "fusion")
+    again = AutoModel.from_pretrained(tmp_path / "fusion")
+    assert isinstance(again, FusionModel) and again.config == m.config
+    torch.testing.assert_close(again.eval()(x).logits, m(x).logits, rtol=0, atol=0)
+
+
+def test_multisense_train_refuses_the_fusion_family_until_it_can_train_it():
+    from multisense.train.trainer import TrainConfig, validate
+
+    cfg = TrainConfig()
+    cfg.model.family = "fusion"
+    with pytest.raises(ValueError, match="model.family: 'fusion' is registered but `multisense train` cannot train it"):
+        validate(cfg)
