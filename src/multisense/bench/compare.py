@@ -421,7 +421,9 @@ def main(argv: list[str] | None = None, prog: str = "multisense compare") -> int
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--lm", default="default", help="a local causal-LM directory, or the embedded 'default'")
     parser.add_argument("--vision", default="default", help="a local vision-encoder directory, or 'default'")
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), help="registered families (default: all)")
+    over_lm = [name for name, f in FAMILIES.items() if hasattr(f.model_class, "from_lm")]
+    parser.add_argument("--families", nargs="+", default=over_lm,
+                        help=f"registered families built over a language model (default: {' '.join(over_lm)})")
     parser.add_argument("--quick", action="store_true", help="every cell, two training steps: a check, not a figure")
     parser.add_argument("--scene-steps", type=int, help="training steps on the demo's tasks (default: 1000)")
     parser.add_argument("--fewshot-steps", type=int, help="training steps on the few-shot task (default: 500)")
