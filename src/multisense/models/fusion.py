@@ -75,6 +75,7 @@ def relative_times(mask: torch.Tensor) -> torch.Tensor:
 
 class FusionModel(nn.Module):
     family = "fusion"
+    token_labels = False  # `labels` are class ids; forward returns the loss (train.loop.fit)
 
     def __init__(self, config: FusionConfig):
         super().__init__()

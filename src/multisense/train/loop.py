@@ -60,6 +60,15 @@ def _autocast(precision: str, device: torch.device):
     raise ValueError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
 
 
+def to_device(value, device):
+    """Tensors, also inside (nested) dicts such as a fusion model's per-sensor inputs, moved to `device`."""
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
 def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: torch.optim.Optimizer,
         scheduler=None, max_grad_norm: float | None = 1.0, grad_accum: int = 1, precision: str = "fp32",
         z_loss: float = 0.0, start_step: int = 0, progress: bool = True, desc: str = "train",
@@ -88,7 +97,9 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
                initial=start_step, total=steps)
     for step in bar:
         micro = [next(batches) for _ in range(grad_accum)]
-        token_mode = "labels" in micro[0]
+        # token labels: the loop computes the token loss; a model that sets token_labels = False (a
+        # classifier) takes its labels itself and returns the loss
+        token_mode = "labels" in micro[0] and getattr(getattr(model, "module", model), "token_labels", True)
         if token_mode:
             tokens = torch.stack([target_count(b["labels"], shift_labels) for b in micro]).sum().to(device)
             if world > 1:
@@ -99,8 +110,8 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
         optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, device=device)  # cross-entropy, z-loss (summed over tokens or micro-batches), aux
         for i, batch in enumerate(micro):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            labels = batch.pop("labels", None)
+            batch = to_device(batch, device)
+            labels = batch.pop("labels", None) if token_mode else None
             # gradients are synchronised across processes once per optimiser step: on the last micro-batch
             with contextlib.nullcontext() if i == grad_accum - 1 else no_sync(model):
                 with _autocast(precision, device):
