@@ -3,7 +3,7 @@
 its time, FLOPs (counted by FlopCounterMode) and peak memory (the process's peak resident set, in
 a fresh process), against one full self-attention layer over the same tokens: its FLOPs counted
 at the lengths that run and given by 4 N^2 D + 8 N D^2 at the full length, its time measured at
-lengths that run and extrapolated as N^2 (what dominates it) to the full length.
+lengths that run and extrapolated to the full length at the FLOP rate of the longest of them.
 
     multisense bench perceiver [--tokens 115200] [--dim 1024] [--latents 64] [--chunk 8192] [--docs PAGE]
 """
@@ -79,11 +79,12 @@ def run(tokens: int, dim: int, latents: int, chunk: int | None, threads: int, le
         seconds, flops = self_attention_seconds(n, dim)
         full.append({"tokens": n, "seconds": seconds, "flops": flops, "formula_flops": 4 * n * n * dim + 8 * n * dim * dim})
     longest = full[-1]
-    # the N^2 part dominates at these lengths: scale the measured time by (N / n)^2
-    extrapolated = longest["seconds"] * (tokens / longest["tokens"]) ** 2
+    # at the same FLOP rate as the longest length that ran (the N^2 part dominates both)
+    full_flops = 4 * tokens * tokens * dim + 8 * tokens * dim * dim
+    extrapolated = longest["seconds"] * full_flops / longest["flops"]
     return {"machine": machine("cpu"), "load": loadavg(), "tokens": tokens, "dim": dim, "latents": latents,
             "chunk": chunk, "threads": threads, "perceiver": perceiver, "self_attention": full,
-            "self_attention_full": {"tokens": tokens, "flops": 4 * tokens * tokens * dim + 8 * tokens * dim * dim,
+            "self_attention_full": {"tokens": tokens, "flops": full_flops,
                                     "seconds_extrapolated": extrapolated,
                                     "score_bytes": 8 * tokens * tokens * 4}}
 
