@@ -19,7 +19,7 @@ STAMP := $(VENV)/.multisense-installed
 COMPAT_VENV ?= .venv-compat
 # pyproject's lower bounds, each one here: keep them equal
 FLOORS = torch==2.13.0 transformers==5.0.0 tokenizers==0.22.1 safetensors==0.4.3 numpy==1.26.4 tqdm==4.66.0 \
-	matplotlib==3.8.0 pillow==10.0.0 pyyaml==6.0.1 scikit-learn==1.3.0 peft==0.18.0 \
+	matplotlib==3.8.0 pillow==10.1.0 pyyaml==6.0.1 scikit-learn==1.3.0 peft==0.18.0 \
 	librosa==0.11.0 mujoco==4.0.1 scikit-image==0.26.0
 PINS ?= $(FLOORS)
 COMPAT_TESTS ?= tests/nn tests/lm tests/models tests/encoders tests/data tests/eval
