@@ -68,7 +68,8 @@ def _one(job: tuple[int, int, float, str]) -> str:
 
 def generate(n: int, seed: int = 0, *, seconds: float = 3.0, cache_dir=None, workers: int = 2,
              log=None) -> list[Path]:
-    """Paths of episodes 0 .. n-1 of `seed`, simulating only those not cached yet."""
+    """Paths of episodes 0 .. n-1 of `seed`, simulating only those not cached yet, in `workers`
+    spawned processes (a script that calls this needs Python's `if __name__ == "__main__":` guard)."""
     if n < 1:
         raise ValueError(f"n: expected a positive number of episodes, got {n}")
     folder = episode_dir(seed, cache_dir)
