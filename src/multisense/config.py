@@ -109,6 +109,18 @@ def from_dict(cls: type[T], values: dict, where: str = "") -> T:
     return cls(**{k: _coerce(v, hints[k], where + k) for k, v in values.items()})
 
 
+class FamilyConfig:
+    """`from_dict` and `replace` for a model family's config dataclass; unknown keys name the nearest field."""
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        return from_dict(cls, values)
+
+    def replace(self, **values):
+        check_keys(type(self), values)
+        return dataclasses.replace(self, **values)
+
+
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 

@@ -8,6 +8,7 @@ from multisense.encoders import (
     ForceTorqueEncoder,
     LogMelSpectrogram,
     TactileEncoder,
+    VisionEncoder,
     build_encoder,
     get_encoder,
 )
@@ -116,3 +117,18 @@ def test_tactile_background_subtraction_sees_only_the_change():
 def test_audio_refuses_a_clip_shorter_than_a_token():
     with pytest.raises(ValueError, match="waveform: 100 samples"):
         AudioEncoder(dim=16)(torch.zeros(1, 100))
+
+
+@pytest.mark.parametrize("cls", [TactileEncoder, VisionEncoder])
+def test_frames_marked_missing_are_not_encoded(cls):
+    torch.manual_seed(0)
+    enc = cls(dim=16).eval()
+    x = cls.example(n=2, seconds=0.1)
+    x["mask"] = x["mask"].clone()
+    x["mask"][0, 3:] = False
+    ref = enc(**x)
+    x["frames"] = x["frames"].clone()
+    x["frames"][0, 3:] = float("nan")  # whatever a missing frame holds never reaches the tokens
+    out = enc(**x)
+    assert torch.isfinite(out.tokens).all()
+    torch.testing.assert_close(out.tokens, ref.tokens)

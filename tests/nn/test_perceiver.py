@@ -49,10 +49,11 @@ def test_attend_chunks_has_finite_gradients_where_a_row_sees_nothing_in_a_chunk(
     assert torch.isfinite(q.grad).all()
 
 
-def test_chunked_cross_attention_equals_all_at_once():
+@pytest.mark.parametrize("schedule", [{}, {"num_blocks": 3, "repeat_cross_attend": True}])
+def test_chunked_cross_attention_equals_all_at_once(schedule):
     inputs, positions = batch()
-    whole = small()(inputs, positions=positions)
-    chunked = small(chunk_size=3)(inputs, positions=positions)
+    whole = small(**schedule)(inputs, positions=positions)
+    chunked = small(chunk_size=3, **schedule)(inputs, positions=positions)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
 
 

@@ -126,13 +126,15 @@ def check_frame_mask(media: torch.Tensor, frame_mask: torch.Tensor | None) -> to
 
 
 def encode_frames(encoder: nn.Module, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-    """[B, M, F, C, H, W] -> [B, M, F, S, Dv]; frames that the mask marks missing are not encoded."""
+    """[B, M, F, C, H, W] -> [B, M, F, S, Dv]; frames that the mask marks missing are not encoded
+    (their tokens are zeros). `encoder` follows the protocol or returns the tokens themselves."""
     B, M, F = pixel_values.shape[:3]
     frames = pixel_values.flatten(0, 2)
     keep = frame_mask.flatten().nonzero().squeeze(1) if frame_mask is not None else None
     trainable = any(p.requires_grad for p in encoder.parameters())
     with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-        tokens = encoder(frames if keep is None else frames.index_select(0, keep)).tokens
+        out = encoder(frames if keep is None else frames.index_select(0, keep))
+        tokens = out.tokens if isinstance(out, EncoderOutput) else out  # a bare module's [N, S, D]
     if keep is not None:
         tokens = tokens.new_zeros(B * M * F, *tokens.shape[1:]).index_copy(0, keep, tokens)
     return tokens.view(B, M, F, *tokens.shape[1:])

@@ -17,7 +17,7 @@ from torch import nn
 from ..nn.checks import check_shape
 from ..nn.resampler import PerceiverResampler
 from ..nn.vit import PatchViT
-from .base import EncoderOutput
+from .base import EncoderOutput, encode_frames
 from .registry import register_encoder
 
 
@@ -53,9 +53,9 @@ class TactileEncoder(nn.Module):
                                  "(or build the encoder with background_subtract=False)")
             check_shape("reference", reference, "N C H W", N=N, C=s["C"], H=s["H"], W=s["W"])
             frames = frames - reference.unsqueeze(1)
-        tokens = self.vit(frames.flatten(0, 1))  # [N*T, P, D]
-        tokens = tokens.view(N, 1, T, *tokens.shape[1:])  # one media item of T frames per stream
-        out = self.resampler(tokens, None if mask is None else mask.unsqueeze(1))[:, 0]  # [N, R, D]
+        item_mask = None if mask is None else mask.unsqueeze(1)  # one media item of T frames per stream
+        tokens = encode_frames(self.vit, frames.unsqueeze(1), item_mask)  # [N, 1, T, P, D], missing frames skipped
+        out = self.resampler(tokens, item_mask)[:, 0]  # [N, R, D]
         present = None if mask is None else mask.any(-1, keepdim=True).expand(N, self.num_tokens)
         return EncoderOutput(out, present)
 

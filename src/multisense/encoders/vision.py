@@ -14,7 +14,7 @@ from torch import nn
 
 from ..nn.checks import check_shape
 from ..nn.vit import PatchViT
-from .base import EncoderOutput, as_encoder
+from .base import EncoderOutput, as_encoder, encode_frames
 from .registry import register_encoder
 
 
@@ -41,14 +41,13 @@ class VisionEncoder(nn.Module):
             frames = frames.unsqueeze(1)
         s = check_shape("frames", frames, "N T C H W")
         N, T = s["N"], s["T"]
-        out = self.backbone(frames.flatten(0, 1))
-        tokens = out.tokens if isinstance(out, EncoderOutput) else out  # [N*T, P, D]
-        P = tokens.shape[1]
+        if mask is not None:
+            check_shape("mask", mask, "N T", N=N, T=T)
+            mask = mask.bool()
+        tokens = encode_frames(self.backbone, frames.unsqueeze(1), None if mask is None else mask.unsqueeze(1))
+        P = tokens.shape[-2]  # [N, 1, T, P, D]: missing frames were not encoded
         tokens = tokens.reshape(N, T * P, tokens.shape[-1])
-        if mask is None:
-            return EncoderOutput(tokens)
-        check_shape("mask", mask, "N T", N=N, T=T)
-        return EncoderOutput(tokens, mask.bool().repeat_interleave(P, dim=1))
+        return EncoderOutput(tokens, None if mask is None else mask.repeat_interleave(P, dim=1))
 
     @classmethod
     def example(cls, n: int = 2, seconds: float = 0.2, *, image_size: int = 32, channels: int = 3, seed: int = 0):

@@ -37,7 +37,7 @@ import transformers
 from torch import nn
 from transformers import Cache, DynamicCache
 
-from ..config import check_keys, from_dict
+from ..config import FamilyConfig
 from ..encoders import as_encoder, check_frame_mask, encode_frames, media_tokens
 from ..lm.adapters import cache_argument, find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
@@ -47,7 +47,7 @@ from .io import attach_identities, load_backbones, load_checkpoint, load_into, s
 
 
 @dataclass
-class FlamingoConfig:
+class FlamingoConfig(FamilyConfig):
     """Everything that shapes a FlamingoModel apart from its two frozen backbones."""
 
     media_token_id: int | None = None
@@ -74,14 +74,6 @@ class FlamingoConfig:
     dim_media: int | None = None
     lm: dict = field(default_factory=dict)  # identity of the frozen LM (filled by from_lm)
     vision: dict = field(default_factory=dict)  # identity of the frozen vision encoder
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "FlamingoConfig":
-        return from_dict(cls, values)
-
-    def replace(self, **values) -> "FlamingoConfig":
-        check_keys(FlamingoConfig, values)
-        return dataclasses.replace(self, **values)
 
 
 class FlamingoCache(DynamicCache):

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check_keys, from_dict
+from ..config import FamilyConfig
 from ..encoders import build_encoder
 from ..nn import Modality, Perceiver, PerceiverDecoder
 from .io import load_checkpoint, load_into, save_checkpoint
 
 
 @dataclass
-class FusionConfig:
+class FusionConfig(FamilyConfig):
     # name -> {"encoder": a registered encoder, "optional": bool (default True), its keyword arguments}
     sensors: dict[str, dict] = field(default_factory=dict)
     dim: int = 128
@@ -49,14 +49,6 @@ class FusionConfig:
     fourier_bands: int = 8
     class_names: list[str] = field(default_factory=list)  # a classification head when not empty
     modality_dropout: float = 0.0
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "FusionConfig":
-        return from_dict(cls, values)
-
-    def replace(self, **values) -> "FusionConfig":
-        check_keys(FusionConfig, values)
-        return dataclasses.replace(self, **values)
 
 
 class FusionOutput(NamedTuple):

@@ -34,7 +34,7 @@ import transformers
 from torch import nn
 from transformers import DynamicCache
 
-from ..config import check_keys, from_dict
+from ..config import FamilyConfig
 from ..encoders import as_encoder, check_frame_mask, media_tokens
 from ..lm.adapters import cache_argument
 from ..nn import Projector
@@ -46,7 +46,7 @@ SELECT_STRATEGIES = ("default", "full")  # Hugging Face's names: "default" drops
 
 
 @dataclass
-class LlavaConfig:
+class LlavaConfig(FamilyConfig):
     """Everything that shapes a LlavaModel apart from its two frozen backbones."""
 
     media_token_id: int | None = None
@@ -65,14 +65,6 @@ class LlavaConfig:
     dim_media: int | None = None
     lm: dict = field(default_factory=dict)  # identity of the frozen LM (filled by from_lm)
     vision: dict = field(default_factory=dict)  # identity of the frozen vision encoder
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "LlavaConfig":
-        return from_dict(cls, values)
-
-    def replace(self, **values) -> "LlavaConfig":
-        check_keys(LlavaConfig, values)
-        return dataclasses.replace(self, **values)
 
 
 class LlavaCache(DynamicCache):

@@ -238,12 +238,16 @@ class Perceiver(nn.Module):
         name -> [B, R] (mean over heads; 0 for a latent that saw nothing)."""
         B = self.check_inputs(inputs, mask, positions)
         latents = self.latents.expand(B, -1, -1)
+        stream = self.chunk_size is not None
+        # all at once: each modality is projected once for every cross-attend; streamed: again each
+        # time, so that no projection of all tokens is ever held
+        parts = None if stream else list(self._chunks(inputs, mask, positions))
         shares = None
         for cross, tower in self.schedule:
             if cross is not None:
                 want = return_attention and shares is None
-                latents, mass = self.cross[cross](latents, self._chunks(inputs, mask, positions),
-                                                  stream=self.chunk_size is not None,
+                chunks = self._chunks(inputs, mask, positions) if stream else iter(parts)
+                latents, mass = self.cross[cross](latents, chunks, stream=stream,
                                                   groups=len(self.names) if want else 0)
                 if want:
                     shares = {n: mass[g].mean(1) for g, n in enumerate(self.names) if n in inputs}

@@ -42,12 +42,14 @@ _WORLDS: dict = {}
 
 def simulate(seed: int, index: int, seconds: float = 3.0) -> tuple[dict[str, np.ndarray], dict]:
     """Episode `index` of `seed`, simulated now (no cache): (arrays, spec as a dict)."""
-    from .sim import World, spec_dict
+    from dataclasses import asdict
+
+    from .sim import World
 
     spec, rng = episode_spec(seed, index, seconds)
     if spec.material not in _WORLDS:  # one compiled scene per material and process
         _WORLDS[spec.material] = World(spec.material)
-    return _WORLDS[spec.material].run(spec, rng), spec_dict(spec)
+    return _WORLDS[spec.material].run(spec, rng), asdict(spec)
 
 
 def _write(path: Path, arrays: dict[str, np.ndarray], spec: dict) -> None:

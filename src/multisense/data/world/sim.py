@@ -22,7 +22,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; set here, not in the user's shell
 
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -36,6 +36,22 @@ HALF = 0.05  # half side of the patch (m)
 PAD = 0.012  # side of a finger pad (m)
 IMAGE = 32
 HAND_MASS = 0.25  # kg: palm 0.15 and two fingers 0.05 each
+
+
+# The fingers hang FINGER_Z below the wrist, FINGER_X to either side; each pad's centre sits PAD_Z
+# below its finger, PAD_HALF thick: its face is at (+-FINGER_X, 0, FINGER_Z + PAD_Z - PAD_HALF).
+FINGER_X, FINGER_Z, PAD_Z, PAD_HALF = 0.009, -0.026, -0.0135, 0.0015
+
+
+def _finger(side: str, x: float) -> str:
+    """A finger on a vertical spring (so both pads share the load on an uneven surface) and its pad."""
+    return f"""
+        <body name="finger_{side}" pos="{x} 0 {FINGER_Z}">
+          <joint name="spring_{side}" type="slide" axis="0 0 1" stiffness="1500" damping="8" range="-0.003 0.003"/>
+          <geom name="finger_{side}" type="box" size="0.003 0.006 0.012" mass="0.04" rgba="0.25 0.25 0.3 1"/>
+          <geom name="pad_{side}" type="box" size="{PAD / 2} {PAD / 2} {PAD_HALF}" pos="0 0 {PAD_Z}" mass="0.01"
+                friction="0.1 0.005 0.0001" rgba="0.8 0.7 0.5 1"/>
+        </body>"""
 
 
 def scene_xml(relief: float, friction: float) -> str:
@@ -63,19 +79,7 @@ def scene_xml(relief: float, friction: float) -> str:
         <geom name="palm" type="box" size="0.02 0.01 0.006" pos="0 0 -0.008" mass="0.15" rgba="0.2 0.2 0.25 1"/>
         <geom name="occluder" type="box" size="0.08 0.002 0.07" pos="0 -0.035 0.0" mass="0" contype="0"
               conaffinity="0" rgba="0.15 0.15 0.18 0"/>
-        <body name="finger_l" pos="-0.009 0 -0.026">
-          <joint name="spring_l" type="slide" axis="0 0 1" stiffness="1500" damping="8" range="-0.003 0.003"/>
-          <geom name="finger_l" type="box" size="0.003 0.006 0.012" mass="0.04" rgba="0.25 0.25 0.3 1"/>
-          <geom name="pad_l" type="box" size="{PAD / 2} {PAD / 2} 0.0015" pos="0 0 -0.0135" mass="0.01"
-                friction="0.1 0.005 0.0001" rgba="0.8 0.7 0.5 1"/>
-        </body>
-        <body name="finger_r" pos="0.009 0 -0.026">
-          <joint name="spring_r" type="slide" axis="0 0 1" stiffness="1500" damping="8" range="-0.003 0.003"/>
-          <geom name="finger_r" type="box" size="0.003 0.006 0.012" mass="0.04" rgba="0.25 0.25 0.3 1"/>
-          <geom name="pad_r" type="box" size="{PAD / 2} {PAD / 2} 0.0015" pos="0 0 -0.0135" mass="0.01"
-                friction="0.1 0.005 0.0001" rgba="0.8 0.7 0.5 1"/>
-        </body>
-      </body>
+{_finger("l", -FINGER_X)}{_finger("r", FINGER_X)}      </body>
     </body>
   </worldbody>
   <actuator>
@@ -144,7 +148,7 @@ class World:
         m = self.model
         self.ids = {n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, n)
                     for n in ("surface", "pad_l", "pad_r", "occluder")}
-        self.pad_body_offset = np.array([-0.009, 0.0, -0.0395 - 0.0015])  # the left pad's face, from the wrist
+        self.pad_body_offset = np.array([-FINGER_X, 0.0, FINGER_Z + PAD_Z - PAD_HALF])  # the left pad's face, from the wrist
         self.hand = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "hand")
         self.hand_mass = float(m.body_subtreemass[self.hand])
 
@@ -197,11 +201,10 @@ class World:
                 return x0 - off[0], y0, _smooth(zc + 0.004, zc, (t - t_touch) / (t_press - t_touch)), 1
             if t < t_slide:
                 return x0 - off[0], y0, _smooth(zc, zc - spec.press, (t - t_press) / (t_slide - t_press)), 2
-            lift_start = t_lift
-            if t < lift_start:
-                s = (t - t_slide) / (lift_start - t_slide)
+            if t < t_lift:
+                s = (t - t_slide) / (t_lift - t_slide)
                 return (_smooth(x0, x0 + dx, s) - off[0], _smooth(y0, y0 + dy, s), zc - spec.press, 3)
-            s = (t - lift_start) / max(spec.seconds - lift_start, 1e-6)
+            s = (t - t_lift) / max(spec.seconds - t_lift, 1e-6)
             return x0 + dx - off[0], y0 + dy, _smooth(zc - spec.press, zc + hover, s * 1.5), 4
 
         qz0 = target(0.0)[2]
@@ -236,7 +239,7 @@ class World:
             wrench[i] = d.sensordata[:6]
             pad = d.geom_xpos[self.ids["pad_l"]]
             pad_xy[i] = pad[:2]
-            pad_z[i] = pad[2] - 0.0015  # its face
+            pad_z[i] = pad[2] - PAD_HALF  # its face
             fl, fr = self._pad_force()
             force[i], force_both[i] = fl, fl + fr
             vel[i] = float(np.hypot(d.qvel[0], d.qvel[1]))
@@ -248,9 +251,9 @@ class World:
             if i in tac_steps:
                 heights = tactile_render.surface_window(self.fine, self.material.relief, HALF, tuple(pad_xy[i]),
                                                         PAD, IMAGE)
-                frame, _ = tactile_render.render_frame(heights, pad_z[i], fl, rng=rng)
+                frame = tactile_render.render_frame(heights, pad_z[i], fl, rng=rng)
                 if reference is None:
-                    reference, _ = tactile_render.render_frame(heights, pad_z[i], 0.0, rng=rng)
+                    reference = tactile_render.render_frame(heights, pad_z[i], 0.0, rng=rng)
                 tactile.append(frame)
         noise = np.concatenate([rng.normal(0, 0.02, (steps, 3)), rng.normal(0, 5e-4, (steps, 3))], 1)
         touching = force_both > 0.05
@@ -268,7 +271,3 @@ class World:
             "touching": touching, "slipping": slipping, "lifted": lifted, "phase": phase,
             "normal_force": force_both.astype(np.float32),
         }
-
-
-def spec_dict(spec: EpisodeSpec) -> dict:
-    return asdict(spec)

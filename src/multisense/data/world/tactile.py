@@ -39,8 +39,8 @@ def surface_window(fine: np.ndarray, relief: float, half_extent: float, center: 
 
 def render_frame(heights: np.ndarray, pad_bottom: float, normal_force: float, *, gel_stiffness: float = 4000.0,
                  max_depth: float = 0.0015, blur_px: float = 1.0, gain: float = 0.6,
-                 rng: np.random.Generator | None = None, noise: float = 0.004) -> tuple[np.ndarray, float]:
-    """One frame from the surface heights under the pad and the pad's state: (frame, deformed share).
+                 rng: np.random.Generator | None = None, noise: float = 0.004) -> np.ndarray:
+    """One frame [size, size, 3] from the surface heights under the pad and the pad's state.
 
     In contact (normal_force > 0) the gel is pressed in by normal_force / gel_stiffness (m) below
     the pad's face, and every surface point above that level deforms it. Without contact the
@@ -63,4 +63,4 @@ def render_frame(heights: np.ndarray, pad_bottom: float, normal_force: float, *,
         frame = base + gain * shade * 0.5 + 0.15 * (depth / max_depth)[..., None]
     if rng is not None and noise > 0:
         frame = frame + rng.normal(0.0, noise, frame.shape)
-    return frame.clip(0, 1), float((depth > 1e-6).mean())
+    return frame.clip(0, 1)
