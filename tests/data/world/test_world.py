@@ -81,7 +81,29 @@ def test_episodes_are_cached_by_seed_and_version(tmp_path, monkeypatch):
     direct, _ = simulate(seed=5, index=1, seconds=1.0)
     assert all(np.array_equal(arrays[k], direct[k]) for k in direct) and spec["seconds"] == 1.0
     assert [p.stat().st_mtime_ns for p in generate(2, seed=5, seconds=1.0, cache_dir=tmp_path)] == stamp  # a hit
+    written = episodes_module.VERSION
     monkeypatch.setattr(episodes_module, "VERSION", "v-test")
     assert generate(1, seed=5, seconds=1.0, cache_dir=tmp_path, workers=1)[0].parent != paths[0].parent
-    with pytest.raises(ValueError, match="touch-world 'v1'"):
+    with pytest.raises(ValueError, match=f"touch-world '{written}'"):
         load_episode(paths[0])
+
+
+def test_tiled_frames_equal_mujocos_own_renderer():
+    import mujoco
+
+    from multisense.data.world.sim import IMAGE, TILES, TileRenderer
+
+    world = World(NAMES[2])
+    reference = mujoco.Renderer(world.model, IMAGE, IMAGE)
+    tiles = TileRenderer(world.model, "scene", tiles=2)  # 4 tiles: a second batch, and rows above the first
+    expected = []
+    for k in range(6):
+        world.data.qpos[:3] = [0.002 * k, -0.001 * k, 0.004 * k]
+        mujoco.mj_forward(world.model, world.data)
+        tiles.render(world.data)
+        reference.update_scene(world.data, camera="scene")
+        expected.append(reference.render().copy())
+    frames = tiles.frames()
+    assert frames.shape == (6, IMAGE, IMAGE, 3) and TILES ** 2 >= 180  # a 3 s episode's frames in one batch
+    assert np.array_equal(frames, np.stack(expected))
+    assert not np.array_equal(frames[0], frames[5])

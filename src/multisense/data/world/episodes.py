@@ -19,7 +19,7 @@ import numpy as np
 from ...files import atomic_file
 from .materials import NAMES
 
-VERSION = "v1"
+VERSION = "v2"
 
 
 def default_cache_dir() -> Path:

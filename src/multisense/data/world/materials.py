@@ -43,10 +43,10 @@ def material(name: str) -> Material:
     raise ValueError(f"material: expected one of {list(NAMES)}, got {name!r}")
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    from skimage.transform import resize
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    from skimage import transform
 
-    return resize(img, (size, size), order=1, anti_aliasing=True, preserve_range=True)
+    return transform.resize(img, (size, size), order=1, anti_aliasing=True, preserve_range=True)
 
 
 @lru_cache(maxsize=None)
@@ -60,9 +60,9 @@ def height_maps(name: str) -> tuple[np.ndarray, np.ndarray]:
         import skimage.data
 
         photo = getattr(skimage.data, name)().astype(np.float64)  # [512, 512] grey levels
-        fine = _resize(photo, FINE)
+        fine = resize(photo, FINE)
     fine = (fine - fine.min()) / max(fine.max() - fine.min(), 1e-12)
-    coarse = _resize(fine, COARSE)  # not re-stretched: its peaks stay at or below the fine map's
+    coarse = resize(fine, COARSE)  # not re-stretched: its peaks stay at or below the fine map's
     fine.setflags(write=False)
     coarse.setflags(write=False)
     return coarse, fine
@@ -72,7 +72,7 @@ def height_maps(name: str) -> tuple[np.ndarray, np.ndarray]:
 def appearance(name: str, size: int = 128) -> np.ndarray:
     """[size, size, 3] uint8: the photograph as the camera sees the surface (greyscale, as shipped)."""
     _, fine = height_maps(name)
-    grey = _resize(fine, size)
+    grey = resize(fine, size)
     img = np.repeat((40 + 180 * grey)[..., None], 3, axis=-1).clip(0, 255).astype(np.uint8)
     img.setflags(write=False)
     return img

@@ -28,13 +28,17 @@ import numpy as np  # noqa: E402
 
 from . import audio as audio_synth  # noqa: E402
 from . import tactile as tactile_render  # noqa: E402
-from .materials import COARSE, NAMES, appearance, height_maps, material  # noqa: E402
+from .materials import COARSE, NAMES, appearance, height_maps, material, resize  # noqa: E402
 
 PHYSICS_RATE, CAMERA_RATE, TACTILE_RATE, AUDIO_RATE = 500.0, 30.0, 60.0, 16000.0
 PHASES = ("approach", "touch", "press", "slide", "lift")
 HALF = 0.05  # half side of the patch (m)
 PAD = 0.012  # side of a finger pad (m)
 IMAGE = 32
+# The camera sees a VISUAL x VISUAL copy of the surface (drawing the 64 x 64 field was 90% of a
+# frame's time); the fingers collide with the COARSE one, which is in group 3 and not drawn.
+VISUAL = 32
+TILES = 16  # the offscreen buffer holds TILES x TILES frames, read back in one go (TileRenderer)
 HAND_MASS = 0.25  # kg: palm 0.15 and two fingers 0.05 each
 
 
@@ -58,16 +62,18 @@ def scene_xml(relief: float, friction: float) -> str:
     return f"""
 <mujoco model="touch-world">
   <option timestep="{1 / PHYSICS_RATE}" gravity="0 0 -9.81" cone="elliptic" noslip_iterations="2"/>
-  <visual><quality shadowsize="0"/><global offwidth="{IMAGE}" offheight="{IMAGE}"/></visual>
+  <visual><quality shadowsize="0"/><global offwidth="{IMAGE * TILES}" offheight="{IMAGE * TILES}"/></visual>
   <asset>
     <hfield name="surface" nrow="{COARSE}" ncol="{COARSE}" size="{HALF} {HALF} {relief} 0.005"/>
+    <hfield name="look" nrow="{VISUAL}" ncol="{VISUAL}" size="{HALF} {HALF} {relief} 0.005"/>
     <texture name="look" type="2d" builtin="flat" width="128" height="128" rgb1="0.5 0.5 0.5"/>
     <material name="look" texture="look" texrepeat="1 1"/>
   </asset>
   <worldbody>
     <light pos="0 -0.1 0.4" dir="0 0.2 -1" castshadow="false" diffuse="0.8 0.8 0.8"/>
     <geom name="table" type="plane" size="0.3 0.3 0.01" pos="0 0 -0.0051" rgba="0.3 0.25 0.2 1"/>
-    <geom name="surface" type="hfield" hfield="surface" material="look" friction="{friction} 0.005 0.0001"/>
+    <geom name="surface" type="hfield" hfield="surface" group="3" friction="{friction} 0.005 0.0001"/>
+    <geom name="look" type="hfield" hfield="look" material="look" contype="0" conaffinity="0"/>
     <camera name="scene" pos="0 -0.16 0.13" xyaxes="1 0 0 0 0.63 0.78" fovy="45"/>
     <body name="carriage" pos="0 0 0.06" gravcomp="1">
       <joint name="x" type="slide" axis="1 0 0" damping="20"/>
@@ -123,6 +129,59 @@ def _smooth(a: float, b: float, s: float) -> float:
     return a + (b - a) * (1 - np.cos(np.pi * s)) / 2
 
 
+class TileRenderer:
+    """Frames of one camera, rendered into the tiles of one offscreen buffer and read back
+    together. Reading pixels waits for the GPU (llvmpipe here) to finish: once per frame it was
+    most of an episode's time; once per TILES^2 frames it is nothing. The pixels are those
+    `mujoco.Renderer` gives, frame for frame (tested). MuJoCo's public rendering API only."""
+
+    def __init__(self, model, camera: str, size: int = IMAGE, tiles: int = TILES):
+        import mujoco
+
+        self.mujoco, self.model, self.size, self.tiles = mujoco, model, size, tiles
+        side = size * tiles
+        self.gl = mujoco.GLContext(side, side)
+        self.gl.make_current()
+        self.context = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.context)
+        self.scene = mujoco.MjvScene(model, maxgeom=1000)
+        self.option, self.perturb, self.camera = mujoco.MjvOption(), mujoco.MjvPerturb(), mujoco.MjvCamera()
+        self.camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
+        self.camera.fixedcamid = model.camera(camera).id
+        self.buffer = np.empty((side, side, 3), np.uint8)
+        self.pending = 0  # frames rendered into the buffer, not yet read
+        self.done: list[np.ndarray] = []
+
+    def render(self, data) -> None:
+        """Draw the scene as it is now into the next free tile (the geoms' colours as they are now)."""
+        mj = self.mujoco
+        if self.pending == self.tiles ** 2:
+            self._read()
+        self.gl.make_current()  # each World has its own GL context
+        mj.mjv_updateScene(self.model, data, self.option, self.perturb, self.camera, mj.mjtCatBit.mjCAT_ALL,
+                           self.scene)
+        row, col = divmod(self.pending, self.tiles)
+        mj.mjr_render(mj.MjrRect(col * self.size, row * self.size, self.size, self.size), self.scene, self.context)
+        self.pending += 1
+
+    def _read(self) -> None:
+        self.gl.make_current()
+        self.mujoco.mjr_readPixels(self.buffer, None, self.mujoco.MjrRect(0, 0, *self.buffer.shape[1::-1]),
+                                   self.context)
+        # OpenGL's rows run bottom up: tile row r (counted from the bottom, as rendered) is buffer
+        # rows r*size .. (r+1)*size, each tile upside down
+        grid = self.buffer.reshape(self.tiles, self.size, self.tiles, self.size, 3)[:, ::-1]
+        self.done.extend(grid.transpose(0, 2, 1, 3, 4).reshape(-1, self.size, self.size, 3)[:self.pending].copy())
+        self.pending = 0
+
+    def frames(self) -> np.ndarray:
+        """[K, size, size, 3] uint8: every frame rendered since the last call, in order."""
+        if self.pending:
+            self._read()
+        out, self.done = np.stack(self.done), []
+        return out
+
+
 class World:
     """One material's scene, compiled once and reused for every episode on it."""
 
@@ -133,13 +192,16 @@ class World:
         self.material = material(material_name)
         self.coarse, self.fine = height_maps(material_name)
         self.model = mujoco.MjModel.from_xml_string(scene_xml(self.material.relief, self.material.friction))
-        self.model.hfield_data[:] = self.coarse.ravel()  # row i at y = (2i / (n - 1) - 1) * HALF, as the fine map
+        surface, look = self.model.hfield("surface"), self.model.hfield("look")
+        # row i at y = (2i / (n - 1) - 1) * HALF, as the fine map
+        self.model.hfield_data[surface.adr[0]: surface.adr[0] + COARSE ** 2] = self.coarse.ravel()
+        self.model.hfield_data[look.adr[0]: look.adr[0] + VISUAL ** 2] = resize(self.fine, VISUAL).ravel()
         look = appearance(material_name)
         tex = self.model.texture("look")
         self.model.tex_data[tex.adr[0]: tex.adr[0] + look.size] = look.ravel()
         self.data = mujoco.MjData(self.model)
         try:
-            self.renderer = mujoco.Renderer(self.model, IMAGE, IMAGE)
+            self.renderer = TileRenderer(self.model, "scene")
         except Exception as err:  # mujoco picks its GL backend when first imported
             raise RuntimeError(f"the touch world cannot render headless ({err}); mujoco was imported before "
                                f"multisense set MUJOCO_GL=egl: set MUJOCO_GL=egl in the environment, or import "
@@ -158,27 +220,18 @@ class World:
         return float(win.max())
 
     def _pad_force(self) -> tuple[float, float]:
-        """Normal force (N) of the surface on the left and on the right pad."""
-        mj, m, d = self.mujoco, self.model, self.data
-        out = [0.0, 0.0]
-        f = np.zeros(6)
-        for i in range(d.ncon):
-            c = d.contact[i]
-            pair = {int(c.geom1), int(c.geom2)}
-            if self.ids["surface"] not in pair:
-                continue
-            for k, pad in enumerate(("pad_l", "pad_r")):
-                if self.ids[pad] in pair:
-                    mj.mj_contactForce(m, d, i, f)
-                    out[k] += abs(f[0])
-        return out[0], out[1]
+        """Normal force (N) of the surface on the left and on the right pad: with elliptic cones a
+        contact's first constraint force is its normal force (what mj_contactForce reports)."""
+        d = self.data
+        geoms, rows = d.contact.geom, d.contact.efc_address  # [ncon, 2], [ncon] (-1: excluded)
+        on_surface = (geoms == self.ids["surface"]).any(1) & (rows >= 0)
+        return tuple(float(np.abs(d.efc_force[rows[on_surface & (geoms == self.ids[pad]).any(1)]]).sum())
+                     for pad in ("pad_l", "pad_r"))
 
-    def _render(self, tint: np.ndarray, occluded: bool) -> np.ndarray:
-        self.model.geom_rgba[self.ids["occluder"], 3] = 1.0 if occluded else 0.0
-        self.renderer.update_scene(self.data, camera="scene")
-        img = self.renderer.render().astype(np.float32) * tint
+    def _render(self, occluded: bool) -> None:
+        self.model.geom_rgba[self.ids["occluder"], 3] = 1.0 if occluded else 0.0  # read by the scene update
+        self.renderer.render(self.data)
         self.model.geom_rgba[self.ids["occluder"], 3] = 0.0
-        return img.clip(0, 255).astype(np.uint8)
 
     def run(self, spec: EpisodeSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
         mj, m, d = self.mujoco, self.model, self.data
@@ -226,7 +279,9 @@ class World:
                         .astype(int).tolist())
         tac_steps = set(np.round(np.arange(int(round(spec.seconds * TACTILE_RATE))) * PHYSICS_RATE / TACTILE_RATE)
                         .astype(int).tolist())
-        camera, camera_occ, tactile = [], [], []
+        # frames go to the renderer's tiles in this order: per camera step the open view, then the
+        # occluded one from the first contact on (before it, the occluded stream repeats the open view)
+        order, tactile = [], []
         tint = np.asarray(spec.tint, np.float32)
         contact_seen = False
         reference = None
@@ -245,9 +300,10 @@ class World:
             vel[i] = float(np.hypot(d.qvel[0], d.qvel[1]))
             contact_seen = contact_seen or fl + fr > 0
             if i in cam_steps:
-                img = self._render(tint, occluded=False)
-                camera.append(img)
-                camera_occ.append(self._render(tint, occluded=True) if contact_seen else img)
+                self._render(occluded=False)
+                order.append(contact_seen)
+                if contact_seen:
+                    self._render(occluded=True)
             if i in tac_steps:
                 heights = tactile_render.surface_window(self.fine, self.material.relief, HALF, tuple(pad_xy[i]),
                                                         PAD, IMAGE)
@@ -264,6 +320,11 @@ class World:
                                       self.material.relief, HALF, physics_rate=PHYSICS_RATE, audio_rate=AUDIO_RATE,
                                       rng=rng)
         to8 = lambda frames: (np.stack(frames) * 255).round().astype(np.uint8)  # noqa: E731
+        shot = iter((self.renderer.frames().astype(np.float32) * tint).clip(0, 255).astype(np.uint8))
+        camera, camera_occ = [], []
+        for blocked in order:
+            camera.append(next(shot))
+            camera_occ.append(next(shot) if blocked else camera[-1])
         return {
             "camera": np.stack(camera), "camera_occluded": np.stack(camera_occ),
             "tactile": to8(tactile), "tactile_reference": to8([reference])[0],
