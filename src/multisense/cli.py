@@ -3,6 +3,7 @@
     multisense demo [--steps N] [--out DIR]     the main job on the embedded default
     multisense train --config FILE [a.b=v ...]  train from a YAML preset (also under torchrun)
     multisense eval --model DIR --task NAME     few-shot evaluation at 0/2/4/8 shots, several seeds
+                                                (a fusion model: held-out touch episodes, camera visible/blocked)
     multisense generate --model DIR --image F --prompt "<image> ..."   any saved family answers
     multisense experiment NAME|all              the claims checked: gate_init, frame_embeddings, masking
     multisense bench [...]                      block throughput and memory benchmarks
@@ -75,6 +76,17 @@ def _train(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
+    """Few-shot evaluation of a language-model family; a fusion model's held-out touch episodes."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--model")
+    model = probe.parse_known_args(argv)[0].model
+    if model and os.path.isfile(os.path.join(model, "config.json")):
+        from .models.registry import family_of
+
+        if family_of(model) == "fusion":
+            from .eval.touch import main as touch
+
+            return touch(argv)
     from .eval.fewshot import main
 
     return main(argv)

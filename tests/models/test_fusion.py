@@ -74,12 +74,3 @@ def test_save_load_round_trip_through_automodel(tmp_path):
     again = AutoModel.from_pretrained(tmp_path / "fusion")
     assert isinstance(again, FusionModel) and again.config == m.config
     torch.testing.assert_close(again.eval()(x).logits, m(x).logits, rtol=0, atol=0)
-
-
-def test_multisense_train_refuses_the_fusion_family_until_it_can_train_it():
-    from multisense.train.trainer import TrainConfig, validate
-
-    cfg = TrainConfig()
-    cfg.model.family = "fusion"
-    with pytest.raises(ValueError, match="model.family: 'fusion' is registered but `multisense train` cannot train it"):
-        validate(cfg)

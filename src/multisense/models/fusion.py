@@ -140,12 +140,37 @@ class FusionModel(nn.Module):
             loss = F.cross_entropy(logits, labels)
         return FusionOutput(latents, logits, loss, attention)
 
+    @torch.no_grad()
+    def attention_over_time(self, sensors: dict[str, dict], bins: int = 12) -> torch.Tensor:
+        """[B, bins, M] share of the first cross-attention's mass on each sensor (sorted names, as
+        `self.perceiver.names`) among the tokens of each of `bins` equal slices of the window.
+
+        The first cross-attention's queries are the learned latents, the same for every input, so
+        a key's score does not depend on the other keys: masking all but one slice's tokens gives
+        exactly the full attention's mass in that slice, renormalised over it. A slice where a
+        sensor has no tokens counts 0 for it."""
+        tokens, masks, positions = self.encode(sensors)
+        edges = torch.linspace(-1, 1, bins + 1)
+        out = []
+        for b in range(bins):
+            lo, hi = edges[b], edges[b + 1]
+            inside = {n: masks[n] & (positions[n][..., 0] >= lo) & ((positions[n][..., 0] < hi) | (b == bins - 1))
+                      for n in masks}
+            _, shares = self.perceiver(tokens, mask=inside, positions=positions, return_attention=True)
+            out.append(torch.stack([shares[n].mean(-1) for n in self.perceiver.names if n in shares], -1))
+        return torch.stack(out, 1)
+
     # ------------------------------------------------------------------------------ save / load
 
-    def save_pretrained(self, save_directory: str | os.PathLike):
-        """config.json + model.safetensors of every weight (the encoders are trained with the model)."""
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight: the encoders are trained with the model (no frozen backbone)."""
+        return self.state_dict()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, state_dict: dict | None = None):
+        """config.json + model.safetensors of every weight (`state_dict`: the trainer's gathered copy)."""
         config = {"family": self.family, **dataclasses.asdict(self.config)}
-        return save_checkpoint(save_directory, config, {k: v.detach() for k, v in self.state_dict().items()})
+        tensors = state_dict if state_dict is not None else self.state_dict()
+        return save_checkpoint(save_directory, config, {k: v.detach() for k, v in tensors.items()})
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> "FusionModel":

@@ -1,5 +1,5 @@
-"""`multisense train`: a model of any registered family (`model.family`: flamingo, llava) trained
-from a typed config, on one CPU or under torchrun.
+"""`multisense train`: a model of any registered family (`model.family`: flamingo, llava, fusion)
+trained from a typed config, on one CPU or under torchrun.
 
     multisense train --config video.yaml optim.lr=3e-4 train.steps=2000
     torchrun --nproc_per_node 2 -m multisense train --config video.yaml
@@ -10,13 +10,15 @@ TensorBoard event files, `config.yaml` (the resolved config) and, at the end, `m
 checkpoint (`train.resume: auto`): weights, optimiser, schedule, step, data position and RNG.
 Every config value is checked (`validate`) before anything loads or is written.
 
-Data are a procedural task (`data.task`, a name from `multisense.data.tasks.TASKS`) or files
+Data for the language-model families are a procedural task (`data.task`, a name from `multisense.data.tasks.TASKS`) or files
 (`data.paths`: JSONL and tar shards, `multisense.data.loaders`). Sample i of a task is drawn
 from its own seeded generator, so the data position is just the step, and process r of N
 takes samples r, r+N, ... of each global batch: 2 processes of batch b see exactly the samples
 of 1 process of batch 2b. With files, process r reads the records numbered r modulo N; each
 process's loader has its own (epoch, position), and a checkpoint holds every process's, so a
-resume continues at the next record of each, whatever bad records were skipped.
+resume continues at the next record of each, whatever bad records were skipped. The fusion
+family trains on touch-world episodes (`data.world`, simulated once and cached) to answer
+`data.task` (material, slipping) from `model.fusion.sensors`; its data position is the step too.
 """
 
 from __future__ import annotations
@@ -38,10 +40,15 @@ from torch import nn
 from .. import backbones
 from ..config import check_choice, check_number, load_config, to_dict
 from ..data.collate import collate
+from ..data.world.episodes import generate
+from ..data.world.tasks import SENSORS as WORLD_SENSORS
+from ..data.world.tasks import TASKS as WORLD_TASKS
+from ..data.world.tasks import WorldData, touch_batches, world_dataset
 from ..encoders import load_vision_encoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
+from ..models.fusion import FusionConfig
 from ..models.io import check_fits
 from ..models.llava import SELECT_STRATEGIES, LlavaConfig
 from ..models.registry import FAMILIES, get_family
@@ -69,6 +76,8 @@ class ModelConfig:
     init_from: str | None = None
     flamingo: FlamingoConfig = field(default_factory=FlamingoConfig)
     llava: LlavaConfig = field(default_factory=LlavaConfig)
+    # the touch world's sensors by name (camera, touch, wrist, microphone) -> {"encoder": ...}
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def family_config(self):
         """The section of the chosen family (model.flamingo, model.llava, ...)."""
@@ -77,7 +86,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str | None = None  # a task name (multisense.data.tasks), or None with `paths`
+    # a task name (multisense.data.tasks), or None with `paths`; model.family=fusion: a touch-world
+    # task (multisense.data.world.TASKS: material, slipping) over the episodes of `world`
+    task: str | None = None
     task_args: dict = field(default_factory=dict)
     max_shots: int = 8  # demonstrations per training episode: 0..max_shots
     paths: list[str] = field(default_factory=list)  # JSONL files / tar shards (globs allowed)
@@ -91,6 +102,7 @@ class DataConfig:
     batch_size: int = 8  # per process and micro-batch
     seed: int = 0
     calibration_samples: int = 256  # media statistics for model.flamingo.standardize_media
+    world: WorldData = field(default_factory=WorldData)  # model.family=fusion only
 
 
 @dataclass
@@ -193,6 +205,8 @@ def validate(cfg: TrainConfig) -> None:
             check_number(getattr(model, key), f"model.flamingo.{key}", at_least=1)
         if model.max_frames is not None:
             check_number(model.max_frames, "model.flamingo.max_frames", at_least=1)
+    if cfg.model.family == "fusion":
+        return validate_fusion(cfg)
     if cfg.model.family == "llava":
         model = cfg.model.llava
         check_choice(model.projector, PROJECTORS, "model.llava.projector")
@@ -273,6 +287,64 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("train.out_dir: expected a directory, got an empty string")
 
 
+def validate_fusion(cfg: TrainConfig) -> None:
+    """The fusion family's part of `validate`: the touch world's data, sensors and what a model
+    without a language model cannot use."""
+    data, model, run = cfg.data, cfg.model.fusion, cfg.train
+    check_choice(data.task, WORLD_TASKS, "data.task")
+    if data.paths:
+        raise ValueError("data.paths: model.family=fusion trains on touch-world episodes (data.world), not files")
+    if not model.sensors:
+        raise ValueError("model.fusion.sensors: name at least one sensor, e.g. {touch: {encoder: tactile}} "
+                         f"(the touch world has {list(WORLD_SENSORS)})")
+    for name, spec in model.sensors.items():
+        if name not in WORLD_SENSORS:
+            raise ValueError(f"model.fusion.sensors: no sensor named {name!r} in the touch world "
+                             f"(it has {list(WORLD_SENSORS)})")
+        if not isinstance(spec, dict) or "encoder" not in spec:
+            raise ValueError(f"model.fusion.sensors.{name}: expected a mapping naming its encoder, e.g. "
+                             f"{{encoder: {WORLD_SENSORS[name]}}}, got {spec!r}")
+    if not model.class_names:
+        raise ValueError("model.fusion.class_names: empty; the trainer fills it from data.task (leave it unset)")
+    for key in ("dim", "num_latents", "depth", "heads", "dim_head", "cross_heads", "cross_dim_head", "ff_mult"):
+        check_number(getattr(model, key), f"model.fusion.{key}", at_least=1)
+    check_number(model.modality_dropout, "model.fusion.modality_dropout", at_least=0, below=1)
+    world = data.world
+    check_number(world.episodes, "data.world.episodes", at_least=1)
+    check_number(world.seconds, "data.world.seconds", above=0)
+    check_number(world.occlusion, "data.world.occlusion", at_least=0, at_most=1)
+    check_number(world.workers, "data.world.workers", at_least=1)
+    check_number(data.batch_size, "data.batch_size", at_least=1)
+    for key, why in (("check.shots", cfg.check.shots), ("train.distill_words", run.distill_words > 0),
+                     ("train.activation_checkpointing", run.activation_checkpointing),
+                     ("model.init_from", cfg.model.init_from is not None)):
+        if why:
+            raise ValueError(f"{key}: not used by model.family=fusion (a classifier without a language model; "
+                             "evaluate it with `multisense eval --model RUN/model`)")
+    if run.distributed == "fsdp2":
+        raise ValueError("train.distributed: fsdp2 shards a language model's layers; the fusion model is small, use ddp")
+    for key in ("steps", "grad_accum", "save_every", "log_every"):
+        check_number(getattr(run, key), f"train.{key}", at_least=1)
+    check_number(run.keep_last, "train.keep_last", at_least=0)
+    check_choice(run.precision, PRECISIONS, "train.precision")
+    check_choice(run.device, DEVICES, "train.device")
+    check_number(cfg.optim.lr, "optim.lr", above=0)
+    if run.resume not in ("auto", "never") and not (Path(run.resume) / ckpt.MANIFEST).is_file():
+        raise ValueError(f"train.resume: expected 'auto', 'never' or a checkpoint directory, got {run.resume!r}")
+    if not run.out_dir:
+        raise ValueError("train.out_dir: expected a directory, got an empty string")
+
+
+def with_class_names(cfg: TrainConfig) -> TrainConfig:
+    """model.fusion.class_names from data.task (the world's answers), unless set."""
+    from ..data.world.tasks import class_names
+
+    if cfg.model.family != "fusion" or cfg.model.fusion.class_names or cfg.data.task not in WORLD_TASKS:
+        return cfg
+    fusion = dataclasses.replace(cfg.model.fusion, class_names=class_names(cfg.data.task))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fusion=fusion))
+
+
 def resolve_preset(name_or_path: str) -> Path:
     """A YAML path, or the name of a preset shipped in multisense/presets."""
     path = Path(name_or_path)
@@ -292,6 +364,8 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[nn.Module, 
     """Load the frozen backbones through from_pretrained and wrap them in model.family's class
     (trainable parts seeded)."""
     family = get_family(cfg.family)
+    if not hasattr(family.model_class, "from_lm"):  # a family without backbones (fusion): built from its config
+        return family.model_class(cfg.family_config()), None
     lm_dir, vision_dir = backbones.resolve(cfg.lm, cfg.vision)
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
     lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
@@ -322,7 +396,7 @@ def check_image_size(data: DataConfig, model: FlamingoModel, vision: str) -> Non
     """data.image_size must be the size the vision encoder was configured for (a Hugging Face
     encoder's `image_size`; an encoder without one is not checked): else the first batch fails
     inside the encoder, or position embeddings meet a grid they were not trained on."""
-    config = getattr(getattr(model.vision_encoder, "model", None), "config", None)
+    config = getattr(getattr(getattr(model, "vision_encoder", None), "model", None), "config", None)
     config = getattr(config, "vision_config", config)  # a dual-tower config holds its tower's
     size = getattr(config, "image_size", None)
     if isinstance(size, int) and size != data.image_size:
@@ -409,6 +483,20 @@ def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: tor
         yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in next(batches).items()}
 
 
+def world_batches(cfg: TrainConfig, env: distributed.Env, start_step: int) -> Iterator[dict]:
+    """This process's micro-batches of touch-world episodes (the fusion family): the main process
+    simulates what is not cached, the others wait for it and read the cache."""
+    sensors = tuple(cfg.model.fusion.sensors)
+    world = cfg.data.world
+    if env.is_main:
+        generate(world.episodes, world.seed, seconds=world.seconds, cache_dir=world.cache_dir, workers=world.workers,
+                 log=print)
+    distributed.barrier()
+    dataset = world_dataset(cfg.data.world, task=cfg.data.task, sensors=sensors)
+    return touch_batches(dataset, cfg.data.batch_size, cfg.data.seed, start_step=start_step, rank=env.rank,
+                         world_size=env.world_size, grad_accum=cfg.train.grad_accum)
+
+
 # ---------------------------------------------------------------------------------- run
 
 
@@ -470,6 +558,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     its report goes to out_dir/check.json, and a model that misses it raises CheckFailed
     instead of being written to model/.
     """
+    cfg = with_class_names(cfg)
     validate(cfg)
     if cfg.check.shots and check is None:
         raise ValueError("check.shots: set, but train() was given no check function; pass "
@@ -500,7 +589,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     # FSDP2 replaces the parameters with sharded ones: wrap first, then build the optimiser
     # (over the model's parameters: the distillation has none of its own).
     words = run.distill_words > 0
-    units = list(find_decoder_layers(model.lm, family_config.decoder_layers_attr)[1])
+    units = list(find_decoder_layers(model.lm, family_config.decoder_layers_attr)[1]) if hasattr(model, "lm") else []
     trained = distributed.wrap(InWordsDistillation(model, run.distill_words) if words else model, env,
                                run.distributed, units=units, find_unused_parameters=run.find_unused_parameters)
     optimizer = build_optimizer(model, lr=cfg.optim.lr, gate_lr=cfg.optim.gate_lr,
@@ -525,8 +614,11 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists(),
                        resume_step=start_step)
     loader = None if cfg.data.task else file_loader(cfg.data, env, position)
-    batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
-                            words=words, loader=loader)
+    if cfg.model.family == "fusion":
+        batches = world_batches(cfg, env, start_step)
+    else:
+        batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
+                                words=words, loader=loader)
 
     final_weights: dict = {}
 
@@ -565,8 +657,8 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                       max_grad_norm=cfg.optim.max_grad_norm, grad_accum=run.grad_accum,
                       precision=_precision(run.precision, env.device), z_loss=run.z_loss,
                       start_step=start_step, progress=run.progress and env.is_main, desc="train",
-                      on_step=on_step, on_record=on_record, align_labels=type(model).align_labels,
-                      shift_labels=type(model).shift_labels)
+                      on_step=on_step, on_record=on_record, align_labels=getattr(type(model), "align_labels", None),
+                      shift_labels=getattr(type(model), "shift_labels", True))
         report = None
         if cfg.check.shots:  # on every process (the same episodes): a sharded model evaluates together
             report = check(model, tokenizer, cfg)
@@ -579,7 +671,8 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                                   "docs/training.md, 'Checked runs'")
         if env.is_main:
             model.save_pretrained(out / "model", state_dict=final_weights)
-            tokenizer.save_pretrained(out / "model")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(out / "model")
     finally:
         logger.close()
         distributed.teardown()

@@ -39,3 +39,17 @@ def test_a_fusion_model_trains_on_the_world_through_the_loop(paths):
                   progress=False)
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
     assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_batches_resume_at_their_step_and_two_processes_share_one_batch(paths):
+    data = TouchEpisodes(paths)
+    ids = lambda batch: batch["labels"].tolist()  # noqa: E731  (episode i has label i % 4: its identity here)
+    one = touch_batches(data, batch_size=2, seed=3)
+    steps = [ids(next(one)) for _ in range(5)]  # 10 samples: passes 0, 1 and half of 2
+    assert sorted(steps[0] + steps[1]) == [0, 1, 2, 3]  # a pass is a permutation
+    later = touch_batches(data, batch_size=2, seed=3, start_step=3)
+    assert [ids(next(later)) for _ in range(2)] == steps[3:]
+    ranks = [touch_batches(data, batch_size=1, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for step in steps[:3]:
+        a, b = (ids(next(r))[0] for r in ranks)
+        assert [a, b] == step  # process r takes samples r, r + 2, ... of each global batch

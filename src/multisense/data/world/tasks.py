@@ -15,10 +15,12 @@ friction and press depth).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from .episodes import load_episode
+from .episodes import generate, load_episode
 from .materials import NAMES
 
 SENSORS = {"camera": "vision", "touch": "tactile", "wrist": "force_torque", "microphone": "audio"}
@@ -43,6 +45,13 @@ def sensor_inputs(arrays: dict[str, np.ndarray], *, occluded: bool, sensors=tupl
         a = torch.from_numpy(arrays["audio"]).float()
         out["microphone"] = {"waveform": a, "mask": torch.ones(a.shape[0], dtype=torch.bool)}
     return out
+
+
+def class_names(task: str) -> list[str]:
+    """The answers of `task`, in label order."""
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
+    return list(NAMES) if task == "material" else ["holds", "slips"]
 
 
 def label(arrays: dict[str, np.ndarray], spec: dict, task: str) -> int:
@@ -88,10 +97,45 @@ def collate_touch(samples: list[dict]) -> dict:
     return {"sensors": sensors, "labels": torch.tensor([s["labels"] for s in samples])}
 
 
-def touch_batches(dataset: TouchEpisodes, batch_size: int, seed: int = 0):
-    """Endless shuffled batches (each pass a new permutation of the seed), for train.loop.fit."""
-    rng = np.random.default_rng(seed)
+@dataclass
+class WorldData:
+    """Which touch-world episodes a run trains on (`data.world` of `multisense train`): episodes
+    0 .. episodes-1 of world seed `seed`. Held-out evaluation uses another world seed."""
+
+    episodes: int = 240
+    seed: int = 0
+    seconds: float = 3.0
+    occlusion: float = 0.5  # probability that an episode's camera is blocked from the first contact on
+    workers: int = 2  # processes that simulate the episodes not cached yet
+    cache_dir: str | None = None  # default: $MULTISENSE_CACHE or ~/.cache/multisense
+
+
+def world_dataset(world: WorldData, *, task: str, sensors, log=None) -> TouchEpisodes:
+    """The episodes `world` names (simulated now where not cached), as a TouchEpisodes."""
+    paths = generate(world.episodes, world.seed, seconds=world.seconds, cache_dir=world.cache_dir,
+                     workers=world.workers, log=log)
+    return TouchEpisodes(paths, task=task, sensors=sensors, occlusion=world.occlusion, seed=world.seed)
+
+
+def touch_batches(dataset: TouchEpisodes, batch_size: int, seed: int = 0, *, start_step: int = 0,
+                  rank: int = 0, world_size: int = 1, grad_accum: int = 1):
+    """Endless shuffled micro-batches for train.loop.fit, grad_accum per optimiser step. Global
+    sample j is dataset[permutation_e[j mod n]], pass e = j // n drawn from (seed, e): so the
+    data position is the step (an exact resume), and process r of N takes samples r, r+N, ...
+    of each global batch, as the procedural tasks do."""
+    n, per_step = len(dataset), batch_size * world_size * grad_accum
+    orders: dict[int, np.ndarray] = {}
+
+    def sample(j: int) -> dict:
+        e = j // n
+        if e not in orders:
+            orders.clear()
+            orders[e] = np.random.default_rng([seed, e]).permutation(n)
+        return dataset[int(orders[e][j % n])]
+
+    step = start_step
     while True:
-        order = rng.permutation(len(dataset))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate_touch([dataset[int(i)] for i in order[start:start + batch_size]])
+        mine = range(step * per_step + rank, (step + 1) * per_step, world_size)
+        for a in range(grad_accum):
+            yield collate_touch([sample(j) for j in mine[a * batch_size:(a + 1) * batch_size]])
+        step += 1

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+import torch
+
+from multisense import FusionModel
+from multisense.cli import main as cli
+from multisense.data.world import generate
+from multisense.data.world.tasks import TouchEpisodes, collate_touch
+from multisense.eval.touch import attention_shift, subsets
+
+TINY = ["model.fusion.dim=16", "model.fusion.num_latents=4", "model.fusion.heads=2", "model.fusion.dim_head=8",
+        "model.fusion.cross_dim_head=8", "data.world.episodes=4", "data.world.seconds=1.0", "data.world.workers=1",
+        "data.batch_size=2", "train.progress=false", "train.log_every=1"]
+for sensor, encoder in (("camera", "vision"), ("touch", "tactile"), ("wrist", "force_torque"),
+                        ("microphone", "audio")):
+    TINY.append(f"model.fusion.sensors.{sensor}={{encoder: {encoder}, dim: 16}}")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """`multisense train --config touch` (tiny), 2 steps, then resumed to 3."""
+    root = tmp_path_factory.mktemp("touch")
+    cache = root / "cache"
+    args = ["train", "--config", "touch", *TINY, f"data.world.cache_dir={cache}", f"train.out_dir={root / 'run'}",
+            "train.save_every=2"]
+    assert cli(args + ["train.steps=2"]) == 0
+    first = (root / "run" / "logs" / "metrics.csv").read_text()
+    assert cli(args + ["train.steps=3"]) == 0  # resumes at its step-2 checkpoint
+    return root, cache, first
+
+
+def test_train_writes_a_fusion_model_and_resumes(run):
+    root, _, first = run
+    model = FusionModel.from_pretrained(root / "run" / "model")
+    assert model.config.class_names == ["smooth", "brick", "grass", "gravel"]  # from data.task
+    assert sorted(model.config.sensors) == ["camera", "microphone", "touch", "wrist"]
+    rows = (root / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    assert rows[:len(first.splitlines())] == first.splitlines() and rows[-1].split(",")[0] == "3"
+
+
+def test_eval_measures_the_saved_model_on_held_out_episodes(run, tmp_path, capsys, monkeypatch):
+    root, cache, _ = run
+    monkeypatch.setenv("MULTISENSE_CACHE", str(cache))
+    out = tmp_path / "result"
+    assert cli(["eval", "--model", str(root / "run" / "model"), "--episodes", "4", "--seconds", "1",
+                "--workers", "1", "--subsets", "--out", str(out)]) == 0
+    result = json.loads((out.with_suffix(".json")).read_text())
+    assert result["world_seed"] == 1 and result["episodes"] == 4
+    seen = [(r["sensors"], r["occlusion"]) for r in result["rows"]]
+    assert seen[:2] == [("camera+microphone+touch+wrist", 0.0), ("camera+microphone+touch+wrist", 1.0)]
+    assert len(seen) == 2 + 14  # and every smaller subset (15 non-empty subsets, the full one above)
+    assert all(0 <= r["accuracy"] <= 1 for r in result["rows"])
+    model = FusionModel.from_pretrained(root / "run" / "model")
+    data = TouchEpisodes(generate(4, 1, seconds=1.0, cache_dir=cache, workers=1), occlusion=1.0, seed=1)
+    batch = collate_touch([data[i] for i in range(4)])
+    model.eval()
+    with torch.no_grad():
+        predicted = model({"touch": batch["sensors"]["touch"]}).logits.argmax(-1)
+    row = dict(zip(seen, result["rows"]))[("touch", 1.0)]
+    assert row["accuracy"] == pytest.approx(float((predicted == batch["labels"]).float().mean()))
+
+
+def test_fusion_runs_refuse_what_they_cannot_use(tmp_path, capsys):
+    base = ["train", "--config", "touch", *TINY, f"train.out_dir={tmp_path / 'r'}"]
+    assert cli(base + ["model.fusion.sensors.sonar={encoder: audio}"]) == 2
+    assert "no sensor named 'sonar'" in capsys.readouterr().err
+    assert cli(base + ["data.task=colour"]) == 2
+    assert "data.task" in capsys.readouterr().err
+    assert cli(base + ["check.shots=[0]", "check.min_accuracy=0.5"]) == 2
+    assert "check.shots: not used by model.family=fusion" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_attention_over_time_in_one_bin_is_the_models_own_share(run):
+    root, cache, _ = run
+    model = FusionModel.from_pretrained(root / "run" / "model").eval()
+    data = TouchEpisodes(generate(4, 0, seconds=1.0, cache_dir=cache, workers=1), occlusion=0.5)
+    batch = collate_touch([data[i] for i in range(4)])
+    with torch.no_grad():
+        whole = model(batch["sensors"], return_attention=True).attention
+        one = model.attention_over_time(batch["sensors"], bins=1)
+        many = model.attention_over_time(batch["sensors"], bins=4)
+    expected = torch.stack([whole[n].mean(-1) for n in model.perceiver.names], -1)[:, None]
+    torch.testing.assert_close(one, expected)
+    torch.testing.assert_close(many.sum(-1), torch.ones(4, 4))  # every slice holds tokens of some sensor
+    shift = attention_shift(model, data, bins=4)
+    assert shift["shares"].shape == (4, 4, 4) and set(shift["before"]) == set(model.perceiver.names)
+    assert (0 < shift["contact"]).all() and (shift["contact"] < 1.0).all()
+
+
+def test_subsets_are_every_non_empty_one():
+    assert subsets(["b", "a"]) == [("a", "b"), ("a",), ("b",)]
