@@ -24,7 +24,7 @@ FLOORS = torch==2.13.0 transformers==5.0.0 tokenizers==0.22.1 safetensors==0.4.3
 PINS ?= $(FLOORS)
 COMPAT_TESTS ?= tests/nn tests/lm tests/models tests/encoders tests/data tests/eval
 
-.PHONY: setup demo test test-slow test-compat lock bench clean
+.PHONY: setup demo demo-touch test test-slow test-compat lock bench clean
 
 $(STAMP): pyproject.toml $(LOCK) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m multisense demo
+
+demo-touch: $(STAMP)
+	$(PY) -m multisense demo touch
 
 test: $(STAMP)
 	$(PY) -m pytest

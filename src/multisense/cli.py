@@ -1,6 +1,7 @@
 """The `multisense` command: a thin layer over the library.
 
     multisense demo [--steps N] [--out DIR]     the main job on the embedded default
+    multisense demo touch [...]                 the second: which material is touched, camera blocked or not
     multisense train --config FILE [a.b=v ...]  train from a YAML preset (also under torchrun)
     multisense eval --model DIR --task NAME     few-shot evaluation at 0/2/4/8 shots, several seeds
                                                 (a fusion model: held-out touch episodes, camera visible/blocked)
@@ -34,20 +35,30 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointErro
 
 
 def _demo(argv: list[str]) -> int:
+    if argv[:1] == ["touch"]:
+        from .demo_touch import TouchDemoConfig
+        from .demo_touch import run as touch
+
+        return touch(_options(TouchDemoConfig, argv[1:], "multisense demo touch",
+                              "Perceiver fusion of camera, touch, force-torque and audio in a MuJoCo world"))
     from .demo import DemoConfig, run
 
-    parser = argparse.ArgumentParser(prog="multisense demo", description="Flamingo on procedural scenes, on CPU",
+    run(_options(DemoConfig, argv, "multisense demo", "Flamingo on procedural scenes, on CPU"))
+    return 0
+
+
+def _options(config_class, argv: list[str], prog: str, description: str):
+    """A demo's config from its flags: one per field, its help from the field's metadata."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(DemoConfig):  # one flag per field, its help from the field's metadata
+    for f in dataclasses.fields(config_class):  # one flag per field, its help from the field's metadata
         flag, text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=f.default, help=text)
-    args = parser.parse_args(argv)
-    run(DemoConfig(**vars(args)))
-    return 0
+    return config_class(**vars(parser.parse_args(argv)))
 
 
 def _bench(argv: list[str]) -> int:

@@ -74,3 +74,20 @@ def test_save_load_round_trip_through_automodel(tmp_path):
     again = AutoModel.from_pretrained(tmp_path / "fusion")
     assert isinstance(again, FusionModel) and again.config == m.config
     torch.testing.assert_close(again.eval()(x).logits, m(x).logits, rtol=0, atol=0)
+
+
+def test_late_fusion_is_a_baseline_over_the_same_sensors_and_survives_a_missing_one():
+    torch.manual_seed(0)
+    cfg = FusionConfig(sensors=SENSORS, dim=32, class_names=["a", "b", "c"], fuse="late")
+    model = FusionModel(cfg).eval()
+    assert model.perceiver is None and not any(k.startswith("perceiver.") for k in model.state_dict())
+    inputs = {name: type(model.encoders[name]).example(2) for name in SENSORS}
+    full = model(inputs, labels=torch.tensor([0, 2]))
+    assert full.logits.shape == (2, 3) and full.loss.isfinite()
+    without = model({k: v for k, v in inputs.items() if k != "microphone"})
+    masked = dict(inputs, microphone={**inputs["microphone"], "mask": torch.zeros_like(inputs["microphone"]["mask"])})
+    torch.testing.assert_close(without.logits, model(masked).logits)  # missing = every token masked
+    with pytest.raises(ValueError, match="no attention"):
+        model(inputs, return_attention=True)
+    with pytest.raises(ValueError, match="fuse"):
+        FusionModel(FusionConfig(sensors=SENSORS, fuse="early"))

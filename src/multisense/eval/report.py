@@ -66,3 +66,28 @@ def plot_attention(image: np.ndarray, maps: np.ndarray, path: Path, title: str =
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_attention_shift(shift: dict, path: Path, title: str = "") -> Path:
+    """Heat-map of the latents' attention share per sensor (rows) over an episode's time (columns),
+    averaged over episodes, with the mean first contact marked; beside it each sensor's share
+    before and after contact (eval.touch.attention_shift)."""
+    names, shares, centres = shift["names"], shift["shares"].mean(0).T, shift["bin_centres"]  # [M, bins]
+    width = centres[1] - centres[0] if len(centres) > 1 else 1.0
+    fig, (ax, bar) = plt.subplots(1, 2, figsize=(9, 2.8), gridspec_kw={"width_ratios": [3, 1.3]})
+    im = ax.imshow(shares, aspect="auto", cmap="viridis", vmin=0, vmax=max(float(shares.max()), 1e-6),
+                   extent=(centres[0] - width / 2, centres[-1] + width / 2, len(names) - 0.5, -0.5))
+    ax.axvline(float(np.mean(shift["contact"])), color="w", ls="--", lw=1.2, label="first contact (mean)")
+    ax.set(yticks=range(len(names)), yticklabels=names, xlabel="time in the episode (s)", title=title)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.colorbar(im, ax=ax, label="share of attention")
+    x = np.arange(len(names))
+    bar.bar(x - 0.2, [shift["before"][n] for n in names], 0.4, label="before contact")
+    bar.bar(x + 0.2, [shift["after"][n] for n in names], 0.4, label="after contact")
+    bar.set(xticks=x, ylabel="share", title="before / after")
+    bar.set_xticklabels(names, rotation=30, fontsize=7)
+    bar.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -4,6 +4,10 @@ latent array cross-attends to all of them at a cost linear in their number; a Pe
 decoder reads a class out of the latents (material, contact event). The latents are also what a
 language model cross-attends to (the Flamingo path), added in a later step.
 
+`fuse="late"` is the baseline the Perceiver is measured against: each sensor's tokens averaged
+(over its real ones), projected to `dim`, concatenated (zeros for a missing sensor) and read by
+an MLP, with no attention across sensors or time.
+
 Sensors are matched by name. During training, `modality_dropout` drops each optional sensor of a
 sample with that probability (all its tokens masked), so the model learns to answer with any
 subset; a missing optional sensor at inference is the same as a dropped one.
@@ -49,6 +53,10 @@ class FusionConfig(FamilyConfig):
     fourier_bands: int = 8
     class_names: list[str] = field(default_factory=list)  # a classification head when not empty
     modality_dropout: float = 0.0
+    fuse: str = "perceiver"  # or "late": concatenation of pooled sensors + MLP (the baseline)
+
+
+FUSE = ("perceiver", "late")
 
 
 class FusionOutput(NamedTuple):
@@ -76,6 +84,10 @@ class FusionModel(nn.Module):
         for name, spec in config.sensors.items():
             if "encoder" not in spec:
                 raise ValueError(f"sensors[{name!r}]: name its encoder, e.g. {{'encoder': 'tactile'}}")
+        if config.fuse not in FUSE:
+            raise ValueError(f"fuse: expected one of {list(FUSE)}, got {config.fuse!r}")
+        if config.fuse == "late" and not config.class_names:
+            raise ValueError("fuse='late': the late-fusion baseline is a classifier; give it class_names")
         if not 0.0 <= config.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout: expected a probability in [0, 1), got {config.modality_dropout}")
         self.config = config
@@ -86,13 +98,20 @@ class FusionModel(nn.Module):
                                      num_bands=config.fourier_bands, max_freq=2.0 * config.fourier_bands,
                                      optional=bool(spec.get("optional", True)))
                       for name, spec in config.sensors.items()}
-        self.perceiver = Perceiver(dim=config.dim, num_latents=config.num_latents, modalities=modalities,
-                                   depth=config.depth, num_blocks=config.num_blocks,
-                                   repeat_cross_attend=config.repeat_cross_attend, share_weights=config.share_weights,
-                                   cross_heads=config.cross_heads, cross_dim_head=config.cross_dim_head,
-                                   heads=config.heads, dim_head=config.dim_head, ff_mult=config.ff_mult,
-                                   chunk_size=config.chunk_size)
-        self.head = (PerceiverDecoder(config.dim, out_dim=len(config.class_names), heads=config.heads,
+        # the late-fusion baseline has no latents: no Perceiver
+        self.perceiver = None if config.fuse == "late" else Perceiver(
+            dim=config.dim, num_latents=config.num_latents, modalities=modalities, depth=config.depth,
+            num_blocks=config.num_blocks, repeat_cross_attend=config.repeat_cross_attend,
+            share_weights=config.share_weights, cross_heads=config.cross_heads, cross_dim_head=config.cross_dim_head,
+            heads=config.heads, dim_head=config.dim_head, ff_mult=config.ff_mult, chunk_size=config.chunk_size)
+        self.late = None
+        if config.fuse == "late":
+            names = sorted(config.sensors)
+            self.pool = nn.ModuleDict({n: nn.Linear(self.encoders[n].dim, config.dim) for n in names})
+            width = config.dim * len(names)
+            self.late = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.dim * config.ff_mult), nn.GELU(),
+                                      nn.Linear(config.dim * config.ff_mult, len(config.class_names)))
+        self.head = None if self.late is not None else (PerceiverDecoder(config.dim, out_dim=len(config.class_names), heads=config.heads,
                                       dim_head=config.dim_head, ff_mult=config.ff_mult)
                      if config.class_names else None)
 
@@ -130,6 +149,10 @@ class FusionModel(nn.Module):
         """sensors: name -> the encoder's keyword inputs ({"frames": ..., "mask": ...}); labels [B] class ids."""
         tokens, masks, positions = self.encode(sensors)
         masks = self.drop_sensors(masks)
+        if self.late is not None:
+            if return_attention:
+                raise ValueError("return_attention: the late-fusion baseline has no attention (fuse='late')")
+            return self._late(tokens, masks, labels)
         out = self.perceiver(tokens, mask=masks, positions=positions, return_attention=return_attention)
         latents, attention = out if return_attention else (out, None)
         logits = self.head(latents)[:, 0] if self.head is not None else None
@@ -140,6 +163,24 @@ class FusionModel(nn.Module):
             loss = F.cross_entropy(logits, labels)
         return FusionOutput(latents, logits, loss, attention)
 
+    def _late(self, tokens: dict, masks: dict, labels: torch.Tensor | None) -> FusionOutput:
+        """Late fusion: masked mean per sensor -> Linear -> concatenation (zeros where missing) -> MLP."""
+        B = next(iter(tokens.values())).shape[0]
+        pooled = []
+        for name in sorted(self.config.sensors):
+            if name not in tokens:
+                if not self.config.sensors[name].get("optional", True):
+                    raise ValueError(f"sensors: {name!r} is not optional and was not given")
+                pooled.append(self.pool[name].weight.new_zeros(B, self.config.dim))
+                continue
+            m = masks[name].unsqueeze(-1).to(tokens[name].dtype)  # [B, S, 1]
+            mean = (tokens[name] * m).sum(1) / m.sum(1).clamp(min=1)
+            pooled.append(self.pool[name](mean) * masks[name].any(-1, keepdim=True))  # a dropped sensor: zeros
+        features = torch.stack(pooled, 1)  # [B, M, D]
+        logits = self.late(features.flatten(1))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return FusionOutput(features, logits, loss, None)
+
     @torch.no_grad()
     def attention_over_time(self, sensors: dict[str, dict], bins: int = 12) -> torch.Tensor:
         """[B, bins, M] share of the first cross-attention's mass on each sensor (sorted names, as
@@ -149,6 +190,8 @@ class FusionModel(nn.Module):
         a key's score does not depend on the other keys: masking all but one slice's tokens gives
         exactly the full attention's mass in that slice, renormalised over it. A slice where a
         sensor has no tokens counts 0 for it."""
+        if self.late is not None:
+            raise ValueError("attention_over_time: the late-fusion baseline has no attention (fuse='late')")
         tokens, masks, positions = self.encode(sensors)
         edges = torch.linspace(-1, 1, bins + 1)
         out = []

@@ -48,7 +48,7 @@ from ..encoders import load_vision_encoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
-from ..models.fusion import FusionConfig
+from ..models.fusion import FUSE, FusionConfig
 from ..models.io import check_fits
 from ..models.llava import SELECT_STRATEGIES, LlavaConfig
 from ..models.registry import FAMILIES, get_family
@@ -309,6 +309,7 @@ def validate_fusion(cfg: TrainConfig) -> None:
     for key in ("dim", "num_latents", "depth", "heads", "dim_head", "cross_heads", "cross_dim_head", "ff_mult"):
         check_number(getattr(model, key), f"model.fusion.{key}", at_least=1)
     check_number(model.modality_dropout, "model.fusion.modality_dropout", at_least=0, below=1)
+    check_choice(model.fuse, FUSE, "model.fusion.fuse")
     world = data.world
     check_number(world.episodes, "data.world.episodes", at_least=1)
     check_number(world.seconds, "data.world.seconds", above=0)

@@ -81,6 +81,8 @@ def test_episodes_are_cached_by_seed_and_version(tmp_path, monkeypatch):
     direct, _ = simulate(seed=5, index=1, seconds=1.0)
     assert all(np.array_equal(arrays[k], direct[k]) for k in direct) and spec["seconds"] == 1.0
     assert [p.stat().st_mtime_ns for p in generate(2, seed=5, seconds=1.0, cache_dir=tmp_path)] == stamp  # a hit
+    longer = generate(1, seed=5, seconds=2.0, cache_dir=tmp_path, workers=1)[0]  # not the 1 s episode
+    assert load_episode(longer)[1]["seconds"] == 2.0 and longer.parent != paths[0].parent
     written = episodes_module.VERSION
     monkeypatch.setattr(episodes_module, "VERSION", "v-test")
     assert generate(1, seed=5, seconds=1.0, cache_dir=tmp_path, workers=1)[0].parent != paths[0].parent

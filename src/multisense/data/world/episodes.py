@@ -4,7 +4,7 @@ Episode i of seed s is drawn from `numpy.random.default_rng([s, i])` and is the 
 run: its material cycles through MATERIALS (balanced classes), the rest (start, slide direction
 and length, press depth, timing, the camera's colour cast, sensor noise) comes from the rng.
 One safetensors file per episode (arrays; the EpisodeSpec as JSON in its metadata), under
-`<cache>/touch-world/<VERSION>/seed-<s>/`; a changed generator gets a new VERSION, so an old
+`<cache>/touch-world/<VERSION>/seed-<s>-<seconds>s/`; a changed generator gets a new VERSION, so an old
 cache is never read for a new generator. Files are written whole or not at all.
 """
 
@@ -26,8 +26,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MULTISENSE_CACHE") or Path.home() / ".cache" / "multisense")
 
 
-def episode_dir(seed: int, cache_dir: str | os.PathLike | None = None) -> Path:
-    return Path(cache_dir or default_cache_dir()) / "touch-world" / VERSION / f"seed-{seed}"
+def episode_dir(seed: int, cache_dir: str | os.PathLike | None = None, seconds: float = 3.0) -> Path:
+    """Where episodes of (seed, seconds) are cached: a 1 s episode i is not a 3 s one."""
+    return Path(cache_dir or default_cache_dir()) / "touch-world" / VERSION / f"seed-{seed}-{seconds:g}s"
 
 
 def episode_spec(seed: int, index: int, seconds: float = 3.0):
@@ -74,7 +75,7 @@ def generate(n: int, seed: int = 0, *, seconds: float = 3.0, cache_dir=None, wor
     spawned processes (a script that calls this needs Python's `if __name__ == "__main__":` guard)."""
     if n < 1:
         raise ValueError(f"n: expected a positive number of episodes, got {n}")
-    folder = episode_dir(seed, cache_dir)
+    folder = episode_dir(seed, cache_dir, seconds)
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(seed, i, seconds, str(folder)) for i in range(n)]
     todo = [j for j in jobs if not (folder / f"{j[1]:06d}.safetensors").exists()]
