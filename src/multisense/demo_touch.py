@@ -91,7 +91,8 @@ def run(cfg: TouchDemoConfig) -> int:
                "final_loss": summary["final_loss"], "check": {"min_accuracy": cfg.min_accuracy, "passed": passed}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    report.plot_loss(summary["history"], out / "loss.png") if summary["history"] else None
+    if summary["history"]:
+        report.plot_loss(summary["history"], out / "loss.png")
     report.plot_attention_shift(shift, out / "attention.png", title="camera blocked after contact")
     text = render(results)
     (out / "report.md").write_text(text)

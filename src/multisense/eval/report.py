@@ -23,7 +23,7 @@ def plot_loss(history: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, loss, alpha=0.3, lw=0.8, label="loss")
     ax.plot(steps[window - 1:], smooth, lw=1.8, label=f"mean of {window}")
-    ax.set(xlabel="step", ylabel="cross-entropy (target tokens)", yscale="log", title="training loss")
+    ax.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="training loss")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -35,7 +35,7 @@ PHASES = ("approach", "touch", "press", "slide", "lift")
 HALF = 0.05  # half side of the patch (m)
 PAD = 0.012  # side of a finger pad (m)
 IMAGE = 32
-# The camera sees a VISUAL x VISUAL copy of the surface (drawing the 64 x 64 field was 90% of a
+# The camera sees a VISUAL x VISUAL copy of the surface (drawing the 64 x 64 field was about 80% of a
 # frame's time); the fingers collide with the COARSE one, which is in group 3 and not drawn.
 VISUAL = 32
 TILES = 16  # the offscreen buffer holds TILES x TILES frames, read back in one go (TileRenderer)
