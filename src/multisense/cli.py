@@ -6,7 +6,8 @@
     multisense eval --model DIR --task NAME     few-shot evaluation at 0/2/4/8 shots, several seeds
                                                 (a fusion model: held-out touch episodes, camera visible/blocked)
     multisense generate --model DIR --image F --prompt "<image> ..."   any saved family answers
-    multisense experiment NAME|all              the claims checked: gate_init, frame_embeddings, masking
+    multisense experiment NAME|all              the claims checked: gate_init, frame_embeddings, masking,
+                                                touch_occlusion, touch_attention, touch_subsets, perceiver_cost
     multisense bench [...]                      block throughput and memory benchmarks
     multisense bench training [...]             training throughput, memory, DDP scaling
     multisense bench perceiver [...]            Perceiver fusion over 115,200 tokens against full self-attention

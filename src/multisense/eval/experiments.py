@@ -7,6 +7,10 @@
                                              #   interpolation, truncation, or no embeddings
     multisense experiment masking            # `immediate` against `all_previous` media masking on
                                              #   cross-image questions and few-shot accuracy
+    multisense experiment touch_occlusion    # the touch world's experiments (eval/touch_experiments.py):
+    multisense experiment touch_attention    #   accuracy as the camera is blocked, attention over time,
+    multisense experiment touch_subsets      #   missing sensors, the Perceiver's cost against full
+    multisense experiment perceiver_cost     #   self-attention up to 115,200 tokens
 
 Every run trains through `multisense train` (`train.trainer.train`) from a shipped preset and
 evaluates through `multisense eval` (`eval.fewshot`). Each experiment writes
@@ -31,7 +35,7 @@ from ..data.tasks import get_task, text_corpus
 from ..tokens import IGNORE_INDEX
 from ..train.loop import token_loss_sum
 from ..train.trainer import TrainConfig, resolve_preset, train
-from . import fewshot
+from . import fewshot, touch_experiments
 
 # Runs on other data than few-shot episodes take the fewshot preset's blocks on the default LM,
 # without in-words distillation: their tasks carry no words, and the in-context LM the preset
@@ -279,6 +283,7 @@ EXPERIMENTS = {
     "frame_embeddings": (frame_embeddings, frame_embeddings_report),
     "masking": (masking, masking_report),
 }
+EXPERIMENTS.update(touch_experiments.EXPERIMENTS)
 
 
 def write_report(name: str, res: dict, command: str, seconds: float, docs: Path, images: Path) -> None:
