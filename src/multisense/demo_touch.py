@@ -37,7 +37,7 @@ class TouchDemoConfig:
     steps: int = option(250, "optimiser steps")
     batch_size: int = option(16, "episodes per step")
     occlusion: float = option(0.5, "probability that a training episode's camera is blocked after contact")
-    modality_dropout: float = option(0.3, "probability of dropping each sensor of a training sample")
+    modality_dropout: float = option(0.5, "probability of dropping each sensor of a training sample")
     seed: int = option(0, "seed of the weights and of the batch order")
     workers: int = option(2, "processes that simulate the episodes")
     min_accuracy: float = option(0.8, "the run's check: accuracy with the camera blocked")
