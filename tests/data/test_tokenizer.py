@@ -3,7 +3,7 @@
 import pytest
 
 from multisense.data import scenes
-from multisense.data.tokenizer import train_word_tokenizer
+from multisense.data.tokenizer import add_missing_words, train_word_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +39,13 @@ def test_round_trip(tokenizer):
         assert len(ids) == len(line.split())  # one token per word, no added specials
         assert tokenizer.decode(ids) == line
         assert tokenizer.decode(ids + [tokenizer.eos_token_id], skip_special_tokens=True) == line
+
+
+def test_missing_words_are_added_whole_after_the_vocabulary():
+    tokenizer = train_word_tokenizer(scenes.text_corpus(5, seed=0))  # its own: the fixture is shared
+    size = len(tokenizer)
+    assert add_missing_words(tokenizer, ["red", "finger", "like", "finger"]) == ["finger", "like"]
+    assert len(tokenizer) == size + 2
+    ids = tokenizer("the finger is likely red", add_special_tokens=False)["input_ids"]
+    assert ids[1] == size and ids[3] == tokenizer.unk_token_id  # "like" is not matched inside "likely"
+    assert add_missing_words(tokenizer, ["finger"]) == []

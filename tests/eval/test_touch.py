@@ -6,7 +6,7 @@ import torch
 from multisense import FusionModel
 from multisense.cli import main as cli
 from multisense.data.world import generate
-from multisense.data.world.tasks import TouchEpisodes, collate_touch
+from multisense.data.world.tasks import TouchEpisodes, collate_touch, question_tokens
 from multisense.eval.touch import attention_shift, subsets
 
 TINY = ["model.fusion.dim=16", "model.fusion.num_latents=4", "model.fusion.heads=2", "model.fusion.dim_head=8",
@@ -91,3 +91,71 @@ def test_attention_over_time_in_one_bin_is_the_models_own_share(run):
 
 def test_subsets_are_every_non_empty_one():
     assert subsets(["b", "a"]) == [("a", "b"), ("a",), ("b",)]
+
+
+# ---------------------------------------------------------------------------------- with a language model
+
+LM = ["model.fusion.xattn_heads=2", "model.fusion.xattn_dim_head=8"]  # the preset's LM: the embedded GPT-2
+
+
+@pytest.fixture(scope="module")
+def lm_run(run, tmp_path_factory):
+    """`multisense train --config touch_lm` (tiny, contact questions): 2 steps resumed to 3, and 3 straight."""
+    root = tmp_path_factory.mktemp("touch_lm")
+    cache = run[1]  # the same episodes as the head's run, simulated once
+    args = ["train", "--config", "touch_lm", *TINY, *LM, f"data.world.cache_dir={cache}", "train.save_every=2"]
+    assert cli(args + [f"train.out_dir={root / 'run'}", "train.steps=2"]) == 0
+    assert cli(args + [f"train.out_dir={root / 'run'}", "train.steps=3"]) == 0  # resumes at step 2
+    assert cli(args + [f"train.out_dir={root / 'straight'}", "train.steps=3"]) == 0
+    return root, cache
+
+
+def test_an_lm_run_resumes_exactly_and_saves_what_it_trained(lm_run):
+    from safetensors.torch import load_file
+
+    root, _ = lm_run
+    resumed, straight = (load_file(root / d / "model" / "model.safetensors") for d in ("run", "straight"))
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in resumed)
+    assert not any(k.startswith("flamingo.lm.") for k in resumed)  # the frozen LM is recorded, not copied
+    assert any(k.endswith("alpha") for k in resumed) and "flamingo.added_embeddings" in resumed
+    rows = lambda d: (root / d / "logs" / "metrics.csv").read_text().splitlines()  # noqa: E731
+    assert rows("run") == rows("straight")
+    model = FusionModel.from_pretrained(root / "run" / "model")
+    assert model.flamingo is not None and model.config.class_names == [] and model.config.lm == "default"
+
+
+def test_eval_scores_the_candidate_answers_of_held_out_questions(lm_run, tmp_path, monkeypatch):
+    from multisense.eval.touch import answer_scores
+
+    root, cache = lm_run
+    monkeypatch.setenv("MULTISENSE_CACHE", str(cache))
+    out = tmp_path / "result"
+    assert cli(["eval", "--model", str(root / "run" / "model"), "--task", "contact", "--episodes", "4",
+                "--seconds", "1", "--workers", "1", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["answers"] == "words, scored by the LM" and 0 <= result["majority"] <= 1
+    assert [r["occlusion"] for r in result["rows"]] == [0.0, 1.0]
+    model = FusionModel.from_pretrained(root / "run" / "model").eval()
+    data = TouchEpisodes(generate(4, 1, seconds=1.0, cache_dir=cache, workers=1), task="contact", seed=1)
+    samples = [data[i] for i in range(4)]
+    batch = collate_touch(samples)
+    with torch.no_grad():
+        scores = answer_scores(model, batch["sensors"], [s["question"] for s in samples], ["no", "yes"])
+    expected = float((scores.argmax(-1) == batch["labels"]).float().mean())  # occlusion 0: TouchEpisodes' default
+    assert result["rows"][0]["accuracy"] == pytest.approx(expected)
+    assert sum(q["episodes"] for q in result["rows"][0]["questions"].values()) == 4
+    text = question_tokens([s["question"] for s in samples], ["yes"] * 4, model.tokenizer)  # greedy answers too
+    prompt_length = int((text["labels"] == -100).sum(-1).min())
+    ids = model.generate(batch["sensors"], text["input_ids"][:, :prompt_length], max_new_tokens=1, do_sample=False)
+    assert ids.shape == (4, prompt_length + 1)
+
+
+def test_lm_runs_refuse_what_they_cannot_do(tmp_path, capsys):
+    base = ["train", "--config", "touch", *TINY, f"train.out_dir={tmp_path / 'r'}"]
+    assert cli(base + ["data.task=contact"]) == 2
+    assert "a classification head cannot read it: set model.fusion.lm" in capsys.readouterr().err
+    assert cli(base + ["model.fusion.lm=default", "model.fusion.class_names=[a, b]"]) == 2
+    assert "model.fusion.class_names: with model.fusion.lm" in capsys.readouterr().err
+    assert cli(base + ["model.fusion.lm=default"]) == 2  # data.task=material: the embedded LM knows no material
+    assert "has no word for 'smooth'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -454,3 +454,65 @@ def test_save_pretrained_keeps_the_tokenizer_with_its_marker(tmp_path):
     assert loaded.tokenizer.convert_tokens_to_ids("<image>") == model.config.media_token_id
     reread = tf.AutoTokenizer.from_pretrained(tmp_path / "ckpt")
     assert reread("<image> a")["input_ids"][0] == model.config.media_token_id
+
+
+# ---------------------------------------------------------------------------------- media_latents
+
+
+def test_media_latents_equal_the_resampler_producing_them():
+    """Already-resampled media skip the encoder and resampler: the same latents give the same logits,
+    padding items included (media_mask plays frame_mask's part)."""
+    model = tiny_flamingo(gates=0.5).eval()
+    ids = interleaved_ids(2, 10, [[1, 5], [3]])
+    mask = torch.tensor([[[True], [True]], [[True], [False]]])
+    pix = pixels(2, 2)
+    out = model(ids, pixel_values=pix, frame_mask=mask, output_media_latents=True)
+    again = model(ids, media_latents=out.media_latents, media_mask=mask.any(-1))
+    assert torch.equal(again.logits, out.logits)
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(ids, media_latents=out.media_latents, media_mask=mask.any(-1), **kw),
+                       model.generate(ids, pixel_values=pix, frame_mask=mask, **kw))
+    with pytest.raises(ValueError, match="one kind of media"):
+        model(ids, pixel_values=pix, media_latents=out.media_latents)
+    with pytest.raises(ValueError, match=r"media_latents: expected shape \[B, M, R, D=24\]"):
+        model(ids, media_latents=torch.randn(2, 2, 4, 7))
+    with pytest.raises(ValueError, match="media_mask: empty"):
+        model(ids, media_latents=out.media_latents, media_mask=torch.tensor([[True, True], [False, True]]))
+
+
+def test_a_model_without_a_resampler_takes_media_latents_only_and_has_no_dead_weights():
+    with_resampler = tiny_flamingo(gates=0.5).eval()
+    torch.manual_seed(1)
+    bare = ms.FlamingoModel.from_lm(tiny_lm(), media_token_id=MARKER, resampler_depth=0, dim_media=24, xattn_heads=2,
+                                    xattn_dim_head=8, ff_mult=2).eval()
+    assert bare.resampler is None and not any(k.startswith("resampler.") for k in bare.trainable_state_dict())
+    bare.load_state_dict({k: v for k, v in with_resampler.trainable_state_dict().items()
+                          if not k.startswith("resampler.")}, strict=False)
+    ids = interleaved_ids(2, 10, [[1, 5], [3, 4]])
+    pix = pixels(2, 2)
+    out = with_resampler(ids, pixel_values=pix, output_media_latents=True)
+    assert torch.equal(bare(ids, media_latents=out.media_latents).logits, out.logits)
+    with pytest.raises(ValueError, match="no resampler .* pass already-resampled media as media_latents"):
+        bare(ids, media_features=torch.randn(2, 2, 1, 5, 24))
+    with pytest.raises(ValueError, match="resampler_depth=0: .* a vision_encoder would go unused"):
+        ms.FlamingoModel.from_lm(tiny_lm(), tiny_vision(), media_token_id=MARKER, resampler_depth=0)
+
+
+def test_added_words_beyond_the_vocabulary_read_trainable_embeddings_and_carry_no_loss():
+    """A word the LM's tokenizer could only read as unknown, added after its vocabulary (the
+    embedded LMs have no "finger"): its own trainable input embedding, never a target."""
+    new = [VOCAB, VOCAB + 2]  # the marker is VOCAB + 1
+    model = tiny_flamingo(media_token_id=VOCAB + 1, added_token_ids=new, gates=0.5)
+    ids = interleaved_ids(2, 10, [[1], [2]], marker=VOCAB + 1)
+    ids[0, 4], ids[1, 6] = new
+    out = model(ids, pixel_values=pixels(2, 1), labels=ids)  # labels on the added ids: ignored, not an error
+    out.loss.backward()
+    assert model.added_embeddings.shape == (2, 32) and model.added_embeddings.grad.abs().sum(-1).gt(0).all()
+    changed = ids.clone()
+    changed[0, 4] = VOCAB + 2  # another added word reads another embedding, once they differ
+    with torch.no_grad():
+        model.added_embeddings[1] += 1.0
+    assert not torch.equal(model(changed, pixel_values=pixels(2, 1)).logits[0, 4:],
+                           model(ids, pixel_values=pixels(2, 1)).logits[0, 4:])
+    with pytest.raises(ValueError, match="added_token_ids: expected distinct ids beyond the LM's vocabulary"):
+        tiny_flamingo(added_token_ids=[5])

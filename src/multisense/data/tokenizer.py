@@ -2,13 +2,16 @@
 
 Words are split on whitespace only (punctuation is already its own word in `scenes`), and
 decoding joins tokens with single spaces, so every scenes line round-trips exactly.
+`add_missing_words` teaches any tokenizer the words of a new task that it can only read as its
+unknown token (the embedded LMs' closed vocabulary has no "finger"); a model gives them
+trainable input embeddings (FlamingoConfig.added_token_ids).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from multisense.data.scenes import VOCABULARY
@@ -34,3 +37,17 @@ def train_word_tokenizer(corpus: list[str], *, extra_words: Iterable[str] = ()) 
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token=PAD, eos_token=EOS, bos_token=EOS, unk_token=UNK
     )
+
+
+def add_missing_words(tokenizer, words: Iterable[str]) -> list[str]:
+    """Add each of `words` that `tokenizer` spells with its unknown token as a token of its own
+    (a whole word only: "like" is not matched inside "likely"); returns the words added, whose
+    ids follow the tokenizer's others. A tokenizer without an unknown token (byte-level BPE)
+    spells every word and gets none."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return []
+    missing = [w for w in dict.fromkeys(words) if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+    if missing:
+        tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in missing])
+    return missing

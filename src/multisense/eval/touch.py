@@ -4,6 +4,11 @@ removed, and where the latents look over an episode's time.
 
 Held out means another world seed: episode i of seed s is drawn from rng([s, i]), so seed 1's
 episodes share nothing with the training seed 0's but the world's rules.
+
+A fusion model with a language model answers each episode's question in words; its prediction
+is the candidate answer (the task's answer words) of the highest log-likelihood under the model,
+answer and end-of-sequence tokens summed as they were trained, so accuracy is closed-set as the
+head's. Rows then also hold the accuracy per question (contact: touching / slipping / lifted).
 """
 
 from __future__ import annotations
@@ -16,9 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.world.tasks import TouchEpisodes, WorldData, collate_touch, world_dataset
+from ..data.world.tasks import (
+    EVENTS,
+    LM_TASKS,
+    TASKS,
+    TouchEpisodes,
+    WorldData,
+    answer_words,
+    collate_touch,
+    question_tokens,
+    world_dataset,
+)
 from ..markdown import Table
 from ..models.fusion import FusionModel
+from ..tokens import IGNORE_INDEX
 
 
 def batches(dataset: TouchEpisodes, batch_size: int):
@@ -28,19 +44,64 @@ def batches(dataset: TouchEpisodes, batch_size: int):
 
 @torch.no_grad()
 def predictions(model: FusionModel, dataset: TouchEpisodes, *, drop=(), batch_size: int = 32) -> tuple:
-    """(predicted, true) class ids [N] with the sensors in `drop` missing (not given at all)."""
+    """(predicted, true) class ids [N] with the sensors in `drop` missing (not given at all): the
+    head's argmax, or with an LM the candidate answer it finds most likely (`answer_scores`)."""
     model.eval()
     predicted, true = [], []
-    for batch in batches(dataset, batch_size):
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collate_touch(samples)
         sensors = {n: v for n, v in batch["sensors"].items() if n not in drop}
-        predicted.append(model(sensors).logits.argmax(-1))
+        if model.flamingo is None:
+            predicted.append(model(sensors).logits.argmax(-1))
+        else:
+            questions = [s["question"] for s in samples]
+            predicted.append(answer_scores(model, sensors, questions, answer_words(dataset.task)).argmax(-1))
         true.append(batch["labels"])
     return torch.cat(predicted), torch.cat(true)
+
+
+@torch.no_grad()
+def answer_scores(model: FusionModel, sensors: dict, questions: list[str], candidates: list[str]) -> torch.Tensor:
+    """[B, K] log-likelihood of each candidate answer word (and eos) to each question; the
+    sensors are fused once."""
+    media = model.fuse(sensors).unsqueeze(1)  # [B, 1, R, D]: one media item per sample
+    scores = []
+    for word in candidates:
+        model.lm_tokens(word)  # an answer the LM cannot say is an error, not a score of its unknown token
+        text = question_tokens(questions, [word] * len(questions), model.tokenizer, model.config.answers)
+        logits = model.flamingo(text["input_ids"], attention_mask=text["attention_mask"], media_latents=media,
+                                use_cache=False).logits
+        scores.append(sequence_log_likelihood(logits, text["labels"]))
+    return torch.stack(scores, -1)
+
+
+def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] summed log-probability of the labelled tokens (labels [B, L], logits at t predict t + 1)."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * keep).sum(-1)
 
 
 def accuracy(model: FusionModel, dataset: TouchEpisodes, *, drop=(), batch_size: int = 32) -> float:
     predicted, true = predictions(model, dataset, drop=drop, batch_size=batch_size)
     return float((predicted == true).float().mean())
+
+
+def _row(model: FusionModel, dataset: TouchEpisodes, sensors: str, occlusion: float, drop=(),
+         batch_size: int = 32) -> dict:
+    """One row of `evaluate`: accuracy and its interval; with an LM, also per question."""
+    predicted, true = predictions(model, with_occlusion(dataset, occlusion), drop=drop, batch_size=batch_size)
+    correct = (predicted == true).float()
+    acc, n = float(correct.mean()), len(dataset)
+    row = {"sensors": sensors, "occlusion": occlusion, "accuracy": acc, "ci95": interval(acc, n)}
+    if model.flamingo is not None:
+        questions = np.array([dataset.question(i)[0] for i in range(n)])
+        row["questions"] = {q: {"accuracy": float(correct[torch.from_numpy(questions == q)].mean()),
+                                "episodes": int((questions == q).sum())} for q in sorted(set(questions))}
+    return row
 
 
 def interval(correct: float, n: int) -> float:
@@ -86,28 +147,32 @@ def evaluate(model: FusionModel, dataset: TouchEpisodes, *, occlusions=(0.0, 1.0
     """Accuracy at each camera occlusion, with every sensor; with `drop_subsets`, also with only
     each subset of the sensors present (camera blocked with probability 1 if it is present)."""
     n = len(dataset)
-    rows = []
-    for p in occlusions:
-        acc = accuracy(model, with_occlusion(dataset, p), batch_size=batch_size)
-        rows.append({"sensors": "+".join(sorted(dataset.sensors)), "occlusion": p, "accuracy": acc,
-                     "ci95": interval(acc, n)})
+    rows = [_row(model, dataset, "+".join(sorted(dataset.sensors)), p, batch_size=batch_size) for p in occlusions]
     if drop_subsets:
-        blocked = with_occlusion(dataset, 1.0)
         for keep in subsets(dataset.sensors):
             if len(keep) == len(dataset.sensors) and 1.0 in occlusions:
                 continue  # that row is above
             drop = tuple(s for s in dataset.sensors if s not in keep)
-            acc = accuracy(model, blocked, drop=drop, batch_size=batch_size)
-            rows.append({"sensors": "+".join(keep), "occlusion": 1.0, "accuracy": acc, "ci95": interval(acc, n)})
-    return {"task": dataset.task, "episodes": n, "world_seed": dataset.seed, "rows": rows}
+            rows.append(_row(model, dataset, "+".join(keep), 1.0, drop=drop, batch_size=batch_size))
+    answers = np.array([dataset.question(i)[1] for i in range(n)])
+    majority = float(np.bincount(answers).max() / n)  # always giving the commonest answer
+    return {"task": dataset.task, "episodes": n, "world_seed": dataset.seed, "majority": majority, "rows": rows,
+            "answers": "words, scored by the LM" if model.flamingo is not None else "classification head"}
 
 
 def table(result: dict) -> Table:
+    note = "camera blocked (p): the probability that the camera is blocked from the first contact on"
+    if "majority" in result:
+        note += f"; always the commonest answer: {result['majority']:.3f}"
+    questions = sorted({q for r in result["rows"] for q in r.get("questions", {})})
+    questions = questions if len(questions) > 1 else []  # one question: its accuracy is the row's
+    short = {text: event for event, text in EVENTS.items()}
     out = Table(f"{result['task']} on {result['episodes']} held-out episodes (world seed {result['world_seed']})",
-                ["sensors", "camera blocked (p)", "accuracy", "± 95%"],
-                note="camera blocked (p): the probability that the camera is blocked from the first contact on")
+                ["sensors", "camera blocked (p)", "accuracy", "± 95%", *(short.get(q, q) for q in questions)],
+                note=note)
     for r in result["rows"]:
-        out.add(r["sensors"], f"{r['occlusion']:g}", f"{r['accuracy']:.3f}", f"{r['ci95']:.3f}")
+        per = [f"{r['questions'][q]['accuracy']:.3f}" if q in r.get("questions", {}) else "" for q in questions]
+        out.add(r["sensors"], f"{r['occlusion']:g}", f"{r['accuracy']:.3f}", f"{r['ci95']:.3f}", *per)
     return out
 
 
@@ -115,7 +180,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="multisense eval", description="a fusion model on held-out touch-world "
                                      "episodes: accuracy per camera occlusion and per subset of sensors")
     parser.add_argument("--model", required=True, help="a directory written by save_pretrained (family fusion)")
-    parser.add_argument("--task", default="material", help="material or slipping (default: %(default)s)")
+    parser.add_argument("--task", default="material", choices=TASKS,
+                        help="material, slipping, or contact (a model with an LM) (default: %(default)s)")
     parser.add_argument("--episodes", type=int, default=100, help="held-out episodes (default: %(default)s)")
     parser.add_argument("--world-seed", type=int, default=1,
                         help="world seed of the held-out episodes; training uses 0 (default: %(default)s)")
@@ -133,6 +199,9 @@ def main(argv: list[str]) -> int:
     model = FusionModel.from_pretrained(args.model)
     if model.config.class_names and args.task == "material" and len(model.config.class_names) == 2:
         raise ValueError(f"--task: {args.model} answers {model.config.class_names}; evaluate it with --task slipping")
+    if model.flamingo is None and args.task in LM_TASKS:
+        raise ValueError(f"--task: {args.task} asks about several events, named in the question; {args.model} has a "
+                         "classification head and no LM to read it")
     world = WorldData(episodes=args.episodes, seed=args.world_seed, seconds=args.seconds, workers=args.workers)
     dataset = world_dataset(world, task=args.task, sensors=tuple(model.config.sensors), log=print)
     result = evaluate(model, dataset, occlusions=tuple(args.occlusion), drop_subsets=args.subsets,

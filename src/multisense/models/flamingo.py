@@ -18,7 +18,12 @@ layers. Before every LM forward in that call (one per decoding step in `generate
   3. the media index of every token, continuing the marker count the cache holds;
   4. `check_media_counts`: markers and media agree per sample;
   5. the routing of tokens to media latents, shared by every gated layer;
-  6. `_embed_markers`: the marker tokens get the trainable marker embedding.
+  6. `_embed_markers`: the marker tokens get the trainable marker embedding (and the added
+     words, `added_token_ids`, theirs).
+
+Media may also arrive already resampled (`media_latents`, e.g. the latents of a Perceiver fusing
+other sensors): they go straight to the gated blocks' keys and values. A model built with
+`resampler_depth=0` has no resampler and takes only those.
 
 Shape letters: B batch, L text length, M media items, F frames, C/H/W pixels, S tokens per
 frame, Dv vision width, R latents, D LM width, H heads, Dh head width.
@@ -42,6 +47,7 @@ from ..encoders import as_encoder, check_frame_mask, encode_frames, media_tokens
 from ..lm.adapters import cache_argument, find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
+from ..nn.checks import check_shape
 from ..tokens import IGNORE_INDEX
 from .io import attach_identities, load_backbones, load_checkpoint, load_into, save_checkpoint
 
@@ -53,7 +59,7 @@ class FlamingoConfig(FamilyConfig):
     media_token_id: int | None = None
     cross_attn_every: int = 1
     num_latents: int = 64
-    resampler_depth: int = 6
+    resampler_depth: int = 6  # 0: no resampler; media come already resampled, as media_latents
     resampler_heads: int = 8
     resampler_dim_head: int = 64
     xattn_heads: int = 8
@@ -72,6 +78,10 @@ class FlamingoConfig(FamilyConfig):
     standardize_media: bool = False
     decoder_layers_attr: str | None = None
     dim_media: int | None = None
+    # Tokens added to the tokenizer beyond the LM's vocabulary (not the marker): words of a new
+    # task the LM cannot spell. Like a new marker, each reads a trainable input embedding; the
+    # frozen head has no logit for them, so they never carry loss.
+    added_token_ids: list[int] = field(default_factory=list)
     lm: dict = field(default_factory=dict)  # identity of the frozen LM (filled by from_lm)
     vision: dict = field(default_factory=dict)  # identity of the frozen vision encoder
 
@@ -180,6 +190,13 @@ class FlamingoModel(nn.Module):
         if self.vision_encoder is not None:
             for p in self.vision_encoder.parameters():
                 p.requires_grad_(False)
+        if config.resampler_depth < 0:
+            raise ValueError(f"resampler_depth: expected 0 (no resampler: media_latents only) or more, "
+                             f"got {config.resampler_depth}")
+        if config.resampler_depth == 0 and (self.vision_encoder is not None or config.standardize_media):
+            raise ValueError("resampler_depth=0: no resampler, so media come as media_latents; "
+                             + ("a vision_encoder would go unused" if self.vision_encoder is not None
+                                else "standardize_media has no encoder features to standardise"))
         self._cache_argument = cache_argument(lm)
 
         # The new parts are built in float32 whatever the backbones' dtype (they train, and
@@ -190,7 +207,8 @@ class FlamingoModel(nn.Module):
         self.resampler = PerceiverResampler(
             dim=dim_media, depth=config.resampler_depth, num_latents=config.num_latents,
             heads=config.resampler_heads, dim_head=config.resampler_dim_head, ff_mult=config.ff_mult,
-            max_frames=config.max_frames, interpolate_frames=config.interpolate_frames)
+            max_frames=config.max_frames, interpolate_frames=config.interpolate_frames,
+        ) if config.resampler_depth else None  # none: no untrained weights that nothing reads
         embeddings = lm.get_input_embeddings()
         dim = embeddings.embedding_dim
         _, layers = find_decoder_layers(lm, config.decoder_layers_attr)
@@ -203,6 +221,14 @@ class FlamingoModel(nn.Module):
             for _ in self.layer_ids)
         # The marker's embedding is ours and trainable; the LM's embedding matrix stays frozen.
         self.marker_embedding = nn.Parameter(_marker_init(embeddings, config.media_token_id))
+        vocab = embeddings.num_embeddings
+        wrong = [i for i in config.added_token_ids if i < vocab or i == config.media_token_id]
+        if wrong or len(set(config.added_token_ids)) != len(config.added_token_ids):
+            raise ValueError(f"added_token_ids: expected distinct ids beyond the LM's vocabulary ({vocab}) other "
+                             f"than the marker ({config.media_token_id}), got {config.added_token_ids}")
+        if config.added_token_ids:  # each starts as a new marker does: the mean embedding of the vocabulary
+            mean = _marker_init(embeddings, vocab)
+            self.added_embeddings = nn.Parameter(mean.expand(len(config.added_token_ids), -1).clone())
         self._call: _Call | None = None
         self._hooks = [lm.register_forward_pre_hook(self._before_lm, with_kwargs=True)]
         self._hooks += hook_before_layers(layers, self.layer_ids, self._run_gated_layer)
@@ -235,6 +261,9 @@ class FlamingoModel(nn.Module):
         """Encode and resample media -> (latents [B, M, R, Dv], present [B, M]), or (None, None)."""
         if pixel_values is None and media_features is None:
             return None, None
+        if self.resampler is None:
+            raise ValueError("pixel_values/media_features: this FlamingoModel has no resampler (resampler_depth=0); "
+                             "pass already-resampled media as media_latents [B, M, R, D_media]")
         frame_mask = check_frame_mask(pixel_values if pixel_values is not None else media_features, frame_mask)
         feats = self.media_tokens(pixel_values, media_features, frame_mask)
         feats = feats.to(self.resampler.latents.dtype)
@@ -242,13 +271,30 @@ class FlamingoModel(nn.Module):
         if self.config.standardize_media:
             feats = (feats - self.media_mean.to(feats.dtype)) / self.media_std.to(feats.dtype)
         if frame_mask is not None:
-            present = frame_mask.any(-1)
-            in_order = present == (torch.arange(M, device=present.device) < present.sum(-1, keepdim=True))
-            if not in_order.all():
-                raise ValueError("frame_mask: empty (padding) media items must come after the real ones in each sample")
+            present = _real_first(frame_mask.any(-1), "frame_mask")
         else:
             present = torch.ones(B, M, dtype=torch.bool, device=feats.device)
         return self.resampler(feats, frame_mask), present
+
+    def media_inputs(self, pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
+                     frame_mask: torch.Tensor | None = None, media_latents: torch.Tensor | None = None,
+                     media_mask: torch.Tensor | None = None):
+        """(latents [B, M, R, Dm], present [B, M]) of whichever media were given, or (None, None):
+        pixels or encoder features through `encode_media`, or `media_latents` as they are, with
+        `media_mask` [B, M] (True: a real item; each sample's real items first)."""
+        if media_latents is None:
+            if media_mask is not None:
+                raise ValueError("media_mask: marks the items of media_latents, which were not given")
+            return self.encode_media(pixel_values, media_features, frame_mask)
+        if pixel_values is not None or media_features is not None or frame_mask is not None:
+            raise ValueError("media_latents: given with pixel_values/media_features/frame_mask; pass one kind of media")
+        s = check_shape("media_latents", media_latents, "B M R D", D=self.config.dim_media)
+        if not bool(torch.isfinite(media_latents).all()):
+            raise ValueError("media_latents: holds NaN or inf")
+        if media_mask is None:
+            return media_latents, torch.ones(s["B"], s["M"], dtype=torch.bool, device=media_latents.device)
+        check_shape("media_mask", media_mask, "B M", B=s["B"], M=s["M"])
+        return media_latents, _real_first(media_mask.bool(), "media_mask")
 
     def media_tokens(self, pixel_values: torch.Tensor | None, media_features: torch.Tensor | None,
                      frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -371,11 +417,18 @@ class FlamingoModel(nn.Module):
         call.media_kv, call.present, call.joined = kv, present, True
 
     def _embed_markers(self, ids: torch.Tensor, args, kwargs):
-        """Replace the LM's embedding of the marker tokens by the trainable marker embedding."""
+        """Replace the LM's embedding of the marker tokens by the trainable marker embedding, and
+        give the added words (beyond the LM's vocabulary) their trainable embeddings."""
         is_marker = ids == self.config.media_token_id
-        if not bool(is_marker.any()):
+        row = torch.full_like(ids, -1)  # each token's row of added_embeddings, -1 for the LM's own tokens
+        for r, token in enumerate(self.config.added_token_ids):
+            row = row.masked_fill(ids == token, r)
+        added = row >= 0
+        if not bool(is_marker.any() or added.any()):
             return None
-        embeds = self.lm.get_input_embeddings()(ids.masked_fill(is_marker, 0))
+        embeds = self.lm.get_input_embeddings()(ids.masked_fill(is_marker | added, 0))
+        if bool(added.any()):
+            embeds = torch.where(added.unsqueeze(-1), self.added_embeddings.to(embeds.dtype)[row.clamp(min=0)], embeds)
         embeds = torch.where(is_marker.unsqueeze(-1), self.marker_embedding.to(embeds.dtype), embeds)
         return (args[1:] if args else args), {**kwargs, "input_ids": None, "inputs_embeds": embeds}
 
@@ -391,9 +444,13 @@ class FlamingoModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
                 frame_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                output_media_latents: bool = False, **lm_kwargs):
+                output_media_latents: bool = False, media_latents: torch.Tensor | None = None,
+                media_mask: torch.Tensor | None = None, **lm_kwargs):
         """Returns the LM's usual output (loss when labels are given, logits, past_key_values),
         plus `media_latents` [B, M, R, Dv] (None without media) with `output_media_latents`.
+
+        Media: pixel_values or media_features (encoded and resampled here), or media_latents
+        [B, M, R, Dm] already resampled, with media_mask [B, M] (`media_inputs`).
 
         The cache (`past_key_values=` or `cache=`, a FlamingoCache) is made here when the LM
         would use one: in eval mode by its config's `use_cache`, never in training mode, where a
@@ -408,9 +465,10 @@ class FlamingoModel(nn.Module):
             cache = FlamingoCache(config=self.lm.config)
         if cache is not None:
             lm_kwargs[self._cache_argument] = cache
-        latents, present = self.encode_media(pixel_values, media_features, frame_mask)
+        latents, present = self.media_inputs(pixel_values, media_features, frame_mask, media_latents, media_mask)
         if labels is not None:
-            labels = labels.masked_fill(labels == self.config.media_token_id, IGNORE_INDEX)
+            for own in (self.config.media_token_id, *self.config.added_token_ids):
+                labels = labels.masked_fill(labels == own, IGNORE_INDEX)
         with self._media_call(input_ids, latents, present, cache):
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=use_cache,
                           **lm_kwargs)
@@ -421,8 +479,10 @@ class FlamingoModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
-                 frame_mask: torch.Tensor | None = None, **kwargs):
-        """transformers' `generate` plus media. Media are encoded and resampled once per call.
+                 frame_mask: torch.Tensor | None = None, media_latents: torch.Tensor | None = None,
+                 media_mask: torch.Tensor | None = None, **kwargs):
+        """transformers' `generate` plus media. Media are encoded and resampled once per call
+        (or given as media_latents with media_mask, as in `forward`).
 
         To continue a conversation, pass `return_dict_in_generate=True`, then the next call gets
         the whole token history as input_ids, `past_key_values=out.past_key_values` and only the
@@ -435,7 +495,7 @@ class FlamingoModel(nn.Module):
             cache = FlamingoCache(config=self.lm.config)
         if cache is not None:
             kwargs[self._cache_argument] = cache
-        latents, present = self.encode_media(pixel_values, media_features, frame_mask)
+        latents, present = self.media_inputs(pixel_values, media_features, frame_mask, media_latents, media_mask)
         if self.config.media_token_id < self.lm.get_input_embeddings().num_embeddings:
             kwargs["suppress_tokens"] = list(kwargs.get("suppress_tokens") or []) + [self.config.media_token_id]
         with self._media_call(input_ids, latents, present, cache, generating=True):
@@ -498,6 +558,15 @@ class FlamingoModel(nn.Module):
         if (Path(directory) / "tokenizer_config.json").is_file():
             model.tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
         return model
+
+
+def _real_first(present: torch.Tensor, name: str) -> torch.Tensor:
+    """present [B, M] bool, checked: media index m of a sample is its m-th real item, so padding
+    items must come after the real ones."""
+    in_order = present == (torch.arange(present.shape[1], device=present.device) < present.sum(-1, keepdim=True))
+    if not in_order.all():
+        raise ValueError(f"{name}: empty (padding) media items must come after the real ones in each sample")
+    return present
 
 
 def _marker_init(embeddings: nn.Module, media_token_id: int) -> torch.Tensor:

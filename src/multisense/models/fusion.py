@@ -1,8 +1,15 @@
 """Perceiver fusion over many sensors (Jaegle et al. 2021): each named sensor's encoder (the
 encoder registry: vision, tactile, force_torque, audio) gives tokens and a mask; one Perceiver
 latent array cross-attends to all of them at a cost linear in their number; a Perceiver IO
-decoder reads a class out of the latents (material, contact event). The latents are also what a
-language model cross-attends to (the Flamingo path), added in a later step.
+decoder reads a class out of the latents (material, contact event).
+
+With `lm` the latents are instead what a frozen causal language model reads, Flamingo-style
+(Alayrac et al. 2022): the fused latents [B, R, D] are one media item per sample, handed as
+`media_latents` to a FlamingoModel built without a resampler (its tanh-gated cross-attention
+blocks, initialised closed, before every `cross_attn_every`-th LM layer), and the model answers a
+prompt holding one media marker, "<image> question : is the finger slipping now ? answer :" ->
+" yes". At initialisation it computes exactly the frozen LM's logits, whatever the sensors. The
+LM is recorded by identity, not copied (models/io.py); the tokenizer is saved beside.
 
 `fuse="late"` is the baseline the Perceiver is measured against: each sensor's tokens averaged
 (over its real ones), projected to `dim`, concatenated (zeros for a missing sensor) and read by
@@ -14,7 +21,8 @@ subset; a missing optional sensor at inference is the same as a dropped one.
 Each sensor's tokens get Fourier features of their time within the sample's window, from its
 own real tokens: -1 at the first, +1 at the last.
 
-Shape letters: B batch, S_m tokens of sensor m, D latent width, R latents, C classes.
+Shape letters: B batch, S_m tokens of sensor m, D latent width, R latents, C classes, L text
+length, V the LM's vocabulary.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -31,7 +40,9 @@ from torch import nn
 from ..config import FamilyConfig
 from ..encoders import build_encoder
 from ..nn import Modality, Perceiver, PerceiverDecoder
-from .io import load_checkpoint, load_into, save_checkpoint
+from ..tokens import MEDIA_MARKER
+from .flamingo import FlamingoConfig, FlamingoModel
+from .io import load_backbones, load_checkpoint, load_into, save_checkpoint
 
 
 @dataclass
@@ -54,6 +65,31 @@ class FusionConfig(FamilyConfig):
     class_names: list[str] = field(default_factory=list)  # a classification head when not empty
     modality_dropout: float = 0.0
     fuse: str = "perceiver"  # or "late": concatenation of pooled sensors + MLP (the baseline)
+    # A frozen causal LM that answers about the latents instead of the head: "default" or "icl"
+    # (the embedded LMs, multisense.backbones) or a local Hugging Face directory; None: no LM.
+    lm: str | None = None
+    # its gated cross-attention blocks (FlamingoConfig's options; their FF width is ff_mult x the LM's)
+    cross_attn_every: int = 1
+    xattn_heads: int = 4
+    xattn_dim_head: int = 32
+    gate: str = "scalar"
+    qk_norm: bool = False
+    # an answer word -> the word the LM says for it, where the LM's vocabulary lacks the word (the
+    # embedded LMs know no material: {brick: dax, ...}); the frozen head has logits for no others
+    answers: dict[str, str] = field(default_factory=dict)
+    # filled when the LM is attached (as FlamingoConfig's): the marker's id, the ids of words added
+    # to the tokenizer beyond the LM's vocabulary (trainable input embeddings), the LM's identity
+    media_token_id: int | None = None
+    added_token_ids: list[int] = field(default_factory=list)
+    lm_identity: dict = field(default_factory=dict)
+
+    def flamingo_config(self) -> FlamingoConfig:
+        """The FlamingoModel that reads the latents: no resampler (the latents are resampled
+        media already), media width `dim`."""
+        return FlamingoConfig(media_token_id=self.media_token_id, cross_attn_every=self.cross_attn_every,
+                              resampler_depth=0, xattn_heads=self.xattn_heads, xattn_dim_head=self.xattn_dim_head,
+                              ff_mult=self.ff_mult, gate=self.gate, qk_norm=self.qk_norm, dim_media=self.dim,
+                              added_token_ids=list(self.added_token_ids), lm=dict(self.lm_identity))
 
 
 FUSE = ("perceiver", "late")
@@ -74,11 +110,19 @@ def relative_times(mask: torch.Tensor) -> torch.Tensor:
 
 
 class FusionModel(nn.Module):
-    family = "fusion"
-    token_labels = False  # `labels` are class ids; forward returns the loss (train.loop.fit)
+    """Sensors -> Perceiver latents -> a class (the head), or an answer in words (`lm`).
 
-    def __init__(self, config: FusionConfig):
+    `lm` / `tokenizer`: the frozen LM as objects (e.g. a tiny one built from a config); without
+    them, `config.lm` names it and it is loaded here. Words of the tokenizer beyond the LM's
+    vocabulary (added before building: the touch world's question words the embedded LM cannot
+    spell, `data.tokenizer.add_missing_words`) get trainable input embeddings.
+    """
+
+    family = "fusion"
+
+    def __init__(self, config: FusionConfig, *, lm: nn.Module | None = None, tokenizer=None):
         super().__init__()
+        config = dataclasses.replace(config)  # ours: attaching an LM fills its identity fields
         if not config.sensors:
             raise ValueError("sensors: expected at least one named sensor, e.g. {'touch': {'encoder': 'tactile'}}")
         for name, spec in config.sensors.items():
@@ -86,8 +130,13 @@ class FusionModel(nn.Module):
                 raise ValueError(f"sensors[{name!r}]: name its encoder, e.g. {{'encoder': 'tactile'}}")
         if config.fuse not in FUSE:
             raise ValueError(f"fuse: expected one of {list(FUSE)}, got {config.fuse!r}")
-        if config.fuse == "late" and not config.class_names:
-            raise ValueError("fuse='late': the late-fusion baseline is a classifier; give it class_names")
+        with_lm = lm is not None or config.lm is not None
+        if config.fuse == "late" and (with_lm or not config.class_names):
+            raise ValueError("fuse='late': the late-fusion baseline is a classifier (no latents for an LM to read); "
+                             "give it class_names and no lm")
+        if with_lm and config.class_names:
+            raise ValueError(f"class_names: {config.class_names}, but with lm={config.lm!r} the model answers in "
+                             "words, through the LM; give one or the other")
         if not 0.0 <= config.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout: expected a probability in [0, 1), got {config.modality_dropout}")
         self.config = config
@@ -114,6 +163,40 @@ class FusionModel(nn.Module):
         self.head = None if self.late is not None else (PerceiverDecoder(config.dim, out_dim=len(config.class_names), heads=config.heads,
                                       dim_head=config.dim_head, ff_mult=config.ff_mult)
                      if config.class_names else None)
+        self.flamingo, self.tokenizer = None, None
+        if with_lm:
+            self._attach_lm(lm, tokenizer)
+
+    def _attach_lm(self, lm: nn.Module | None, tokenizer) -> None:
+        """The FlamingoModel over the frozen LM that reads the latents; fills the config's record."""
+        import transformers
+
+        config = self.config
+        if lm is None:
+            from .. import backbones
+
+            lm_dir, _ = backbones.resolve(config.lm)
+            lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
+            tokenizer = tokenizer if tokenizer is not None else transformers.AutoTokenizer.from_pretrained(lm_dir)
+        if tokenizer is None and config.media_token_id is None:
+            raise ValueError("tokenizer: required with an lm (it gets the <image> marker), or give media_token_id")
+        vocab = lm.get_input_embeddings().num_embeddings
+        if tokenizer is not None and not config.added_token_ids:  # new words: after the LM's vocabulary
+            config.added_token_ids = [i for i in range(vocab, len(tokenizer))
+                                      if tokenizer.convert_ids_to_tokens(i) != MEDIA_MARKER]
+        self.flamingo = FlamingoModel.from_lm(lm, tokenizer=tokenizer, media_token_id=config.media_token_id,
+                                              config=config.flamingo_config())
+        config.media_token_id = self.flamingo.config.media_token_id
+        config.lm_identity = self.flamingo.config.lm
+        if config.lm is None:  # given as an object: its directory, where it has one
+            config.lm = config.lm_identity.get("name_or_path") or None
+        self.tokenizer = tokenizer
+
+    @property
+    def token_labels(self) -> bool:
+        """train.loop.fit: with an LM, `labels` are token labels [B, L] and the loop takes the
+        loss of the logits; without, they are class ids and forward returns the loss."""
+        return self.flamingo is not None
 
     def encode(self, sensors: dict[str, dict]) -> tuple[dict, dict, dict]:
         """Each sensor's encoder: (tokens, masks, positions), name -> [B, S, D_m] / [B, S] / [B, S, 1]."""
@@ -144,16 +227,35 @@ class FusionModel(nn.Module):
         drop &= (present & ~drop).any(-1, keepdim=True)  # a sample that would lose every sensor keeps them
         return {n: masks[n] & ~drop[:, j:j + 1] for j, n in enumerate(names)}
 
-    def forward(self, sensors: dict[str, dict], labels: torch.Tensor | None = None, *,
-                return_attention: bool = False) -> FusionOutput:
-        """sensors: name -> the encoder's keyword inputs ({"frames": ..., "mask": ...}); labels [B] class ids."""
+    def fuse(self, sensors: dict[str, dict], *, return_attention: bool = False):
+        """The Perceiver's latents [B, R, D] (and with `return_attention` each sensor's share of
+        the cross-attention mass, name -> [B, R])."""
+        if self.late is not None:
+            raise ValueError("the late-fusion baseline has no latents or attention (fuse='late')")
         tokens, masks, positions = self.encode(sensors)
         masks = self.drop_sensors(masks)
+        return self.perceiver(tokens, mask=masks, positions=positions, return_attention=return_attention)
+
+    def forward(self, sensors: dict[str, dict], labels: torch.Tensor | None = None, *,
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                return_attention: bool = False, **lm_kwargs):
+        """sensors: name -> the encoder's keyword inputs ({"frames": ..., "mask": ...}).
+
+        Head: labels [B] class ids -> FusionOutput. With an LM: input_ids / attention_mask [B, L]
+        (one media marker each), labels [B, L] token labels (optional) -> the LM's output (loss,
+        logits [B, L, V], past_key_values), with `latents` [B, R, D] (and `attention`) added.
+        """
+        if self.flamingo is not None:
+            return self._lm_forward(sensors, input_ids, attention_mask, labels, return_attention, lm_kwargs)
+        if input_ids is not None or lm_kwargs:
+            raise ValueError(f"{'input_ids' if input_ids is not None else sorted(lm_kwargs)[0]}: this fusion model has "
+                             "no language model (build it with lm=...); it takes sensors and labels")
         if self.late is not None:
             if return_attention:
                 raise ValueError("return_attention: the late-fusion baseline has no attention (fuse='late')")
-            return self._late(tokens, masks, labels)
-        out = self.perceiver(tokens, mask=masks, positions=positions, return_attention=return_attention)
+            tokens, masks, _ = self.encode(sensors)
+            return self._late(tokens, self.drop_sensors(masks), labels)
+        out = self.fuse(sensors, return_attention=return_attention)
         latents, attention = out if return_attention else (out, None)
         logits = self.head(latents)[:, 0] if self.head is not None else None
         loss = None
@@ -162,6 +264,63 @@ class FusionModel(nn.Module):
                 raise ValueError("labels: this model has no classification head (build it with class_names)")
             loss = F.cross_entropy(logits, labels)
         return FusionOutput(latents, logits, loss, attention)
+
+    # ------------------------------------------------------------------------------ with an LM
+
+    def _media(self, sensors: dict[str, dict], input_ids: torch.Tensor, lm_kwargs: dict,
+               return_attention: bool = False):
+        """The latents [B, R, D] (one media item per sample) and attention, after checking the prompts."""
+        given = [k for k in ("pixel_values", "media_features", "frame_mask", "media_latents", "media_mask")
+                 if lm_kwargs.get(k) is not None]
+        if given:
+            raise ValueError(f"{given[0]}: a fusion model's media are its fused sensors (sensors=...); it takes no "
+                             "pixel_values, media_features or media_latents")
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            raise ValueError("input_ids: required with an LM, a [B, L] tensor of prompts with one media marker each")
+        marker = self.config.media_token_id
+        counts = (input_ids == marker).sum(-1)
+        bad = (counts != 1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"input_ids: sample {bad[0]} holds {int(counts[bad[0]])} media markers ({MEDIA_MARKER}, id "
+                             f"{marker}); the fused sensors are one media item per sample, so each prompt needs "
+                             "exactly one marker, before the text that reads them")
+        out = self.fuse(sensors, return_attention=return_attention)
+        latents, attention = out if return_attention else (out, None)
+        return latents, attention
+
+    def _lm_forward(self, sensors, input_ids, attention_mask, labels, return_attention, lm_kwargs):
+        latents, attention = self._media(sensors, input_ids, lm_kwargs, return_attention)
+        out = self.flamingo(input_ids, attention_mask=attention_mask, labels=labels,
+                            media_latents=latents.unsqueeze(1), **lm_kwargs)
+        out.latents = latents
+        if return_attention:
+            out.attention = attention
+        return out
+
+    @torch.no_grad()
+    def generate(self, sensors: dict[str, dict], input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs) -> torch.Tensor:
+        """transformers' `generate` over the prompts (left-padded, one marker each), the sensors
+        fused once per call; e.g. greedy answers: max_new_tokens=2, do_sample=False."""
+        if self.flamingo is None:
+            raise ValueError("generate: this fusion model has no language model (build it with lm=...)")
+        latents, _ = self._media(sensors, input_ids, kwargs)
+        return self.flamingo.generate(input_ids, attention_mask=attention_mask, media_latents=latents.unsqueeze(1),
+                                      **kwargs)
+
+    def lm_tokens(self, word: str) -> list[int]:
+        """The LM's token ids of an answer `word` (with its leading space), checked: a frozen LM
+        can only say words its head has logits for."""
+        if self.flamingo is None:
+            raise ValueError("lm_tokens: this fusion model has no language model")
+        said = self.config.answers.get(word, word)
+        ids = self.tokenizer(" " + said, add_special_tokens=False)["input_ids"]
+        vocab = self.flamingo.lm.get_input_embeddings().num_embeddings
+        if not ids or any(i >= vocab or i == self.tokenizer.unk_token_id for i in ids):
+            raise ValueError(f"answers: the LM ({self.config.lm}) has no word for {said!r}; a frozen LM answers only "
+                             f"with its own tokens; map it to one of its words, e.g. model.fusion.answers="
+                             f"{{{word}: ...}}")
+        return ids
 
     def _late(self, tokens: dict, masks: dict, labels: torch.Tensor | None) -> FusionOutput:
         """Late fusion: masked mean per sensor -> Linear -> concatenation (zeros where missing) -> MLP."""
@@ -206,17 +365,26 @@ class FusionModel(nn.Module):
     # ------------------------------------------------------------------------------ save / load
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every weight: the encoders are trained with the model (no frozen backbone)."""
-        return self.state_dict()
+        """Every weight but the frozen LM's: the encoders are trained with the model."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("flamingo.lm.")}
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, state_dict: dict | None = None):
-        """config.json + model.safetensors of every weight (`state_dict`: the trainer's gathered copy)."""
+        """config.json + model.safetensors of the trained weights (`state_dict`: the trainer's
+        gathered copy), and the tokenizer when there is an LM, which is recorded, not copied."""
         config = {"family": self.family, **dataclasses.asdict(self.config)}
-        tensors = state_dict if state_dict is not None else self.state_dict()
-        return save_checkpoint(save_directory, config, {k: v.detach() for k, v in tensors.items()})
+        tensors = state_dict if state_dict is not None else self.trainable_state_dict()
+        directory = save_checkpoint(save_directory, config, {k: v.detach() for k, v in tensors.items()})
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
+        return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> "FusionModel":
+    def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,
+                        check_backbones: bool = True, **overrides) -> "FusionModel":
+        """Rebuild from save_pretrained's directory; an LM loads from its recorded local path
+        unless given (weights that differ from the recorded ones are an error)."""
+        import transformers
+
         values, tensors = load_checkpoint(directory)
         if values.pop("family", None) != cls.family:
             raise ValueError(f"{directory}: not a fusion checkpoint")
@@ -224,6 +392,12 @@ class FusionModel(nn.Module):
         if fixed:
             raise ValueError(f"from_pretrained: {fixed} would change the trained weights; only chunk_size may be "
                              "overridden")
-        model = cls(FusionConfig.from_dict({**values, **overrides}))
-        load_into(model, tensors, list(model.state_dict()), str(directory))
+        config = FusionConfig.from_dict({**values, **overrides})
+        tokenizer = None
+        if config.lm_identity:
+            lm, _ = load_backbones(config.lm_identity, {}, lm=lm, check=check_backbones)
+            if (Path(directory) / "tokenizer_config.json").is_file():
+                tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        model = cls(config, lm=lm, tokenizer=tokenizer)
+        load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
         return model

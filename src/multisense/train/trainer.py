@@ -19,6 +19,9 @@ process's loader has its own (epoch, position), and a checkpoint holds every pro
 resume continues at the next record of each, whatever bad records were skipped. The fusion
 family trains on touch-world episodes (`data.world`, simulated once and cached) to answer
 `data.task` (material, slipping) from `model.fusion.sensors`; its data position is the step too.
+With `model.fusion.lm` a frozen LM answers instead, in words, through gated cross-attention over
+the fused latents (also `data.task=contact`: is the finger touching / slipping / lifted off now);
+the batches carry the questions as input_ids / attention_mask / labels (loss on the answer).
 """
 
 from __future__ import annotations
@@ -41,14 +44,14 @@ from .. import backbones
 from ..config import check_choice, check_number, load_config, to_dict
 from ..data.collate import collate
 from ..data.world.episodes import generate
+from ..data.world.tasks import LM_TASKS, WorldData, answer_words, question_words, touch_batches, world_dataset
 from ..data.world.tasks import SENSORS as WORLD_SENSORS
 from ..data.world.tasks import TASKS as WORLD_TASKS
-from ..data.world.tasks import WorldData, touch_batches, world_dataset
 from ..encoders import load_vision_encoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
-from ..models.fusion import FUSE, FusionConfig
+from ..models.fusion import FUSE, FusionConfig, FusionModel
 from ..models.io import check_fits
 from ..models.llava import SELECT_STRATEGIES, LlavaConfig
 from ..models.registry import FAMILIES, get_family
@@ -87,7 +90,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # a task name (multisense.data.tasks), or None with `paths`; model.family=fusion: a touch-world
-    # task (multisense.data.world.TASKS: material, slipping) over the episodes of `world`
+    # task (multisense.data.world.TASKS: material, slipping; contact with model.fusion.lm) over the
+    # episodes of `world`
     task: str | None = None
     task_args: dict = field(default_factory=dict)
     max_shots: int = 8  # demonstrations per training episode: 0..max_shots
@@ -304,8 +308,24 @@ def validate_fusion(cfg: TrainConfig) -> None:
         if not isinstance(spec, dict) or "encoder" not in spec:
             raise ValueError(f"model.fusion.sensors.{name}: expected a mapping naming its encoder, e.g. "
                              f"{{encoder: {WORLD_SENSORS[name]}}}, got {spec!r}")
-    if not model.class_names:
-        raise ValueError("model.fusion.class_names: empty; the trainer fills it from data.task (leave it unset)")
+    if model.lm is None:
+        if data.task in LM_TASKS:
+            raise ValueError(f"data.task: {data.task!r} asks about one of several events, named in the question; a "
+                             "classification head cannot read it: set model.fusion.lm (e.g. default)")
+        if not model.class_names:
+            raise ValueError("model.fusion.class_names: empty; the trainer fills it from data.task (leave it unset)")
+    else:
+        try:  # a name or a local directory, checked before anything loads
+            backbones.resolve(model.lm)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"model.fusion.{err}") from None
+        if model.class_names:
+            raise ValueError("model.fusion.class_names: with model.fusion.lm the LM answers in words; leave it unset")
+        if model.fuse == "late":
+            raise ValueError("model.fusion.fuse: 'late' has no latents for an LM to read; use perceiver")
+        for key in ("cross_attn_every", "xattn_heads", "xattn_dim_head"):
+            check_number(getattr(model, key), f"model.fusion.{key}", at_least=1)
+        check_choice(model.gate, ("scalar", "vector"), "model.fusion.gate")
     for key in ("dim", "num_latents", "depth", "heads", "dim_head", "cross_heads", "cross_dim_head", "ff_mult"):
         check_number(getattr(model, key), f"model.fusion.{key}", at_least=1)
     check_number(model.modality_dropout, "model.fusion.modality_dropout", at_least=0, below=1)
@@ -320,7 +340,7 @@ def validate_fusion(cfg: TrainConfig) -> None:
                      ("train.activation_checkpointing", run.activation_checkpointing),
                      ("model.init_from", cfg.model.init_from is not None)):
         if why:
-            raise ValueError(f"{key}: not used by model.family=fusion (a classifier without a language model; "
+            raise ValueError(f"{key}: not used by model.family=fusion (it trains on touch-world episodes; "
                              "evaluate it with `multisense eval --model RUN/model`)")
     if run.distributed == "fsdp2":
         raise ValueError("train.distributed: fsdp2 shards a language model's layers; the fusion model is small, use ddp")
@@ -330,6 +350,8 @@ def validate_fusion(cfg: TrainConfig) -> None:
     check_choice(run.precision, PRECISIONS, "train.precision")
     check_choice(run.device, DEVICES, "train.device")
     check_number(cfg.optim.lr, "optim.lr", above=0)
+    if cfg.optim.gate_lr is not None:
+        check_number(cfg.optim.gate_lr, "optim.gate_lr", above=0)
     if run.resume not in ("auto", "never") and not (Path(run.resume) / ckpt.MANIFEST).is_file():
         raise ValueError(f"train.resume: expected 'auto', 'never' or a checkpoint directory, got {run.resume!r}")
     if not run.out_dir:
@@ -337,10 +359,12 @@ def validate_fusion(cfg: TrainConfig) -> None:
 
 
 def with_class_names(cfg: TrainConfig) -> TrainConfig:
-    """model.fusion.class_names from data.task (the world's answers), unless set."""
+    """model.fusion.class_names from data.task (the world's answers), unless set or the model
+    answers through an LM."""
     from ..data.world.tasks import class_names
 
-    if cfg.model.family != "fusion" or cfg.model.fusion.class_names or cfg.data.task not in WORLD_TASKS:
+    fusion = cfg.model.fusion
+    if cfg.model.family != "fusion" or fusion.class_names or fusion.lm or cfg.data.task not in WORLD_TASKS:
         return cfg
     fusion = dataclasses.replace(cfg.model.fusion, class_names=class_names(cfg.data.task))
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fusion=fusion))
@@ -365,13 +389,29 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[nn.Module, 
     """Load the frozen backbones through from_pretrained and wrap them in model.family's class
     (trainable parts seeded)."""
     family = get_family(cfg.family)
-    if not hasattr(family.model_class, "from_lm"):  # a family without backbones (fusion): built from its config
+    if cfg.family == "fusion":
+        return build_fusion(cfg)
+    if not hasattr(family.model_class, "from_lm"):  # a family without backbones: built from its config
         return family.model_class(cfg.family_config()), None
     lm_dir, vision_dir = backbones.resolve(cfg.lm, cfg.vision)
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
     lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
     vision = load_vision_encoder(vision_dir)
     return family.model_class.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.family_config()), tokenizer
+
+
+def build_fusion(cfg: ModelConfig) -> tuple[FusionModel, object]:
+    """The fusion model: its encoders built from model.fusion, and with model.fusion.lm the frozen
+    LM loaded through from_pretrained, its tokenizer taught the touch world's question words."""
+    from ..data.tokenizer import add_missing_words
+
+    if cfg.fusion.lm is None:
+        return FusionModel(cfg.fusion), None
+    lm_dir, _ = backbones.resolve(cfg.fusion.lm)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
+    add_missing_words(tokenizer, question_words())
+    lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
+    return FusionModel(cfg.fusion, lm=lm, tokenizer=tokenizer), tokenizer
 
 
 def init_from(model: nn.Module, directory: str) -> list[str]:
@@ -484,9 +524,10 @@ def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: tor
         yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in next(batches).items()}
 
 
-def world_batches(cfg: TrainConfig, env: distributed.Env, start_step: int) -> Iterator[dict]:
+def world_batches(cfg: TrainConfig, env: distributed.Env, start_step: int, tokenizer=None) -> Iterator[dict]:
     """This process's micro-batches of touch-world episodes (the fusion family): the main process
-    simulates what is not cached, the others wait for it and read the cache."""
+    simulates what is not cached, the others wait for it and read the cache. With a `tokenizer`
+    (model.fusion.lm), the questions as token ids."""
     sensors = tuple(cfg.model.fusion.sensors)
     world = cfg.data.world
     if env.is_main:
@@ -495,7 +536,8 @@ def world_batches(cfg: TrainConfig, env: distributed.Env, start_step: int) -> It
     distributed.barrier()
     dataset = world_dataset(cfg.data.world, task=cfg.data.task, sensors=sensors)
     return touch_batches(dataset, cfg.data.batch_size, cfg.data.seed, start_step=start_step, rank=env.rank,
-                         world_size=env.world_size, grad_accum=cfg.train.grad_accum)
+                         world_size=env.world_size, grad_accum=cfg.train.grad_accum, tokenizer=tokenizer,
+                         answers=cfg.model.fusion.answers)
 
 
 # ---------------------------------------------------------------------------------- run
@@ -572,6 +614,9 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     np.random.seed(run.seed)
     model, tokenizer = build_model(cfg.model, progress=run.progress and env.is_main)
     check_image_size(cfg.data, model, cfg.model.vision)
+    if cfg.model.family == "fusion" and model.flamingo is not None:
+        for word in answer_words(cfg.data.task):  # a frozen LM says only its own words (model.fusion.answers)
+            model.lm_tokens(word)
     model.to(env.device)
     family_config = cfg.model.family_config()
     if getattr(family_config, "standardize_media", False):  # before a checkpoint, which holds the same statistics
@@ -616,7 +661,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                        resume_step=start_step)
     loader = None if cfg.data.task else file_loader(cfg.data, env, position)
     if cfg.model.family == "fusion":
-        batches = world_batches(cfg, env, start_step)
+        batches = world_batches(cfg, env, start_step, tokenizer)
     else:
         batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
                                 words=words, loader=loader)

@@ -3,7 +3,7 @@ import torch
 
 from multisense import FusionConfig, FusionModel
 from multisense.data.world import generate
-from multisense.data.world.tasks import SENSORS, TouchEpisodes, collate_touch, touch_batches
+from multisense.data.world.tasks import EVENTS, SENSORS, TouchEpisodes, collate_touch, touch_batches
 from multisense.train.loop import fit
 
 
@@ -53,3 +53,52 @@ def test_batches_resume_at_their_step_and_two_processes_share_one_batch(paths):
     for step in steps[:3]:
         a, b = (ids(next(r))[0] for r in ranks)
         assert [a, b] == step  # process r takes samples r, r + 2, ... of each global batch
+
+
+def test_contact_questions_see_the_episode_up_to_a_cut_and_answer_the_event_there(paths):
+    data = TouchEpisodes(paths, task="contact")
+    asked = []
+    for i in range(4):
+        arrays = data.episodes[i][0]
+        for draw in range(12):
+            sample = data.get(i, draw)
+            question, answer, cut = data.question(i, draw)
+            event = next(e for e, text in EVENTS.items() if text == question)
+            assert sample["question"] == question and sample["labels"] == answer == int(arrays[event][cut])
+            assert sample["answer"] == ["no", "yes"][answer]
+            masks = {n: s["mask"] for n, s in sample["sensors"].items()}
+            assert masks["wrist"].sum() == cut + 1 and masks["wrist"][:cut + 1].all()  # 500 Hz: the physics steps
+            shown = int(masks["camera"].sum())  # 30 Hz: every frame taken at or before the cut, no later one
+            assert masks["camera"][:shown].all() and round((shown - 1) * 500 / 30) <= cut
+            assert shown == 30 or round(shown * 500 / 30) > cut
+            asked.append((event, answer))
+    assert data.get(0, 0)["question"] == TouchEpisodes(paths, task="contact").get(0, 0)["question"]  # seeded
+    assert set(asked) == {(e, a) for e in EVENTS for a in (0, 1)}
+    assert 0.3 < sum(a for _, a in asked) / len(asked) < 0.7  # yes and no with equal odds
+
+
+def test_batches_with_a_tokenizer_carry_the_questions_and_resume_at_their_step(paths):
+    from transformers import AutoTokenizer
+
+    from multisense.backbones import resolve
+    from multisense.data.tokenizer import add_missing_words
+    from multisense.data.world.tasks import question_words
+    from multisense.tokens import IGNORE_INDEX, MEDIA_MARKER
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve("default")[0])
+    tokenizer.add_special_tokens({"additional_special_tokens": [MEDIA_MARKER]})
+    add_missing_words(tokenizer, question_words())
+    data = TouchEpisodes(paths, task="contact")
+    one = touch_batches(data, batch_size=2, seed=3, tokenizer=tokenizer)
+    steps = [next(one) for _ in range(4)]
+    batch = steps[0]
+    assert set(batch) == {"sensors", "input_ids", "attention_mask", "labels"}
+    for row, labels in zip(batch["input_ids"], batch["labels"]):
+        text = tokenizer.convert_ids_to_tokens(row[labels != IGNORE_INDEX].tolist())
+        assert text[0] in ("yes", "no") and text[1:] == [tokenizer.eos_token]  # loss on the answer and eos only
+        assert tokenizer.convert_ids_to_tokens(row[:3].tolist()) == [MEDIA_MARKER, "question", ":"]
+    later = touch_batches(data, batch_size=2, seed=3, start_step=2, tokenizer=tokenizer)
+    for expected in steps[2:]:
+        got = next(later)
+        assert torch.equal(got["input_ids"], expected["input_ids"])
+        assert torch.equal(got["sensors"]["wrist"]["mask"], expected["sensors"]["wrist"]["mask"])
