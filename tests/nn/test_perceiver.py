@@ -49,7 +49,8 @@ def test_attend_chunks_has_finite_gradients_where_a_row_sees_nothing_in_a_chunk(
     assert torch.isfinite(q.grad).all()
 
 
-@pytest.mark.parametrize("schedule", [{}, {"num_blocks": 3, "repeat_cross_attend": True}])
+@pytest.mark.parametrize("schedule", [{}, {"num_blocks": 3, "repeat_cross_attend": True},
+                                      {"balance_modalities": True}])
 def test_chunked_cross_attention_equals_all_at_once(schedule):
     inputs, positions = batch()
     whole = small(**schedule)(inputs, positions=positions)
@@ -57,10 +58,43 @@ def test_chunked_cross_attention_equals_all_at_once(schedule):
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
 
 
+def test_a_float_mask_is_an_additive_bias_in_attend_and_attend_chunks():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8)
+    mask = torch.rand(2, 1, 1, 10) > 0.3
+    mask[1] = False
+    zero_bias = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    torch.testing.assert_close(attend(q, k, v, zero_bias), attend(q, k, v, mask))
+    bias = torch.randn(2, 1, 1, 10).masked_fill(~mask, float("-inf"))
+    weights = ((q @ k.transpose(-1, -2)) / 8 ** 0.5 + bias).softmax(-1)
+    out = attend(q, k, v, bias)
+    torch.testing.assert_close(out[0], (weights @ v)[0])
+    assert torch.equal(out[1], torch.zeros_like(out[1]))  # no allowed key: zero, as with a bool mask
+    chunked, _ = attend_chunks(q, iter([(k[..., :4, :], v[..., :4, :], bias[..., :4], 0),
+                                        (k[..., 4:, :], v[..., 4:, :], bias[..., 4:], 0)]))
+    torch.testing.assert_close(chunked, out)
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_balanced_modalities_share_attention_equally_at_equal_scores_whatever_their_token_counts(chunk):
+    inputs, positions = batch(n=(7, 2, 9))
+    mask = {"wrench": torch.ones(2, 9, dtype=torch.bool)}
+    mask["wrench"][1, 3:] = False  # sample 1: 3 real wrench tokens
+    for balance, expected in ((True, lambda b, n: 1 / 3), (False, lambda b, n: n / (9 + (9 if b == 0 else 3)))):
+        model = small(balance_modalities=balance, chunk_size=chunk)
+        model.cross[0].attn.to_q.weight.data.zero_()  # every score 0: the attention is the prior alone
+        _, shares = model(inputs, mask=mask, positions=positions, return_attention=True)
+        for b in range(2):
+            counts = {"camera": 7, "touch": 2, "wrench": 9 if b == 0 else 3}
+            for name, n in counts.items():
+                torch.testing.assert_close(shares[name][b], torch.full((5,), expected(b, n)))
+
+
 @settings(max_examples=15, deadline=None)
-@given(pad=st.lists(st.integers(0, 4), min_size=3, max_size=3), chunk=st.sampled_from([None, 2, 5]))
-def test_padding_does_not_change_the_latents(pad, chunk):
-    model = small(chunk_size=chunk)
+@given(pad=st.lists(st.integers(0, 4), min_size=3, max_size=3), chunk=st.sampled_from([None, 2, 5]),
+       balance=st.booleans())
+def test_padding_does_not_change_the_latents(pad, chunk, balance):
+    model = small(chunk_size=chunk, balance_modalities=balance)
     inputs, positions = batch()
     ref = model(inputs, positions=positions)
     padded, mask, pos = {}, {}, {}
@@ -72,8 +106,9 @@ def test_padding_does_not_change_the_latents(pad, chunk):
     torch.testing.assert_close(model(padded, mask=mask, positions=pos), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_a_whole_modality_masked_equals_the_modality_absent():
-    model = small()
+@pytest.mark.parametrize("balance", [False, True])
+def test_a_whole_modality_masked_equals_the_modality_absent(balance):
+    model = small(balance_modalities=balance)
     inputs, positions = batch()
     mask = {"touch": torch.zeros(2, 5, dtype=torch.bool)}
     without = {k: v for k, v in inputs.items() if k != "touch"}

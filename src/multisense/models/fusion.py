@@ -61,6 +61,9 @@ class FusionConfig(FamilyConfig):
     cross_dim_head: int = 64
     ff_mult: int = 2
     chunk_size: int | None = None
+    # each sensor's keys get the score bias -log(its real tokens): equal attention per sensor at
+    # the start, whatever its token count (nn.perceiver)
+    balance_modalities: bool = False
     fourier_bands: int = 8
     class_names: list[str] = field(default_factory=list)  # a classification head when not empty
     modality_dropout: float = 0.0
@@ -152,7 +155,8 @@ class FusionModel(nn.Module):
             dim=config.dim, num_latents=config.num_latents, modalities=modalities, depth=config.depth,
             num_blocks=config.num_blocks, repeat_cross_attend=config.repeat_cross_attend,
             share_weights=config.share_weights, cross_heads=config.cross_heads, cross_dim_head=config.cross_dim_head,
-            heads=config.heads, dim_head=config.dim_head, ff_mult=config.ff_mult, chunk_size=config.chunk_size)
+            heads=config.heads, dim_head=config.dim_head, ff_mult=config.ff_mult, chunk_size=config.chunk_size,
+            balance_modalities=config.balance_modalities)
         self.late = None
         if config.fuse == "late":
             names = sorted(config.sensors)

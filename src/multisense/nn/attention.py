@@ -2,8 +2,8 @@
 `torch.nn.functional.scaled_dot_product_attention`, as self-, cross- or latent attention.
 
 Shape letters: ... any leading dims, N queries, K keys, H heads, Dh head width, D width.
-Masks are boolean, True where a query may look at a key. A query row with no allowed key
-returns exactly zero (Flamingo: a token that precedes every image sees nothing), never a
+Masks are boolean, True where a query may look at a key, or float, as SDPA's: an additive bias
+on the scores, -inf where a query may not look. A query row with no allowed key returns exactly zero (Flamingo: a token that precedes every image sees nothing), never a
 uniform average and never NaN.
 """
 
@@ -27,14 +27,19 @@ def merge_heads(t: torch.Tensor) -> torch.Tensor:
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(Dh)) v with q [..., H, N, Dh], k, v [..., H, K, Dh].
 
-    `mask` broadcasts to [..., H, N, K]. Rows with no allowed key are opened to every key
-    (so SDPA sees a finite softmax) and their output is then set to exactly zero.
+    `mask` broadcasts to [..., H, N, K]: bool (True = may look) or a float bias (-inf = may not).
+    Rows with no allowed key are opened to every key (so SDPA sees a finite softmax) and their
+    output is then set to exactly zero.
     """
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v)
-    sees_any = mask.any(dim=-1, keepdim=True)  # [..., N, 1]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~sees_any)
-    return out.masked_fill(~sees_any, 0.0)
+    allowed = mask if mask.dtype == torch.bool else mask > float("-inf")
+    sees_any = allowed.any(dim=-1, keepdim=True)  # [..., N, 1]
+    if mask.dtype == torch.bool:
+        mask = mask | ~sees_any
+    else:
+        mask = mask.to(q.dtype).masked_fill(~sees_any, 0.0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).masked_fill(~sees_any, 0.0)
 
 
 def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -42,7 +47,7 @@ def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0) -> tuple[torch.Te
     100k+ tokens): the softmax is accumulated online, rescaled by the running maximum.
 
     q [..., H, N, Dh]; `chunks` yields (k, v, mask, group) with k, v [..., H, Kc, Dh], mask
-    broadcasting to [..., H, N, Kc] (True = may look) or None, and group an int < `groups`.
+    broadcasting to [..., H, N, Kc] (bool, True = may look; or a float bias, -inf = may not) or None, and group an int < `groups`.
     Returns the output [..., H, N, Dh] (rows with no allowed key: exactly zero, as in `attend`)
     and, with groups > 0, the attention mass on each group's keys [G, ..., H, N] (sums to 1
     over groups where a row saw any key, else 0).
@@ -53,7 +58,7 @@ def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0) -> tuple[torch.Te
     for k, v, mask, group in chunks:
         s = (q @ k.transpose(-1, -2)) * scale  # [..., H, N, Kc]
         if mask is not None:
-            s = s.masked_fill(~mask, float("-inf"))
+            s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
         new_top = s.amax(-1, keepdim=True)
         if top is not None:
             new_top = torch.maximum(top, new_top)

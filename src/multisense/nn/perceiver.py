@@ -20,6 +20,12 @@ from the cross-attention, not a uniform average. With `chunk_size`, the cross-at
 the inputs `chunk_size` tokens at a time with an online softmax (`attend_chunks`), so without
 autograd no [N, D] projection of all tokens is ever held: 115,200 tokens fit in little memory.
 
+With `balance_modalities`, each key of modality m gets the score bias -log(n_m), n_m the
+sample's real tokens of m: at equal scores every present modality then gets the same share of
+attention, not a share in proportion to its token count (a camera's 1,440 tokens would
+otherwise start with 700 times the mass of touch's 2, and a modality that starts unattended
+gets almost no gradient). The scores learn on top of that prior.
+
 Shape letters: B batch, N_m tokens of modality m, C_m its input width, P its coordinates per
 token, N total tokens, R latents, D latent width, Q output queries.
 """
@@ -102,8 +108,9 @@ class CrossAttentionBlock(nn.Module):
             parts = list(chunks)
             tokens = torch.cat([t for t, _, _ in parts], dim=1)  # [B, N, D]
             mask = None
-            if any(m is not None for _, m, _ in parts):
-                mask = torch.cat([t.new_ones(t.shape[:2], dtype=torch.bool) if m is None else m
+            if any(m is not None for _, m, _ in parts):  # bool, or float biases where any chunk has one
+                fill = 0.0 if any(m is not None and m.dtype != torch.bool for _, m, _ in parts) else True
+                mask = torch.cat([torch.full(t.shape[:2], fill, device=t.device) if m is None else m
                                   for t, m, _ in parts], dim=1)[:, None, None, :]
             k, v = self.attn.keys_values(self.norm_inputs(tokens))
             out, mass = attend(q, k, v, mask), None
@@ -146,13 +153,15 @@ class Perceiver(nn.Module):
             and every block shares one latent tower. False: each block has its own weights.
         cross_heads, cross_dim_head / heads, dim_head: the cross- and the latent attention.
         chunk_size: cross-attend to this many tokens at a time (None: all at once).
+        balance_modalities: the score bias -log(n_m) on modality m's keys (module docstring).
     `schedule` lists, per block, (index into `cross` or None, index into `towers`).
     """
 
     def __init__(self, *, dim: int, num_latents: int, modalities: dict[str, Modality | int], depth: int = 2,
                  num_blocks: int = 1, repeat_cross_attend: bool = False, share_weights: bool = True,
                  cross_heads: int = 1, cross_dim_head: int = 64, heads: int = 8, dim_head: int = 64,
-                 ff_mult: int = 4, qk_norm: bool = False, chunk_size: int | None = None):
+                 ff_mult: int = 4, qk_norm: bool = False, chunk_size: int | None = None,
+                 balance_modalities: bool = False):
         super().__init__()
         if not modalities:
             raise ValueError("modalities: expected at least one named modality, got none")
@@ -165,6 +174,7 @@ class Perceiver(nn.Module):
         self.inputs = nn.ModuleDict({name: ModalityInput(spec, dim) for name, spec in specs.items()})
         self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
         self.chunk_size = chunk_size
+        self.balance_modalities = balance_modalities
 
         crosses = [b == 0 or repeat_cross_attend for b in range(num_blocks)]
         n_cross = (min(sum(crosses), 2) if share_weights else sum(crosses))
@@ -218,16 +228,24 @@ class Perceiver(nn.Module):
         return batch
 
     def _chunks(self, inputs, mask, positions):
-        """(tokens [B, Nc, D], mask [B, Nc] or None, modality index) over every modality in turn."""
+        """(tokens [B, Nc, D], mask [B, Nc] or None, modality index) over every modality in turn;
+        with balance_modalities the mask is the float score bias (-inf where masked)."""
         for g, name in enumerate(self.names):
             if name not in inputs:
                 continue
             x = inputs[name]
+            full = mask[name].bool() if mask and name in mask else None
+            bias = None
+            if self.balance_modalities:  # -log(real tokens of this modality), per sample: [B, 1]
+                real = full.sum(1) if full is not None else torch.full(x.shape[:1], x.shape[1], device=x.device)
+                bias = -real.clamp(min=1).to(x.dtype).log()[:, None]
             step = self.chunk_size or x.shape[1]
             for start in range(0, x.shape[1], step):
                 part = slice(start, start + step)
                 pos = positions[name][:, part] if positions and name in positions else None
-                m = mask[name][:, part].bool() if mask and name in mask else None
+                m = full[:, part] if full is not None else None
+                if bias is not None:
+                    m = bias.expand(-1, x[:, part].shape[1]) if m is None else bias.masked_fill(~m, float("-inf"))
                 yield self.inputs[name](x[:, part], pos, start), m, g
 
     def forward(self, inputs: dict[str, torch.Tensor], *, mask: dict[str, torch.Tensor] | None = None,
