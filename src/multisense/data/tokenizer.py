@@ -22,17 +22,19 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, UNK)
 
 
-def train_word_tokenizer(corpus: list[str], *, extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
-    """Train a WordLevel tokenizer on `corpus`, always covering every word `scenes` can produce.
+def train_word_tokenizer(corpus: list[str], *, extra_words: Iterable[str] = (),
+                         vocabulary: Iterable[str] = VOCABULARY) -> PreTrainedTokenizerFast:
+    """Train a WordLevel tokenizer on `corpus`, always covering every word of `vocabulary`
+    (by default every word `scenes` can produce; `data.multilingual` passes its three languages').
 
-    The corpus only orders the vocabulary by frequency; the full scenes vocabulary and
+    The corpus only orders the vocabulary by frequency; the full `vocabulary` and
     `extra_words` are added so that no sampled corpus can leave a reachable word unknown.
     No `<image>` token here: the multimodal model adds that marker itself.
     """
     backend = Tokenizer(models.WordLevel(unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=0)
-    backend.train_from_iterator([*corpus, " ".join(VOCABULARY), " ".join(extra_words)], trainer=trainer)
+    backend.train_from_iterator([*corpus, " ".join(vocabulary), " ".join(extra_words)], trainer=trainer)
     # No bos is ever inserted; sharing the eos id keeps configs that expect a bos id happy.
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token=PAD, eos_token=EOS, bos_token=EOS, unk_token=UNK
