@@ -35,12 +35,11 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..config import FamilyConfig
-from ..encoders import as_encoder, check_frame_mask, media_tokens
+from ..encoders import as_encoder
 from ..lm.adapters import cache_argument
 from ..nn import Projector
-from ..nn.splice import expand_markers
-from ..tokens import IGNORE_INDEX
 from .io import attach_identities, load_backbones, load_checkpoint, load_into, save_checkpoint
+from .splicing import SplicedMedia, measure_tokens
 
 SELECT_STRATEGIES = ("default", "full")  # Hugging Face's names: "default" drops the class token
 
@@ -107,7 +106,7 @@ def _pop_cache(kwargs: dict) -> LlavaCache | None:
     return cache
 
 
-class LlavaModel(nn.Module):
+class LlavaModel(SplicedMedia, nn.Module):
     """A frozen HF causal LM and vision encoder, joined by a trainable projector (and LoRA)."""
 
     shift_labels = True  # a causal LM: the logits at t predict the label at t + 1
@@ -137,7 +136,7 @@ class LlavaModel(nn.Module):
             for p in self.vision_encoder.parameters():
                 p.requires_grad_(False)
             if config.tokens_per_frame is None:
-                config.tokens_per_frame = _measure_tokens(self.vision_encoder)
+                config.tokens_per_frame = measure_tokens(self.vision_encoder)
         dim = lm.get_input_embeddings().embedding_dim
         self.projector = Projector(dim_media, dim, kind=config.projector, bias=config.projector_bias)
         if config.lora_rank > 0:
@@ -225,71 +224,6 @@ class LlavaModel(nn.Module):
         _copy_projector(hf.model.multi_modal_projector, self.projector, to_hf=True)
         return hf
 
-    # ------------------------------------------------------------------ media
-
-    def media_tokens(self, pixel_values, media_features, frame_mask) -> torch.Tensor:
-        """The selected vision features [B, M, F, N, Dv] of either input, checked."""
-        return media_tokens(self.vision_encoder, pixel_values, media_features, frame_mask, self.config.dim_media)
-
-    def encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-        """[B, M, F, C, H, W] -> [B, M, F, N, Dv] (what eval precomputes once per episode)."""
-        return self.media_tokens(pixel_values, None, frame_mask)
-
-    def encode_media(self, pixel_values=None, media_features=None, frame_mask=None):
-        """(projected frames [B, M, F, N, D], frame_mask [B, M, F] bool), or (None, None)."""
-        if pixel_values is None and media_features is None:
-            return None, None
-        media = pixel_values if pixel_values is not None else media_features
-        frame_mask = check_frame_mask(media, frame_mask)
-        if frame_mask is None:
-            frame_mask = torch.ones(media.shape[:3], dtype=torch.bool, device=media.device)
-        present = frame_mask.any(-1)
-        in_order = present == (torch.arange(present.shape[1], device=present.device) < present.sum(-1, keepdim=True))
-        if not in_order.all():
-            raise ValueError("frame_mask: empty (padding) media items must come after the real ones in each sample")
-        feats = self.media_tokens(pixel_values, media_features, frame_mask)
-        if self.config.tokens_per_frame is None:
-            self.config.tokens_per_frame = feats.shape[3]
-        elif feats.shape[3] != self.config.tokens_per_frame:
-            raise ValueError(f"media: {feats.shape[3]} tokens per frame, but this model was built for "
-                             f"{self.config.tokens_per_frame} (tokens_per_frame)")
-        return self.projector(feats.to(self.projector[0].weight.dtype)), frame_mask
-
-    def _expand(self, input_ids, attention_mask, labels, frame_mask, *, align: str, past: torch.Tensor | None):
-        """expand_markers with this model's marker, token counts and budget."""
-        if frame_mask is None:
-            per_item = torch.zeros(input_ids.shape[0], 0, dtype=torch.long, device=input_ids.device)
-        else:
-            per_item = frame_mask.sum(-1) * self.config.tokens_per_frame  # [B, M]
-        pad = getattr(self.lm.config, "pad_token_id", None)
-        return expand_markers(input_ids, self.config.media_token_id, per_item, attention_mask=attention_mask,
-                              labels=labels, pad_id=pad if isinstance(pad, int) else 0, align=align, past=past,
-                              max_length=self.max_length())
-
-    def max_length(self) -> int | None:
-        return self.config.max_length or getattr(self.lm.config, "max_position_embeddings", None)
-
-    def embed(self, input_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-        """The LM's input embeddings [B, E, D] with `features` [T, D] written, in order, at the T
-        media-token positions of `input_ids` [B, E]."""
-        is_media = input_ids == self.config.media_token_id
-        embeds = self.lm.get_input_embeddings()(input_ids.masked_fill(is_media, 0))
-        count = int(is_media.sum())
-        given = 0 if features is None else features.shape[0]
-        if count != given:
-            raise ValueError(f"media tokens: {count} in the sequence for {given} projected media tokens")
-        if count:
-            embeds = embeds.masked_scatter(is_media.unsqueeze(-1), features.to(embeds.dtype))
-        return embeds
-
-    @staticmethod
-    def _kept_features(projected, frame_mask, kept) -> torch.Tensor | None:
-        """[T, D]: the projected tokens of the real frames of the items that were spliced in,
-        in sequence order (sample, item, frame, token)."""
-        if projected is None:
-            return None
-        return projected[frame_mask & kept.unsqueeze(-1)].flatten(0, 1)
-
     # ------------------------------------------------------------------ public API
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -315,10 +249,10 @@ class LlavaModel(nn.Module):
         if attention_mask is not None and layout is not None:
             attention_mask = attention_mask[:, layout[2].shape[1]:]  # the new tokens' part
         projected, frame_mask = self.encode_media(pixel_values, media_features, frame_mask)
-        self._check_rows(input_ids, frame_mask)
+        self.check_rows(input_ids, frame_mask)
         past = layout[1].sum(-1) if layout is not None else None
-        exp = self._expand(input_ids, attention_mask, labels, frame_mask, align="left", past=past)
-        embeds = self.embed(exp.input_ids, self._kept_features(projected, frame_mask, exp.kept))
+        exp = self.expand(input_ids, attention_mask, labels, frame_mask, align="left", past=past)
+        embeds = self.embed(exp.input_ids, self.kept_features(projected, frame_mask, exp.kept))
         mask = exp.attention_mask if layout is None else torch.cat((layout[1], exp.attention_mask), 1)
         if self._position_ids:
             lm_kwargs["position_ids"] = exp.position_ids
@@ -333,30 +267,6 @@ class LlavaModel(nn.Module):
         out.label_positions = exp.positions.masked_fill(markers, -1)
         out.labels = exp.labels
         return out
-
-    @staticmethod
-    def align_labels(out, labels: torch.Tensor) -> torch.Tensor:
-        """The training loop's labels [B, L] laid out like the logits [B, E, V] (`label_positions`)."""
-        aligned = torch.full(out.logits.shape[:2], IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
-        rows, cols = (out.label_positions >= 0).nonzero(as_tuple=True)
-        aligned[rows, out.label_positions[rows, cols]] = labels[rows, cols]
-        return aligned
-
-    def context_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B] tokens each sample occupies in the LM's context before any budget: its text, with
-        each marker replaced by its item's frames x tokens_per_frame."""
-        real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        markers = ((input_ids == self.config.media_token_id) & real).sum(-1)
-        frames = frame_mask.sum((1, 2)) if frame_mask is not None else torch.zeros_like(markers)
-        return real.sum(-1) - markers + frames * self.config.tokens_per_frame
-
-    @staticmethod
-    def _check_rows(input_ids, frame_mask) -> None:
-        if frame_mask is not None and frame_mask.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"input_ids holds {input_ids.shape[0]} sequences but pixel_values/media_features hold "
-                             f"media for {frame_mask.shape[0]} samples; give one row of media per sequence (pad "
-                             "missing items with frame_mask)")
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -379,7 +289,7 @@ class LlavaModel(nn.Module):
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
             raise ValueError("input_ids: required, a [B, L] tensor; the media markers locate the media")
         projected, frame_mask = self.encode_media(pixel_values, media_features, frame_mask)
-        self._check_rows(input_ids, frame_mask)
+        self.check_rows(input_ids, frame_mask)
         done = 0
         if layout is not None:
             tokens, mask, history = layout
@@ -389,7 +299,7 @@ class LlavaModel(nn.Module):
                 raise ValueError(f"input_ids: must begin with the {list(history.shape)} tokens the cache holds (the "
                                  "history so far, as returned by the previous generate), then the new ones")
         new_mask = attention_mask[:, done:] if attention_mask is not None else None
-        exp = self._expand(input_ids[:, done:], new_mask, None, frame_mask, align="right",
+        exp = self.expand(input_ids[:, done:], new_mask, None, frame_mask, align="right",
                            past=layout[1].sum(-1) if layout is not None else None)
         ids = exp.input_ids if layout is None else torch.cat((layout[0], exp.input_ids), 1)
         mask = exp.attention_mask if layout is None else torch.cat((layout[1], exp.attention_mask), 1)
@@ -397,7 +307,7 @@ class LlavaModel(nn.Module):
             kwargs[self._cache_argument] = cache
         if self.config.media_token_id < self.lm.get_input_embeddings().num_embeddings:
             kwargs["suppress_tokens"] = list(kwargs.get("suppress_tokens") or []) + [self.config.media_token_id]
-        features = self._kept_features(projected, frame_mask, exp.kept)
+        features = self.kept_features(projected, frame_mask, exp.kept)
         with self._splicing(features, exp.input_ids):
             out = self.lm.generate(input_ids=ids, attention_mask=mask, **kwargs)
         sequences = out.sequences if hasattr(out, "sequences") else out
@@ -505,19 +415,6 @@ def _repeat_rows(features: torch.Tensor, counts: torch.Tensor, k: int) -> torch.
     row = torch.repeat_interleave(torch.arange(rep.numel(), device=counts.device), rep)
     within = torch.arange(row.numel(), device=counts.device) - (rep.cumsum(0) - rep)[row]
     return features[starts[row // k] + within]
-
-
-def _measure_tokens(encoder: nn.Module) -> int | None:
-    """Tokens per frame of a Hugging Face vision encoder, by running it once on a blank image of
-    its configured size; None when it does not say its size."""
-    hf = getattr(encoder, "model", None)
-    cfg = getattr(getattr(hf, "config", None), "vision_config", None) or getattr(hf, "config", None)
-    size, channels = getattr(cfg, "image_size", None), getattr(cfg, "num_channels", 3)
-    if not isinstance(size, int):
-        return None
-    param = next(encoder.parameters())
-    with torch.no_grad():
-        return encoder(torch.zeros(1, channels, size, size, dtype=param.dtype, device=param.device)).tokens.shape[1]
 
 
 def _add_lora(lm: nn.Module, config: LlavaConfig) -> None:
