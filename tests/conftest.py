@@ -89,3 +89,12 @@ def interleaved_ids(batch: int, length: int, marker_positions: list[list[int]], 
 @pytest.fixture(params=sorted(TINY_LMS))
 def arch(request) -> str:
     return request.param
+
+
+def tiny_t5(seed: int = 0, model_type: str = "t5") -> torch.nn.Module:
+    """A tiny encoder-decoder (T5 or mT5) LM, random weights, eval mode; pad 0 starts the decoder."""
+    torch.manual_seed(seed)
+    config = tf.AutoConfig.for_model(model_type, vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                     num_decoder_layers=2, num_heads=4, dropout_rate=0.0, pad_token_id=0,
+                                     eos_token_id=2, decoder_start_token_id=0)
+    return tf.AutoModelForSeq2SeqLM.from_config(config).eval()

@@ -3,6 +3,8 @@
 from .flamingo import FlamingoCache, FlamingoConfig, FlamingoModel
 from .fusion import FusionConfig, FusionModel
 from .llava import LlavaCache, LlavaConfig, LlavaModel
+from .pali import PaLIConfig, PaLIModel
 from .registry import FAMILIES, AutoModel, get_family, register_family
 
-__all__ = ["FAMILIES", "AutoModel", "get_family", "register_family", "FlamingoCache", "FlamingoConfig", "FlamingoModel", "LlavaCache", "LlavaConfig", "LlavaModel", "FusionConfig", "FusionModel"]
+__all__ = ["FAMILIES", "AutoModel", "get_family", "register_family", "FlamingoCache", "FlamingoConfig", "FlamingoModel", "LlavaCache", "LlavaConfig", "LlavaModel", "FusionConfig", "FusionModel",
+           "PaLIConfig", "PaLIModel"]

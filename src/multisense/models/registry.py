@@ -1,12 +1,12 @@
 """The model families and the one way to load any of them.
 
-Every family (flamingo, llava; the Perceiver fusion model and PaLI join the same way) is a
+Every family (flamingo, llava, fusion, pali) is a
 model class with a config dataclass, registered here under its name. The class provides what
 training, evaluation and save/load need and nothing family-specific leaks into them:
 
     Model.from_lm(lm, vision_encoder, tokenizer=..., config=Config)   build over frozen backbones
     model(input_ids, attention_mask, pixel_values, frame_mask, ...)   HF-style output with logits
-    Model.shift_labels                 causal LMs predict the next token (an encoder-decoder: False)
+    model.shift_labels                 causal LMs predict the next token (an encoder-decoder: False)
     Model.align_labels(out, labels)    the batch's labels laid out like out.logits
     model.context_tokens(input_ids, attention_mask, frame_mask)   [B] LM context each sample takes
     model.generate(...), model.encode_frames(...), model.lm
@@ -28,6 +28,7 @@ from .flamingo import FlamingoConfig, FlamingoModel
 from .fusion import FusionConfig, FusionModel
 from .io import CONFIG_NAME
 from .llava import LlavaConfig, LlavaModel
+from .pali import PaLIConfig, PaLIModel
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,4 @@ class AutoModel:
 register_family("flamingo", FlamingoModel, FlamingoConfig)
 register_family("llava", LlavaModel, LlavaConfig)
 register_family("fusion", FusionModel, FusionConfig)
+register_family("pali", PaLIModel, PaLIConfig)
