@@ -92,3 +92,29 @@ def test_words_align_with_the_text_token_for_token_or_are_refused():
     bad = Document(docs[0].text, docs[0].media, words=docs[0].words + " extra")
     with pytest.raises(ValueError, match=r"samples\[1\].words"):
         collate([docs[1], bad], tok, words=True)
+
+
+def test_seq2seq_puts_the_prompt_in_input_ids_and_the_same_loss_tokens_in_labels():
+    tok = WordTokenizer()
+    tok.vocab["<image>"] = 2
+    samples = [Sample("<image> q :", "red", [img()]), Document("<image> a blue cat .", [img()]),
+               Sample("<image> a long q :", "blue .", [img()])]
+    causal = collate(samples, tok)
+    batch = collate(samples, tok, seq2seq=True)
+    assert batch["input_ids"].shape == (3, 5) and batch["labels"].shape == (3, 5)
+    assert batch["input_ids"][1].tolist() == [2, 0, 0, 0, 0] and batch["attention_mask"][1].tolist() == [1, 0, 0, 0, 0]
+    for b in range(3):  # the loss falls on the same tokens as in the causal layout, in order
+        causal_targets = causal["labels"][b][causal["labels"][b] != -100].tolist()
+        assert batch["labels"][b][batch["labels"][b] != -100].tolist() == causal_targets
+        prompt = causal["input_ids"][b][(causal["labels"][b] == -100) & (causal["attention_mask"][b] == 1)]
+        assert batch["input_ids"][b][batch["attention_mask"][b] == 1].tolist() == prompt.tolist()
+    assert torch.equal(batch["pixel_values"], causal["pixel_values"])
+    gen = collate(samples, tok, seq2seq=True, for_generation=True)
+    assert "labels" not in gen and gen["attention_mask"][1].tolist() == [0, 0, 0, 0, 1]
+
+
+def test_seq2seq_refuses_a_document_with_media_in_its_target():
+    tok = WordTokenizer()
+    tok.vocab["<image>"] = 2
+    with pytest.raises(ValueError, match=r"samples\[0\]: a Document with 2 media markers.*data.max_shots=0"):
+        collate([Document("<image> a cat . <image> a dog .", [img(), img()])], tok, seq2seq=True)

@@ -20,8 +20,11 @@ def backbones(tmp_path_factory):
 
 def train_args(backbones, out, family):
     lm, vision = backbones
+    shots = 1
+    if family == "pali-t5":  # PaLI over an encoder-decoder: one image per sample, before its prompt
+        family, lm, shots = "pali", lm.parent / "t5", 0
     args = [f"model.family={family}", f"model.lm={lm}", f"model.vision={vision}", "data.task=video",
-            "data.task_args={frames: 2}", "data.max_shots=1", "data.batch_size=2", "optim.warmup_steps=1",
+            "data.task_args={frames: 2}", f"data.max_shots={shots}", "data.batch_size=2", "optim.warmup_steps=1",
             "train.steps=3", "train.save_every=3", "train.log_every=1", f"train.out_dir={out}", "train.progress=false",
             "train.device=cpu"]
     if family == "flamingo":
@@ -31,10 +34,11 @@ def train_args(backbones, out, family):
     return args
 
 
-@pytest.mark.parametrize("family", ["flamingo", "llava"])
+@pytest.mark.parametrize("family", ["flamingo", "llava", "pali", "pali-t5"])
 def test_each_family_trains_evaluates_and_reloads_through_one_interface(backbones, tmp_path, family, capsys):
     out = tmp_path / "run"
     assert cli(["train", *train_args(backbones, out, family)]) == 0
+    family = family.split("-")[0]
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 3 and summary["final_loss"] > 0
     assert family_of(out / "model") == family
@@ -66,7 +70,9 @@ def test_the_registry_names_the_nearest_family_and_every_family_is_a_class_with_
     for family in FAMILIES.values():
         assert hasattr(family.model_class, "from_pretrained")
         if hasattr(family.model_class, "from_lm"):  # the families over a language model
-            assert isinstance(family.model_class.shift_labels, bool) and callable(family.model_class.align_labels)
+            # a class constant, or a property of the model (PaLI: by its LM, causal or encoder-decoder)
+            assert isinstance(family.model_class.shift_labels, (bool, property))
+            assert callable(family.model_class.align_labels)
 
 
 def test_an_unknown_family_in_a_config_is_named_before_anything_loads(tmp_path):

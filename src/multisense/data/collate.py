@@ -14,6 +14,11 @@ A media item is a tensor of frames [F, C, H, W] (an image is one frame, a clip F
 Batches pad text (right for training, left for generation), media per sample and frames per
 media item, with masks: input_ids/attention_mask/labels [B, L], pixel_values [B, M, F, C, H, W],
 frame_mask [B, M, F].
+
+An encoder-decoder (PaLI) takes the same examples laid out for its two halves (`seq2seq=True`):
+input_ids/attention_mask [B, L] hold the prompt (a Document's text up to and including its first
+marker), labels [B, T] the target and end-of-sequence (a Document's text after it), padded with
+IGNORE_INDEX. The split is the one the causal labels make: the loss falls on the same tokens.
 """
 
 from __future__ import annotations
@@ -77,11 +82,16 @@ def pad_media(media: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tens
 
 
 def collate(samples: list[Sample | Document], tokenizer, *, for_generation: bool = False,
-            marker: str = MEDIA_MARKER, words: bool = False) -> dict[str, torch.Tensor]:
+            marker: str = MEDIA_MARKER, words: bool = False, seq2seq: bool = False) -> dict[str, torch.Tensor]:
     """Tokenise and pad. Training: right-padded, with labels (a Sample's on target+eos, a
     Document's on its text after the first marker, plus eos). Generation: prompts only (a
     Document's whole text), left-padded so every prompt ends at the last position.
-    `words`: also `words_input_ids` [B, L], every Document's `words` aligned with its text."""
+    `words`: also `words_input_ids` [B, L], every Document's `words` aligned with its text.
+    `seq2seq`: prompts and targets apart, for an encoder-decoder (module docstring)."""
+    if seq2seq:
+        if words:
+            raise ValueError("words: in-words distillation compares a causal LM's states; not with seq2seq=True")
+        return _collate_seq2seq(samples, tokenizer, for_generation=for_generation, marker=marker)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     rows, labels = [], []
     for s in samples:
@@ -106,6 +116,40 @@ def collate(samples: list[Sample | Document], tokenizer, *, for_generation: bool
         batch["labels"] = lab
     if words:
         batch["words_input_ids"] = _words_ids(samples, tokenizer, ids, [len(r) for r in rows], for_generation)
+    pixels, mask = pad_media([s.media for s in samples])
+    if pixels is not None:
+        batch["pixel_values"], batch["frame_mask"] = pixels, mask
+    return batch
+
+
+def _collate_seq2seq(samples: list[Sample | Document], tokenizer, *, for_generation: bool,
+                     marker: str) -> dict[str, torch.Tensor]:
+    eos, marker_id = tokenizer.eos_token_id, None
+    prompts, targets = [], []
+    for b, s in enumerate(samples):
+        if isinstance(s, Sample):
+            prompts.append(tokenizer(s.prompt, add_special_tokens=False)["input_ids"])
+            targets.append(tokenizer(s.target, add_special_tokens=False)["input_ids"] + [eos])
+            continue
+        marker_id = marker_id if marker_id is not None else _marker_id(tokenizer, marker)
+        ids = tokenizer(s.text, add_special_tokens=False)["input_ids"]
+        cut = ids.index(marker_id) + 1 if marker_id in ids else len(ids)
+        if marker_id in ids[cut:]:
+            raise ValueError(f"samples[{b}]: a Document with {ids.count(marker_id)} media markers; an encoder-decoder "
+                             "reads them before its first marker and writes the text after it, which must hold none "
+                             "(one media item per document; a task's training documents: data.max_shots=0)")
+        prompts.append(ids[:cut])
+        targets.append(ids[cut:] + [eos])
+    L, T = max(len(p) for p in prompts), max(len(t) for t in targets)
+    ids = torch.full((len(prompts), L), tokenizer.pad_token_id, dtype=torch.long)
+    att = torch.zeros(len(prompts), L, dtype=torch.long)
+    lab = torch.full((len(prompts), T), IGNORE_INDEX, dtype=torch.long)
+    for b, (p, t) in enumerate(zip(prompts, targets)):
+        sl = slice(L - len(p), L) if for_generation else slice(0, len(p))
+        ids[b, sl], att[b, sl], lab[b, : len(t)] = torch.tensor(p, dtype=torch.long), 1, torch.tensor(t)
+    batch = {"input_ids": ids, "attention_mask": att}
+    if not for_generation:
+        batch["labels"] = lab
     pixels, mask = pad_media([s.media for s in samples])
     if pixels is not None:
         batch["pixel_values"], batch["frame_mask"] = pixels, mask

@@ -302,9 +302,9 @@ def _parse_json(raw: bytes):
 
 
 def batches(documents: Iterable[Document], tokenizer, batch_size: int, *, epochs: int | None = 1,
-            marker: str = MEDIA_MARKER) -> Iterator[dict[str, torch.Tensor]]:
-    """Training batches of `batch_size` documents through `collate`, over `epochs` passes (None:
-    forever). A batch may span two epochs; the last, smaller batch comes at the end of the last
+            marker: str = MEDIA_MARKER, seq2seq: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Training batches of `batch_size` documents through `collate` (`seq2seq`: laid out for an
+    encoder-decoder), over `epochs` passes (None: forever). A batch may span two epochs; the last, smaller batch comes at the end of the last
     epoch. With DDP and on_error="skip" ranks may get different numbers of documents, so bound
     the run by steps (epochs=None) rather than by epochs."""
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -323,10 +323,10 @@ def batches(documents: Iterable[Document], tokenizer, batch_size: int, *, epochs
             count += 1
             pending.append(doc)
             if len(pending) == batch_size:
-                yield collate(pending, tokenizer, marker=marker)
+                yield collate(pending, tokenizer, marker=marker, seq2seq=seq2seq)
                 pending = []
         if count == 0 and whole_pass and epochs is None:
             raise ValueError("documents: a whole pass gave no document (all records bad, or a used-up iterator)")
         epoch += 1
     if pending:
-        yield collate(pending, tokenizer, marker=marker)
+        yield collate(pending, tokenizer, marker=marker, seq2seq=seq2seq)

@@ -22,7 +22,7 @@ import torch
 from ..data.collate import Sample, collate
 from ..data.tasks import SEPARATOR, Task
 from ..tokens import IGNORE_INDEX
-from .generation import generate_answers
+from .generation import generate_answers, is_encoder_decoder
 
 EVAL_SEED = 10_000  # episode seeds are (EVAL_SEED, seed, i): disjoint from training's (seed, i)
 
@@ -37,17 +37,18 @@ def cut_answer(text: str) -> str:
 def _target_scores(model, tokenizer, prompts: list[Sample], targets: list[str],
                    media: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher-forced log-likelihood [B], correct-token count [B] and token count [B] of each target."""
-    batch = collate([Sample(p.prompt, t, p.media) for p, t in zip(prompts, targets)], tokenizer)
+    seq2seq = is_encoder_decoder(model)
+    batch = collate([Sample(p.prompt, t, p.media) for p, t in zip(prompts, targets)], tokenizer, seq2seq=seq2seq)
     labels = batch.pop("labels")
     if media is not None:  # precomputed vision features: skip the encoder for every candidate
         batch.pop("pixel_values", None)
         batch.update(media)
-    out = model(**batch)
+    out = model(**batch, labels=labels) if seq2seq else model(**batch)  # a decoder reads its labels
     # the family's layout of the loss (a plain LM, for --in-words: next token, as given)
     if hasattr(model, "align_labels"):
         labels = model.align_labels(out, labels)
     logits = out.logits.float()
-    if getattr(model, "shift_labels", True):
+    if not seq2seq:
         logits, labels = logits[:, :-1], labels[:, 1:]
     keep = labels != IGNORE_INDEX
     logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)

@@ -1,6 +1,6 @@
 """Greedy answers for a list of samples, and the metrics over them.
 
-`generate_answers` runs a FlamingoModel on prompts with their media, or with `text_only=True`
+`generate_answers` runs a model of any family on prompts with their media, or with `text_only=True`
 the frozen language model alone on the same prompts stripped of media markers: the baseline
 that shows how much of a score comes from looking.
 """
@@ -24,13 +24,23 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, text_only: bool
         chunk = samples[i:i + batch_size]
         if text_only:
             chunk = [Sample(" ".join(s.prompt.replace(MARKER, " ").split()), s.target) for s in chunk]
-        batch = collate(chunk, tokenizer, for_generation=True)
+        batch = collate(chunk, tokenizer, for_generation=True, seq2seq=is_encoder_decoder(model))
         generator = model.lm if text_only else model
         out = generator.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        # a family's generate returns the prompt and then the answer; a bare encoder-decoder LM the
+        # decoder's start token and then the answer
+        start = 1 if text_only and is_encoder_decoder(generator) else batch["input_ids"].shape[1]
+        answers += tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)
     model.train(was_training)
     return [" ".join(a.split()) for a in answers]
+
+
+def is_encoder_decoder(model) -> bool:
+    """Whether `model` (a family's model or a Hugging Face LM) takes prompt and target apart
+    (`collate(..., seq2seq=True)`): PaLI over an encoder-decoder, or the encoder-decoder itself."""
+    flag = getattr(model, "is_encoder_decoder", None)
+    return bool(flag if flag is not None else getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
 def exact_match(predictions: list[str], targets: list[str]) -> float:

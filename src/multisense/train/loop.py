@@ -115,7 +115,8 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
             # gradients are synchronised across processes once per optimiser step: on the last micro-batch
             with contextlib.nullcontext() if i == grad_accum - 1 else no_sync(model):
                 with _autocast(precision, device):
-                    out = model(**batch)
+                    # an encoder-decoder's decoder reads the labels, shifted right (teacher forcing)
+                    out = model(**batch, labels=labels) if labels is not None and not shift_labels else model(**batch)
                 if labels is not None:
                     if align_labels is not None:
                         labels = align_labels(out, labels)

@@ -1,4 +1,4 @@
-"""`multisense train`: a model of any registered family (`model.family`: flamingo, llava, fusion)
+"""`multisense train`: a model of any registered family (`model.family`: flamingo, llava, fusion, pali)
 trained from a typed config, on one CPU or under torchrun.
 
     multisense train --config video.yaml optim.lr=3e-4 train.steps=2000
@@ -48,12 +48,14 @@ from ..data.world.tasks import LM_TASKS, WorldData, answer_words, question_words
 from ..data.world.tasks import SENSORS as WORLD_SENSORS
 from ..data.world.tasks import TASKS as WORLD_TASKS
 from ..encoders import load_vision_encoder
+from ..eval.generation import is_encoder_decoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
 from ..models.fusion import FUSE, FusionConfig, FusionModel
 from ..models.io import check_fits
 from ..models.llava import SELECT_STRATEGIES, LlavaConfig
+from ..models.pali import PaLIConfig
 from ..models.registry import FAMILIES, get_family
 from ..nn.masks import parse_mode
 from ..nn.projector import PROJECTORS
@@ -79,6 +81,8 @@ class ModelConfig:
     init_from: str | None = None
     flamingo: FlamingoConfig = field(default_factory=FlamingoConfig)
     llava: LlavaConfig = field(default_factory=LlavaConfig)
+    # the LM may be an encoder-decoder (T5, mT5) or a causal LM (the prefix-LM variant); all of it trains
+    pali: PaLIConfig = field(default_factory=PaLIConfig)
     # the touch world's sensors by name (camera, touch, wrist, microphone) -> {"encoder": ...}
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
@@ -221,6 +225,15 @@ def validate(cfg: TrainConfig) -> None:
         if run.distill_words > 0:
             raise ValueError("train.distill_words: the flamingo family's objective (it compares hidden states at the "
                              "markers, which LLaVA replaces by image tokens); set it to 0 for model.family=llava")
+    if cfg.model.family == "pali":
+        model = cfg.model.pali
+        check_choice(model.projector, PROJECTORS, "model.pali.projector")
+        check_choice(model.vision_feature_select_strategy, SELECT_STRATEGIES, "model.pali.vision_feature_select_strategy")
+        if model.max_length is not None:
+            check_number(model.max_length, "model.pali.max_length", at_least=1)
+        if run.distill_words > 0:
+            raise ValueError("train.distill_words: the flamingo family's objective (it compares a frozen LM's hidden "
+                             "states); set it to 0 for model.family=pali")
     standardize = getattr(cfg.model.family_config(), "standardize_media", False)
 
     if bool(data.task) == bool(data.paths):
@@ -395,9 +408,20 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[nn.Module, 
         return family.model_class(cfg.family_config()), None
     lm_dir, vision_dir = backbones.resolve(cfg.lm, cfg.vision)
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
-    lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
+    lm = load_lm(lm_dir, cfg.family)
     vision = load_vision_encoder(vision_dir)
     return family.model_class.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.family_config()), tokenizer
+
+
+def load_lm(lm_dir: str, family: str) -> nn.Module:
+    """The LM of `lm_dir` through from_pretrained: a causal LM, or for PaLI also an encoder-decoder."""
+    config = transformers.AutoConfig.from_pretrained(lm_dir)
+    if getattr(config, "is_encoder_decoder", False):
+        if family != "pali":
+            raise ValueError(f"model.lm: {lm_dir} is an encoder-decoder ({config.model_type}); model.family={family} "
+                             "needs a causal LM (model.family=pali takes either)")
+        return transformers.AutoModelForSeq2SeqLM.from_pretrained(lm_dir)
+    return transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
 
 
 def build_fusion(cfg: ModelConfig) -> tuple[FusionModel, object]:
@@ -412,6 +436,14 @@ def build_fusion(cfg: ModelConfig) -> tuple[FusionModel, object]:
     add_missing_words(tokenizer, question_words())
     lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
     return FusionModel(cfg.fusion, lm=lm, tokenizer=tokenizer), tokenizer
+
+
+def transformer_blocks(model: nn.Module, family_config) -> list[nn.Module]:
+    """The LM's layers: the units of FSDP2 sharding and activation checkpointing (a family with
+    more than one stack, PaLI's encoder-decoder, says which)."""
+    if hasattr(model, "transformer_blocks"):
+        return model.transformer_blocks()
+    return list(find_decoder_layers(model.lm, family_config.decoder_layers_attr)[1])
 
 
 def init_from(model: nn.Module, directory: str) -> list[str]:
@@ -485,9 +517,10 @@ def resume_position(manifest: dict, where: str, env: distributed.Env) -> dict:
 
 
 def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accum: int,
-                  start_step: int, words: bool = False, loader=None) -> Iterator[dict]:
+                  start_step: int, words: bool = False, loader=None, seq2seq: bool = False) -> Iterator[dict]:
     """This process's micro-batches from `start_step` on: grad_accum per optimiser step. With
-    files, they come from `loader` (file_loader; a fresh one at the first record if None)."""
+    files, they come from `loader` (file_loader; a fresh one at the first record if None).
+    `seq2seq`: laid out for an encoder-decoder (collate)."""
     b, world = cfg.batch_size, env.world_size
     per_step = b * world * grad_accum  # samples in one global optimiser step
     if cfg.task:
@@ -501,13 +534,14 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
             for j in range(grad_accum):
                 docs = [task.training_document(np.random.default_rng([cfg.seed, i]), max_shots=cfg.max_shots)
                         for i in mine[j * b:(j + 1) * b]]
-                yield collate(docs, tokenizer, words=words)
+                yield collate(docs, tokenizer, words=words, seq2seq=seq2seq)
             step += 1
     from ..data.loaders import batches
 
     # The loader, not the step, knows where this process is in the files (bad records skipped,
     # passes wrapped): the trainer saves its epoch and position with every checkpoint.
-    yield from batches(loader if loader is not None else file_loader(cfg, env), tokenizer, b, epochs=None)
+    yield from batches(loader if loader is not None else file_loader(cfg, env), tokenizer, b, epochs=None,
+                       seq2seq=seq2seq)
 
 
 def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: torch.device) -> Iterator[dict]:
@@ -630,12 +664,12 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     if setup is not None:
         setup(model)
     if run.activation_checkpointing:
-        checkpoint_layers(find_decoder_layers(model.lm, family_config.decoder_layers_attr)[1])
+        checkpoint_layers(transformer_blocks(model, family_config))
     # DDP/FSDP2 wrap what is trained: the model, or the distillation objective around it.
     # FSDP2 replaces the parameters with sharded ones: wrap first, then build the optimiser
     # (over the model's parameters: the distillation has none of its own).
     words = run.distill_words > 0
-    units = list(find_decoder_layers(model.lm, family_config.decoder_layers_attr)[1]) if hasattr(model, "lm") else []
+    units = transformer_blocks(model, family_config) if hasattr(model, "lm") else []
     trained = distributed.wrap(InWordsDistillation(model, run.distill_words) if words else model, env,
                                run.distributed, units=units, find_unused_parameters=run.find_unused_parameters)
     optimizer = build_optimizer(model, lr=cfg.optim.lr, gate_lr=cfg.optim.gate_lr,
@@ -664,7 +698,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         batches = world_batches(cfg, env, start_step, tokenizer)
     else:
         batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
-                                words=words, loader=loader)
+                                words=words, loader=loader, seq2seq=is_encoder_decoder(model))
 
     final_weights: dict = {}
 
@@ -704,7 +738,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                       precision=_precision(run.precision, env.device), z_loss=run.z_loss,
                       start_step=start_step, progress=run.progress and env.is_main, desc="train",
                       on_step=on_step, on_record=on_record, align_labels=getattr(type(model), "align_labels", None),
-                      shift_labels=getattr(type(model), "shift_labels", True))
+                      shift_labels=getattr(model, "shift_labels", True))
         report = None
         if cfg.check.shots:  # on every process (the same episodes): a sharded model evaluates together
             report = check(model, tokenizer, cfg)
