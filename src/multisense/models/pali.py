@@ -19,8 +19,8 @@ Inputs, as every family takes them: one marker per media item in `input_ids`, `p
 [B, M, F, C, H, W], `frame_mask` [B, M, F]. Encoder-decoder: `input_ids` is the prompt and
 `labels` [B, T] the answer (`collate(..., seq2seq=True)`), so the logits [B, T, V] are the
 decoder's and line up with the labels (`shift_labels` False). Prefix-LM: prompt and answer in
-one row with labels on the answer, as for causal LMs; the labelled tokens form the causal part,
-and with no labels the whole input is prefix. `generate` returns `input_ids` followed by the new
+one row with labels on the answer, as for causal LMs; from the first labelled token on, the row
+is causal, and with no labels the whole input is prefix. `generate` returns `input_ids` followed by the new
 tokens in both cases, as every family's does.
 
 Shape letters: B batch, L input length, M media items, F frames, N tokens per frame, D LM width,
@@ -158,7 +158,10 @@ class PaLIModel(SplicedMedia, nn.Module):
             return self.lm(inputs_embeds=embeds, attention_mask=exp.attention_mask, labels=labels, **lm_kwargs)
         exp, embeds = self._inputs(input_ids, attention_mask, labels, pixel_values, media_features, frame_mask,
                                    align="left")
-        answer = exp.labels != IGNORE_INDEX if labels is not None else torch.zeros_like(exp.attention_mask, dtype=torch.bool)
+        # the answer: from the first labelled token on, all of it causal (a later marker in it must
+        # not join the prompt's block, where the tokens before it would see its image)
+        answer = (exp.labels != IGNORE_INDEX).cumsum(-1) > 0 if labels is not None else \
+            torch.zeros_like(exp.attention_mask, dtype=torch.bool)
         mask = self.prefix_mask(exp.attention_mask, answer, embeds.dtype)
         if self._position_ids:
             lm_kwargs["position_ids"] = exp.position_ids
