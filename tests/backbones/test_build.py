@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, T5ForConditionalGeneration
 
 from multisense import backbones
 from multisense.backbones import build, language, vision
@@ -121,16 +121,18 @@ def test_a_build_whose_lookup_never_forms_fails_loudly_and_writes_nothing(tmp_pa
 
 
 def test_build_writes_each_part_and_a_manifest_and_resolves_by_name(tmp_path, monkeypatch):
-    out = build.build(tmp_path / "set", progress=False, lm_steps=2, vision_steps=2, icl_steps=2,
+    out = build.build(tmp_path / "set", progress=False, lm_steps=2, vision_steps=2, icl_steps=2, t5_steps=2,
                       icl_min_accuracy=0.0)
     found = backbones.Backbones.at(out)
     assert AutoTokenizer.from_pretrained(found.lm).eos_token == "<eos>"
     CLIPVisionModel.from_pretrained(found.vision)
     manifest = json.loads((out / backbones.MANIFEST).read_text())
     assert manifest["version"] == build.VERSION and set(manifest["parts"]) == set(build.PARTS)
-    assert {"heldout_loss", "shape_probe", "in_words_accuracy"} <= {k for p in manifest["parts"].values() for k in p}
-    assert manifest["machine"]["flags"]
-    assert sorted(p.name for p in out.iterdir()) == ["icl", "lm", "manifest.json", "vision"]
+    probed = {k for p in manifest["parts"].values() for k in p}
+    assert {"heldout_loss", "shape_probe", "in_words_accuracy", "denoising_accuracy"} <= probed
+    assert all(p["machine"]["flags"] and "command" in p for p in manifest["parts"].values())
+    assert sorted(p.name for p in out.iterdir()) == ["icl", "lm", "manifest.json", "t5", "vision"]
+    assert T5ForConditionalGeneration.from_pretrained(found.t5).config.feed_forward_proj == "gated-gelu"
     # a rebuild of one part keeps the others, and the manifest's record of them
     mtime = (found.lm / "model.safetensors").stat().st_mtime_ns
     build.build(out, parts=("vision",), progress=False, vision_steps=2, measure=False)
@@ -139,6 +141,7 @@ def test_build_writes_each_part_and_a_manifest_and_resolves_by_name(tmp_path, mo
     # names resolve to the shipped set, whose folder is looked up, not built
     monkeypatch.setattr(backbones, "WEIGHTS", out)
     assert backbones.resolve("icl") == (str(found.icl), None)
+    assert backbones.resolve("t5", "default") == (str(found.t5), str(found.vision))
     assert backbones.resolve("default", "default") == (str(found.lm), str(found.vision))
 
 
@@ -163,7 +166,7 @@ def test_a_backbone_that_is_no_local_directory_is_named(tmp_path):
     tower.mkdir()
     assert backbones.resolve(str(lm), str(tower)) == (str(lm), str(tower))
     # not transformers' "Repo id must be in the form ...": the key, and what it takes
-    with pytest.raises(FileNotFoundError, match=r"model.lm: expected a local directory, 'default' or 'icl', "
+    with pytest.raises(FileNotFoundError, match=r"model.lm: expected a local directory or one of 'default', 'icl', 't5', "
                                                 r"got 'no/such/lm'"):
         backbones.resolve("no/such/lm", "default")
     with pytest.raises(FileNotFoundError, match=r"model.vision: expected a local directory or 'default', "

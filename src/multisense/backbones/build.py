@@ -5,8 +5,8 @@
     multisense backbones probe [DIR]                # the shipped set by default
 
 Each part is built into a temporary folder and renamed into DIR/<part> once complete, so an
-interrupted build leaves the previous part or none. DIR/manifest.json records the recipe version,
-each part's steps, seed, time and probes (`probes`), the machine, and the library versions.
+interrupted build leaves the previous part or none. DIR/manifest.json records the recipe version and, per part, its steps, seed, time and probes
+(`probes`), the command, the machine and the library versions.
 The shipped set (`multisense/backbones/weights`) was made by this command; a test rebuilds it and
 checks that the rebuild reaches the shipped probes (tests/backbones, marked slow).
 
@@ -32,12 +32,13 @@ from ..files import atomic_directory, atomic_file
 from ..machine import machine
 from . import MANIFEST, WEIGHTS, Backbones, probes
 from .language import ICL_STEPS, LM_STEPS, default_tokenizer, pretrain_icl_lm, pretrain_lm
+from .seq2seq import T5_STEPS, pretrain_t5
 from .training import SUMMARY_FILE
 from .vision import VISION_STEPS, pretrain_vision
 
 # Bump on any change to what the backbones learn; the shipped manifest must carry it (tests).
 VERSION = "backbones-v9"
-PARTS = ("lm", "vision", "icl")
+PARTS = ("lm", "vision", "icl", "t5")
 ICL_SEEDS = (1, 2, 3, 4)
 ICL_MIN_ACCURACY = 0.6
 
@@ -62,15 +63,18 @@ def probe(part: str, folder: Path) -> dict[str, float]:
     """The probes of one built part (see `probes`)."""
     if part == "vision":
         return {"shape_probe": probes.shape_probe(transformers.CLIPVisionModel.from_pretrained(folder).eval())}
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    if part == "t5":
+        model = transformers.T5ForConditionalGeneration.from_pretrained(folder).eval()
+        return {"denoising_accuracy": probes.denoising_accuracy(model, tokenizer)}
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     if part == "lm":
         return {"heldout_loss": probes.heldout_loss(model, tokenizer)}
     return {"in_words_accuracy": probes.in_words_accuracy(model, tokenizer)}
 
 
 def build(out: str | Path, *, parts: tuple[str, ...] = PARTS, progress: bool = True, lm_steps: int = LM_STEPS,
-          vision_steps: int = VISION_STEPS, icl_steps: int = ICL_STEPS, icl_seeds: tuple[int, ...] = ICL_SEEDS,
+          vision_steps: int = VISION_STEPS, icl_steps: int = ICL_STEPS, t5_steps: int = T5_STEPS, icl_seeds: tuple[int, ...] = ICL_SEEDS,
           icl_min_accuracy: float = ICL_MIN_ACCURACY, measure: bool = True, command: str = "") -> Path:
     """Build `parts` into `out` (each replacing its folder whole) and update out/manifest.json,
     with every part's probes unless `measure` is false."""
@@ -91,6 +95,8 @@ def build(out: str | Path, *, parts: tuple[str, ...] = PARTS, progress: bool = T
                 pretrain_lm(default_tokenizer(), folder, steps=lm_steps, seed=0, progress=progress)
             elif part == "vision":
                 pretrain_vision(folder, steps=vision_steps, seed=0, progress=progress)
+            elif part == "t5":
+                pretrain_t5(folder, steps=t5_steps, seed=0, progress=progress)
             else:
                 summary.update(build_icl_lm(folder, steps=icl_steps, seeds=icl_seeds, min_accuracy=icl_min_accuracy,
                                             progress=progress))
@@ -99,11 +105,11 @@ def build(out: str | Path, *, parts: tuple[str, ...] = PARTS, progress: bool = T
                 summary.update(probe(part, folder))
 
         atomic_directory(out / part, make)
-        records[part] = summary
-    info = machine("cpu")
-    manifest = {"version": VERSION, "parts": records, "command": command,
-                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "machine": info, "torch": torch.__version__, "transformers": transformers.__version__}
+        # each part says how it was made: parts of one set may come from different builds
+        records[part] = {**summary, "command": command,
+                         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                         "machine": machine("cpu"), "torch": torch.__version__, "transformers": transformers.__version__}
+    manifest = {"version": VERSION, "parts": records}
     atomic_file(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     return out
 
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None, prog: str = "multisense backbones") -> i
     parser = argparse.ArgumentParser(prog=prog, description="build or probe the embedded backbones")
     sub = parser.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="pretrain a set of embedded backbones")
-    b.add_argument("--out", required=True, help="folder for lm/, vision/, icl/ and manifest.json "
+    b.add_argument("--out", required=True, help="folder for lm/, vision/, icl/, t5/ and manifest.json "
                                                 f"(the shipped set is {WEIGHTS})")
     b.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which parts to (re)build")
     b.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -6,7 +6,9 @@ that rebuild them:
   with the in-context lookup reads about 1.0, one without it about 0.2;
 - `shape_probe`: a linear probe of the vision tower, an object's shape read off the mean of its
   patch tokens (logistic regression, fresh training and held-out scenes); chance 1/4;
-- `heldout_loss`: the GPT-2's next-token loss (nats per token) on held-out corpus lines.
+- `heldout_loss`: the GPT-2's next-token loss (nats per token) on held-out corpus lines;
+- `denoising_accuracy`: the T5's teacher-forced token accuracy at writing back the spans hidden
+  from held-out lines of the three languages (span corruption, its pretraining task).
 """
 
 from __future__ import annotations
@@ -72,3 +74,16 @@ def heldout_loss(model, tokenizer, *, lines: int = 2000, seed: int = 12345) -> f
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(),
                                                    ignore_index=IGNORE_INDEX))
+
+
+@torch.no_grad()
+def denoising_accuracy(model, tokenizer, *, lines: int = 512, seed: int = 12345) -> float:
+    """Share of the hidden spans' tokens (sentinels and eos included) the T5 predicts, teacher-forced,
+    on corrupted lines it was not trained on."""
+    from ..data.multilingual import text_corpus
+    from .seq2seq import denoising_batches
+
+    batch = next(denoising_batches(tokenizer, text_corpus(lines, seed), batch_size=lines, seed=seed))
+    logits = model(**batch).logits
+    keep = batch["labels"] != IGNORE_INDEX
+    return float((logits.argmax(-1) == batch["labels"])[keep].float().mean())
