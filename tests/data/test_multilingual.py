@@ -296,3 +296,36 @@ def test_default_tokenizer_is_the_same_every_time():
 def test_errors_name_the_argument(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+# ---- the task the trainer and `multisense eval` draw from ----------------------------------
+
+
+def test_the_multilingual_task_draws_pali_prompts_in_its_languages_and_translations_in_training_only():
+    from multisense.data.tasks import get_task
+    from multisense.tokens import MEDIA_MARKER as MARKER
+
+    task = get_task("multilingual", langs=["aa"], translation=0.5)
+    assert task.answers is None  # several kinds: open answers
+    docs = [task.training_document(np.random.default_rng(i), max_shots=0) for i in range(60)]
+    translations = [d for d in docs if not d.media]
+    assert 15 < len(translations) < 45
+    for d in translations:
+        words = d.text.split()
+        assert words[0] == "translate" and (words[1], words[2]) in ml.pivot_pairs("aa")
+    for d in docs:
+        if d.media:
+            assert d.text.startswith(f"{MARKER} caption aa ") or d.text.startswith(f"{MARKER} answer aa ")
+            assert d.media[0].shape == (1, 3, 32, 32)
+        assert set(d.text.split()) - {MARKER} <= set(ml.VOCABULARY)
+    again = [task.training_document(np.random.default_rng(i), max_shots=0) for i in range(60)]
+    assert [d.text for d in again] == [d.text for d in docs]  # deterministic for a seed
+    evaluation = get_task("multilingual", langs=["cc"], kinds=["count"], translation=1.0)
+    assert evaluation.answers == ml.ANSWER_SETS["cc"]["count"]
+    for i in range(10):  # the evaluation split never translates, and the answer is a word of cc
+        s = evaluation.episode(np.random.default_rng(i), 0, "eval")
+        assert s.prompt.startswith(f"{MARKER} answer cc ") and s.target in evaluation.answers and s.media
+    with pytest.raises(ValueError, match="translation"):
+        get_task("multilingual", translation=2)
+    with pytest.raises(ValueError, match="langs"):
+        get_task("multilingual", langs=["en"])

@@ -67,7 +67,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import scenes
-from . import tasks as _tasks
+from .tasks.base import VOCABULARY as TASKS_VOCABULARY
 from .collate import Sample
 from .images import to_pixel_values
 from .tokenizer import train_word_tokenizer
@@ -108,7 +108,7 @@ FUNCTION_CONCEPTS = ("the", "a", "and", "picture", "show", "have", "be", "what",
 ANSWER_CONCEPTS = tuple(dict.fromkeys(word for kind in QUESTION_KINDS for word in scenes.ANSWER_SETS[kind]))
 CONCEPTS = (*FUNCTION_CONCEPTS, *ANSWER_CONCEPTS)
 # No invented word may be one of these (English number words too: "five" must not mean a triangle).
-_RESERVED = frozenset((*scenes.VOCABULARY, *_tasks.VOCABULARY, *TASK_WORDS, *LANGUAGES, *PUNCTUATION,
+_RESERVED = frozenset((*scenes.VOCABULARY, *TASKS_VOCABULARY, *TASK_WORDS, *LANGUAGES, *PUNCTUATION,
                        "four", "five", "six", "seven", "eight", "nine", "ten"))
 _SYLLABLES = 2
 
@@ -148,13 +148,13 @@ VOCABULARY: tuple[str, ...] = tuple(dict.fromkeys([*TASK_WORDS, *LANGUAGES, *PUN
                                                    *(w for lang in LANGUAGES for w in LEXICONS[lang].values())]))
 
 
-def _check_lang(lang: str, name: str = "lang") -> str:
+def check_lang(lang: str, name: str = "lang") -> str:
     if lang not in GRAMMARS:
         raise ValueError(f"{name}: unknown language {lang!r} (known: {', '.join(LANGUAGES)})")
     return lang
 
 
-def _check_kinds(kinds: Sequence[str], allowed: Sequence[str] = KINDS, name: str = "kinds") -> tuple[str, ...]:
+def check_kinds(kinds: Sequence[str], allowed: Sequence[str] = KINDS, name: str = "kinds") -> tuple[str, ...]:
     if isinstance(kinds, str):
         raise TypeError(f"{name}: expected a sequence of kinds, got the string {kinds!r}")
     kinds = tuple(kinds)
@@ -172,7 +172,7 @@ def _check_count(value: int, name: str) -> int:
 
 def answer_word(concept: str, lang: str) -> str:
     """`lang`'s word for an answer concept ("red", "two", "yes", ... as in scenes.ANSWER_SETS)."""
-    _check_lang(lang)
+    check_lang(lang)
     if concept not in ANSWER_CONCEPTS:
         raise ValueError(f"concept: {concept!r} is no answer (answers: {', '.join(ANSWER_CONCEPTS)})")
     return LEXICONS[lang][concept]
@@ -181,7 +181,7 @@ def answer_word(concept: str, lang: str) -> str:
 def answer_concept(word: str, lang: str) -> str:
     """The answer concept of `lang`'s answer word `word` (the inverse of `answer_word`), for scoring
     across languages; a word that is no answer of `lang` is an error."""
-    _check_lang(lang)
+    check_lang(lang)
     for concept in ANSWER_CONCEPTS:
         if LEXICONS[lang][concept] == word:
             return concept
@@ -190,14 +190,14 @@ def answer_concept(word: str, lang: str) -> str:
 
 def chance(lang: str, kind: str) -> float:
     """Accuracy of a uniform guess among the answers of `kind` in `lang`."""
-    _check_lang(lang)
-    _check_kinds((kind,), QUESTION_KINDS, name="kind")
+    check_lang(lang)
+    check_kinds((kind,), QUESTION_KINDS, name="kind")
     return 1.0 / len(ANSWER_SETS[lang][kind])
 
 
 def gloss(text: str, lang: str) -> list[str]:
     """The concept of each word of `text` in `lang` (punctuation stays itself)."""
-    _check_lang(lang)
+    check_lang(lang)
     inverse = {w: c for c, w in LEXICONS[lang].items()} | {p: p for p in PUNCTUATION}
     words = text.split()
     unknown = [w for w in words if w not in inverse]
@@ -256,7 +256,7 @@ def _clause(lex: dict[str, str], g: Grammar, subject: list[str], verb: str, obj:
 
 def render(meaning: Meaning, lang: str) -> str:
     """`meaning` as a sentence of `lang`: words joined by single spaces, punctuation its own word."""
-    _check_lang(lang)
+    check_lang(lang)
     lex, g = LEXICONS[lang], GRAMMARS[lang]
     kind, objects = meaning.kind, meaning.objects
     picture = _noun_phrase(lex, g, "the", None, "picture")
@@ -325,7 +325,7 @@ def _parse_table(lang: str) -> dict[str, Meaning]:
 
 def parse(text: str, lang: str) -> Meaning:
     """The meaning of a sentence of `lang` (the inverse of `render`)."""
-    _check_lang(lang)
+    check_lang(lang)
     meaning = _parse_table(lang).get(text)
     if meaning is None:
         raise ValueError(f"text: {text!r} is no sentence of {lang!r}")
@@ -334,8 +334,8 @@ def parse(text: str, lang: str) -> Meaning:
 
 def translate(text: str, src: str, tgt: str) -> str:
     """`text` of language `src` rendered in `tgt` (the reference translation)."""
-    _check_lang(src, "src")
-    _check_lang(tgt, "tgt")
+    check_lang(src, "src")
+    check_lang(tgt, "tgt")
     return render(parse(text, src), tgt)
 
 
@@ -343,15 +343,15 @@ def translate(text: str, src: str, tgt: str) -> str:
 
 
 def caption_prompt(lang: str) -> str:
-    return f"caption {_check_lang(lang)}"
+    return f"caption {check_lang(lang)}"
 
 
 def answer_prompt(lang: str, question: str) -> str:
-    return f"answer {_check_lang(lang)} {question}"
+    return f"answer {check_lang(lang)} {question}"
 
 
 def translate_prompt(src: str, tgt: str, text: str) -> str:
-    return f"translate {_check_lang(src, 'src')} {_check_lang(tgt, 'tgt')} {text}"
+    return f"translate {check_lang(src, 'src')} {check_lang(tgt, 'tgt')} {text}"
 
 
 # ---- samples and splits ------------------------------------------------------------------
@@ -399,10 +399,10 @@ def image_samples(seed: int, n_scenes: int, *, langs: Sequence[str] = LANGUAGES,
     n_scenes = _check_count(n_scenes, "n_scenes")
     if isinstance(langs, str):
         raise TypeError(f"langs: expected a sequence of language codes, got the string {langs!r}")
-    langs = tuple(_check_lang(lang, "langs") for lang in langs)
+    langs = tuple(check_lang(lang, "langs") for lang in langs)
     if not langs:
         raise ValueError("langs: expected at least one language")
-    kinds = _check_kinds(kinds)
+    kinds = check_kinds(kinds)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
     if marker is not None and not isinstance(marker, str):
@@ -429,7 +429,7 @@ def image_samples(seed: int, n_scenes: int, *, langs: Sequence[str] = LANGUAGES,
     return out
 
 
-def _draw_sentence(rng: np.random.Generator, kinds: tuple[str, ...], with_answers: bool) -> Meaning:
+def draw_sentence(rng: np.random.Generator, kinds: tuple[str, ...], with_answers: bool) -> Meaning:
     kind = kinds[int(rng.integers(len(kinds)))]
     objects = scenes.sample_objects(rng, min_objects=2 if kind == "position" else 1)
     if kind == "caption":
@@ -440,7 +440,7 @@ def _draw_sentence(rng: np.random.Generator, kinds: tuple[str, ...], with_answer
 
 def pivot_pairs(pivot: str = "aa") -> tuple[tuple[str, str], ...]:
     """Both directions between `pivot` and each other language: ((aa, bb), (bb, aa), (aa, cc), (cc, aa))."""
-    _check_lang(pivot, "pivot")
+    check_lang(pivot, "pivot")
     return tuple(pair for other in LANGUAGES if other != pivot for pair in ((pivot, other), (other, pivot)))
 
 
@@ -457,17 +457,17 @@ def translation_samples(seed: int, n: int, *, pairs: Iterable[tuple[str, str]] =
     for p in pairs:
         if len(p) != 2:
             raise ValueError(f"pairs: expected (src, tgt) pairs, got {p!r}")
-        _check_lang(p[0], "pairs")
-        _check_lang(p[1], "pairs")
+        check_lang(p[0], "pairs")
+        check_lang(p[1], "pairs")
         if p[0] == p[1]:
             raise ValueError(f"pairs: {p!r} translates a language into itself")
     if not pairs:
         raise ValueError("pairs: expected at least one (src, tgt) pair")
-    kinds = _check_kinds(kinds)
+    kinds = check_kinds(kinds)
     rng = _rng(seed, "translation")
     out = []
     for _ in range(n):
-        meaning = _draw_sentence(rng, kinds, with_answers)
+        meaning = draw_sentence(rng, kinds, with_answers)
         for src, tgt in pairs:
             out.append(MultilingualSample(translate_prompt(src, tgt, render(meaning, src)), render(meaning, tgt),
                                           lang=tgt, kind="translation", source=src, meaning=meaning))
@@ -485,7 +485,7 @@ def crosslingual_splits(seed: int, *, train_scenes: int = 200, eval_scenes: int 
       filter by `sample.lang` for the unseen languages, the pivot's being the in-language reference;
     - "ceiling": the scenes of "pivot" with captions and questions in all three languages.
     """
-    _check_lang(pivot, "pivot")
+    check_lang(pivot, "pivot")
     train = dict(seed=seed, n_scenes=train_scenes, split="train", image_size=image_size, marker=marker)
     return {
         "pivot": image_samples(**train, langs=(pivot,)),
@@ -505,13 +505,13 @@ def text_corpus(n: int, seed: int, *, langs: Sequence[str] = LANGUAGES) -> list[
     n = _check_count(n, "n")
     if isinstance(langs, str):
         raise TypeError(f"langs: expected a sequence of language codes, got the string {langs!r}")
-    langs = tuple(_check_lang(lang, "langs") for lang in langs)
+    langs = tuple(check_lang(lang, "langs") for lang in langs)
     if not langs:
         raise ValueError("langs: expected at least one language")
     rng = _rng(seed, "text")
     lines = []
     for _ in range(n):
-        meaning = _draw_sentence(rng, KINDS, with_answers=True)
+        meaning = draw_sentence(rng, KINDS, with_answers=True)
         lines.append(render(meaning, langs[int(rng.integers(len(langs)))]))
     return lines
 
@@ -527,6 +527,6 @@ def train_tokenizer(corpus: Iterable[str] | None = None):
 __all__ = ["LANGUAGES", "TASK_WORDS", "PUNCTUATION", "KINDS", "QUESTION_KINDS", "LEXICON_SEED", "Grammar", "GRAMMARS",
            "CONCEPTS", "FUNCTION_CONCEPTS", "ANSWER_CONCEPTS", "LEXICONS", "ANSWER_SETS", "WORDS", "VOCABULARY",
            "SPLITS", "Meaning", "MultilingualSample", "make_lexicons", "answer_word", "answer_concept",
-           "chance", "gloss", "caption_meaning", "qa_meaning", "question_meanings", "render", "question_text", "all_meanings", "parse",
+           "chance", "gloss", "check_lang", "check_kinds", "draw_sentence", "caption_meaning", "qa_meaning", "question_meanings", "render", "question_text", "all_meanings", "parse",
            "translate", "caption_prompt", "answer_prompt", "translate_prompt", "image_samples", "pivot_pairs",
            "translation_samples", "crosslingual_splits", "text_corpus", "train_tokenizer"]

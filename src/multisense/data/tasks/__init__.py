@@ -28,7 +28,9 @@ Tasks (`TASKS`, `get_task(name, **kwargs)`):
 - `video`: one shape moving in one of 4 (or 8) directions over F frames, on a path centred near
   the canvas centre: a clip played backwards is the opposite direction, so only order tells;
 - `digits`: scikit-learn's handwritten digit scans (real, shipped with the package), upsampled;
-- `digit_sum`: "<image> plus <image> is 12" on two scans.
+- `digit_sum`: "<image> plus <image> is 12" on two scans;
+- `multilingual`: captions and questions in three invented languages and translation pairs
+  between them (`data.multilingual`), in PaLI's prompt forms.
 
 Splits: digits hold out a fixed seeded 30% of the scans ("eval"), so evaluation never shows a
 training scan. Procedural tasks draw one distribution for both splits: keep the seeds disjoint.
@@ -70,10 +72,11 @@ from .base import (
 from .cross_image import CrossImage
 from .digits import DIGITS_EVAL_FRACTION, Digits, DigitSum, digit_images, digit_split
 from .fewshot import FewShotMapped, FewShotShapes
+from .multilingual import Multilingual
 from .video import Video, moving_clip
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (FewShotShapes, FewShotMapped, CrossImage, Video, Digits, DigitSum)
+    cls.name: cls for cls in (FewShotShapes, FewShotMapped, CrossImage, Video, Digits, DigitSum, Multilingual)
 }
 
 
@@ -87,13 +90,14 @@ def get_task(name: str, **kwargs) -> Task:
 
 
 def text_corpus(n: int, seed: int, max_shots: int = 4) -> list[str]:
-    """`n` text-only episodes drawn evenly over the tasks, media described in words."""
+    """`n` text-only episodes drawn evenly over the tasks, media described in words (the English
+    tasks: `multilingual` has its own corpus)."""
     rng = np.random.default_rng(seed)
-    tasks = [cls() for cls in TASKS.values()]
+    tasks = [cls() for cls in TASKS.values() if cls is not Multilingual]
     return [tasks[int(rng.integers(len(tasks)))].text_line(rng, max_shots) for _ in range(n)]
 
 
 __all__ = ["TASKS", "get_task", "text_corpus", "Task", "ClassificationTask", "Shot", "FewShotShapes", "FewShotMapped",
-           "CrossImage", "Video", "Digits", "DigitSum", "moving_clip", "digit_images", "digit_split", "SPLITS",
+           "CrossImage", "Video", "Digits", "DigitSum", "Multilingual", "moving_clip", "digit_images", "digit_split", "SPLITS",
            "SEPARATOR", "MAX_TRAINING_SHOTS", "DIGITS_EVAL_FRACTION", "LABEL_WORDS", "ORDINALS", "DIRECTIONS",
            "DIGITS", "SUMS", "VOCABULARY"]
