@@ -72,6 +72,27 @@ def test_fusion_runs_refuse_what_they_cannot_use(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_checked_run_measures_held_out_episodes_with_the_camera_blocked_and_says_if_it_failed(run, tmp_path,
+                                                                                              capsys):
+    root, cache, _ = run
+    base = ["train", "--config", "touch", *TINY, f"data.world.cache_dir={cache}", "train.steps=1", "check.samples=4"]
+    assert cli(base + [f"train.out_dir={tmp_path / 'a'}", "check.min_accuracy=0.0"]) == 0
+    report = json.loads((tmp_path / "a" / "check.json").read_text())
+    assert report["passed"] and report["world_seed"] == 1 and report["occlusion"] == 1.0 and report["samples"] == 4
+    model = FusionModel.from_pretrained(tmp_path / "a" / "model")
+    data = TouchEpisodes(generate(4, 1, seconds=1.0, cache_dir=cache, workers=1), occlusion=1.0, seed=1)
+    batch = collate_touch([data[i] for i in range(4)])
+    model.eval()
+    with torch.no_grad():
+        own = float((model(batch["sensors"]).logits.argmax(-1) == batch["labels"]).float().mean())
+    assert report["accuracy"] == pytest.approx(own)
+    if own < 1.0:  # the same run asked for more than it reached: it says so and writes no model
+        capsys.readouterr()
+        assert cli(base + [f"train.out_dir={tmp_path / 'b'}", "check.min_accuracy=1.0"]) == 1
+        assert "missed its check" in capsys.readouterr().err and not (tmp_path / "b" / "model").exists()
+        assert not json.loads((tmp_path / "b" / "check.json").read_text())["passed"]
+
+
 def test_attention_over_time_in_one_bin_is_the_models_own_share(run):
     root, cache, _ = run
     model = FusionModel.from_pretrained(root / "run" / "model").eval()

@@ -11,7 +11,9 @@ episodes (the video preset trains with a `lead` and is checked at lead 0). `mult
     from multisense.eval.checks import held_out_check
     train(cfg, check=held_out_check)
 
-It lives here, not in train/, because it is an evaluation: train/ takes it as a function.
+A fusion model (`model.family: fusion`) is checked on held-out touch-world episodes instead,
+when `check.min_accuracy` is set (`touch_check`). It lives here, not in train/, because it is an
+evaluation: train/ takes it as a function.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from .fewshot import evaluate
 
 def held_out_check(model, tokenizer, cfg) -> dict:
     """{"passed", "accuracy" per shot count, "chance", "reasons"} of a trained model against
-    cfg.check (a TrainConfig)."""
+    cfg.check (a TrainConfig). A fusion model is checked on held-out touch-world episodes
+    (`touch_check`)."""
+    if cfg.model.family == "fusion":
+        return touch_check(model, cfg)
     check, data = cfg.check, cfg.data
     task = get_task(data.task, image_size=data.image_size, **{**data.task_args, **check.task_args})
     if not task.answers:
@@ -41,3 +46,22 @@ def held_out_check(model, tokenizer, cfg) -> dict:
     return {"passed": not reasons, "task": data.task, "task_args": {**data.task_args, **check.task_args},
             "samples": check.samples,
             "accuracy": {str(k): v for k, v in accuracy.items()}, "chance": result["chance"], "reasons": reasons}
+
+
+def touch_check(model, cfg) -> dict:
+    """A fusion model's accuracy on `check.samples` held-out episodes (world seed 1) of data.task,
+    with the camera, if it has one, blocked from the first contact on (the case the touch presets
+    are about): passed if at least `check.min_accuracy`."""
+    import dataclasses
+
+    from ..data.world.tasks import world_dataset
+    from .touch import accuracy, with_occlusion
+
+    world = dataclasses.replace(cfg.data.world, episodes=cfg.check.samples, seed=1, occlusion=1.0)
+    dataset = world_dataset(world, task=cfg.data.task, sensors=tuple(model.config.sensors), log=print)
+    value = accuracy(model, with_occlusion(dataset, 1.0))
+    reasons = [] if value >= cfg.check.min_accuracy else [
+        f"accuracy on {cfg.check.samples} held-out episodes with the camera blocked {value:.3f} < check.min_accuracy "
+        f"{cfg.check.min_accuracy}"]
+    return {"passed": not reasons, "task": cfg.data.task, "samples": cfg.check.samples, "world_seed": 1,
+            "occlusion": 1.0, "accuracy": value, "reasons": reasons}

@@ -152,7 +152,8 @@ class CheckConfig:
     # A held-out check of the trained model before `model/` is written: closed-set accuracy on
     # data.task's evaluation episodes at each of `shots`, as `multisense eval` measures it. A run
     # that misses it says so and writes no model/ (its checkpoints stay): an in-context run can
-    # end at chance with the same recipe (docs/results.md, issue 14).
+    # end at chance with the same recipe (docs/results.md, issue 14). model.family=fusion: accuracy on
+    # `samples` held-out touch-world episodes with the camera blocked, checked when min_accuracy is set.
     shots: list[int] = field(default_factory=list)  # shot counts to evaluate; empty: no check
     samples: int = 100  # episodes per shot count
     min_accuracy: float | None = None  # at the last shot count
@@ -349,6 +350,12 @@ def validate_fusion(cfg: TrainConfig) -> None:
     check_number(world.occlusion, "data.world.occlusion", at_least=0, at_most=1)
     check_number(world.workers, "data.world.workers", at_least=1)
     check_number(data.batch_size, "data.batch_size", at_least=1)
+    if cfg.check.min_accuracy is not None:  # checked on held-out episodes (eval.checks.touch_check)
+        check_number(cfg.check.min_accuracy, "check.min_accuracy", at_least=0, at_most=1)
+        check_number(cfg.check.samples, "check.samples", at_least=1)
+    if cfg.check.min_gain is not None:
+        raise ValueError("check.min_gain: a gain over shot counts; a fusion model is checked by check.min_accuracy "
+                         "on held-out episodes")
     for key, why in (("check.shots", cfg.check.shots), ("train.distill_words", run.distill_words > 0),
                      ("train.activation_checkpointing", run.activation_checkpointing),
                      ("model.init_from", cfg.model.init_from is not None)):
@@ -517,10 +524,13 @@ def resume_position(manifest: dict, where: str, env: distributed.Env) -> dict:
 
 
 def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accum: int,
-                  start_step: int, words: bool = False, loader=None, seq2seq: bool = False) -> Iterator[dict]:
+                  start_step: int, words: bool = False, loader=None, seq2seq: bool = False,
+                  samples: bool = False) -> Iterator[dict]:
     """This process's micro-batches from `start_step` on: grad_accum per optimiser step. With
     files, they come from `loader` (file_loader; a fresh one at the first record if None).
-    `seq2seq`: laid out for an encoder-decoder (collate)."""
+    A task gives interleaved training documents, or with `samples` episodes (prompt -> answer, for
+    a family that reads a prompt and writes an answer: PaLI). `seq2seq`: laid out for an
+    encoder-decoder (collate)."""
     b, world = cfg.batch_size, env.world_size
     per_step = b * world * grad_accum  # samples in one global optimiser step
     if cfg.task:
@@ -532,7 +542,7 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
             first = step * per_step
             mine = range(first + env.rank, first + per_step, world)  # strided: the union over ranks is the batch
             for j in range(grad_accum):
-                docs = [task.training_document(np.random.default_rng([cfg.seed, i]), max_shots=cfg.max_shots)
+                docs = [_example(task, np.random.default_rng([cfg.seed, i]), cfg.max_shots, samples)
                         for i in mine[j * b:(j + 1) * b]]
                 yield collate(docs, tokenizer, words=words, seq2seq=seq2seq)
             step += 1
@@ -542,6 +552,14 @@ def micro_batches(cfg: DataConfig, tokenizer, *, env: distributed.Env, grad_accu
     # passes wrapped): the trainer saves its epoch and position with every checkpoint.
     yield from batches(loader if loader is not None else file_loader(cfg, env), tokenizer, b, epochs=None,
                        seq2seq=seq2seq)
+
+
+def _example(task, rng: np.random.Generator, max_shots: int, sample: bool):
+    """One training example of `task`: an interleaved document, or an episode of 0..max_shots
+    demonstrations and a query whose answer is the target (`sample`)."""
+    if sample:
+        return task.episode(rng, int(rng.integers(0, max_shots + 1)), "train")
+    return task.training_document(rng, max_shots=max_shots)
 
 
 def calibration_batches(cfg: DataConfig, tokenizer, *, samples: int, device: torch.device) -> Iterator[dict]:
@@ -637,7 +655,8 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     """
     cfg = with_class_names(cfg)
     validate(cfg)
-    if cfg.check.shots and check is None:
+    checked = bool(cfg.check.shots) or (cfg.model.family == "fusion" and cfg.check.min_accuracy is not None)
+    if checked and check is None:
         raise ValueError("check.shots: set, but train() was given no check function; pass "
                          "check=multisense.eval.checks.held_out_check (as `multisense train` does) or set check.shots=[]")
     check_out_dir(cfg.train)
@@ -698,7 +717,8 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         batches = world_batches(cfg, env, start_step, tokenizer)
     else:
         batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
-                                words=words, loader=loader, seq2seq=is_encoder_decoder(model))
+                                words=words, loader=loader, seq2seq=is_encoder_decoder(model),
+                                samples=getattr(model, "trains_on_samples", False))
 
     final_weights: dict = {}
 
@@ -740,7 +760,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                       on_step=on_step, on_record=on_record, align_labels=getattr(type(model), "align_labels", None),
                       shift_labels=getattr(model, "shift_labels", True))
         report = None
-        if cfg.check.shots:  # on every process (the same episodes): a sharded model evaluates together
+        if checked:  # on every process (the same episodes): a sharded model evaluates together
             report = check(model, tokenizer, cfg)
             if env.is_main:
                 (out / "check.json").write_text(json.dumps(report, indent=2) + "\n")
