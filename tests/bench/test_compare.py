@@ -26,6 +26,12 @@ def test_compare_quick_produces_every_cell_and_marks_context_overflow(tmp_path):
     assert lora["trainable_parameters"] > result["scenes"]["llava"]["trainable_parameters"]
     assert result["scenes"]["llava"]["trainable_parameters"] == result["cost"]["families"]["llava"]["trainable_parameters"]
     flamingo, llava = (result["cost"]["families"][f] for f in ("flamingo", "llava"))
+    # PaLI trains everything; over the T5 its image tokens are the encoder's, with no position limit
+    pali, t5 = (result["cost"]["families"][f] for f in ("pali", "pali (T5 encoder-decoder)"))
+    assert pali["trainable_parameters"] > llava["trainable_parameters"] and pali["tokens_per_image"] == 64
+    assert t5["tokens_per_image"] == 64 and t5["context_limit"] is None
+    assert not any(c["overflow"] for c in t5["cells"].values()) and list(t5["cells"]) == keys
+    assert set(result["scenes"]["pali"]["kinds"]) == set(result["scenes"]["llava"]["kinds"])
     assert flamingo["tokens_per_image"] == 1 and llava["tokens_per_image"] == 64  # the marker / 8x8 patches
     assert not any(c["overflow"] for c in flamingo["cells"].values())
     assert llava["cells"]["images=32"]["overflow"] and not llava["cells"]["images=1"]["overflow"]

@@ -7,6 +7,8 @@ each design costs; this measures it on the machine it runs on:
             media occupy in the LM's context, forward FLOPs (counted by torch's
             FlopCounterMode), time per sample (median of repeated runs) and peak memory (the peak
             of the tensor bytes allocated during one forward, from torch.profiler's memory events).
+            PaLI is measured twice: over the shared LM (its prefix-LM variant) and over the
+            embedded T5, where the media's tokens are the encoder's input (COST_VARIANTS).
             A family whose sequence exceeds the LM's max_position_embeddings is marked "context
             overflow" there; its cost beyond is measured on the same LM with its position table
             stretched (weights past the trained positions random: cost only, not accuracy).
@@ -53,6 +55,9 @@ FAMILY_OPTIONS = {
                      xattn_heads=4, xattn_dim_head=32, ff_mult=2, qk_norm=True, max_frames=None),
     "llava": dict(),
 }
+# Cost rows of a family over another LM than the shared one: name -> (family, model.lm). PaLI over the
+# embedded T5 reads image and prompt in its encoder: its "context tokens" are the encoder's length.
+COST_VARIANTS = {"pali (T5 encoder-decoder)": ("pali", "t5")}
 # Second recipes on the demo's tasks, beside each family's first: LLaVA's stage 2 (LoRA on the LM;
 # LLaVA-1.5 tunes the whole LM) after its stage 1 (the projector alone). name -> (family, options).
 RECIPES = {"llava + LoRA": ("llava", {"lora_rank": 16})}
@@ -86,10 +91,11 @@ class CompareConfig:
 
 
 def load_backbones(lm: str, vision: str):
+    from ..train.trainer import load_lm
+
     lm_dir, vision_dir = backbones.resolve(lm, vision)
     tokenizer = transformers.AutoTokenizer.from_pretrained(lm_dir)
-    return (transformers.AutoModelForCausalLM.from_pretrained(lm_dir).eval(), load_vision_encoder(vision_dir).eval(),
-            tokenizer)
+    return load_lm(lm_dir, "pali").eval(), load_vision_encoder(vision_dir).eval(), tokenizer
 
 
 def build(family: str, lm, vision, tokenizer, seed: int = 0, options: dict | None = None):
@@ -174,8 +180,14 @@ def cost_table(cfg: CompareConfig, lm, vision, tokenizer, log=print) -> dict:
     limit = context_of(lm)
     inputs = [("images", m, 1) for m in cfg.images] + [("frames", f, f) for f in cfg.frames]
     out = {}
-    for family in cfg.families:
+    variants = [(family, family, lm, tokenizer) for family in cfg.families]
+    for name, (family, other) in COST_VARIANTS.items():
+        if family in cfg.families:
+            other_lm, _, other_tok = load_backbones(other, cfg.vision)
+            variants.append((name, family, other_lm, other_tok))
+    for name, family, lm, tokenizer in variants:
         model, tok = build(family, lm, vision, tokenizer, cfg.seed)
+        limit = context_of(lm)  # None: relative positions, no limit
         big = None
         rows = {}
         for kind, count, frames in inputs:
@@ -192,13 +204,14 @@ def cost_table(cfg: CompareConfig, lm, vision, tokenizer, log=print) -> dict:
                 runner = big
             cell.update(measure_cell(runner, batch, cfg.min_time))
             rows[f"{kind}={count}"] = cell
-            log(f"  {family} {kind}={count}: {tokens} context tokens{' (overflow)' if cell['overflow'] else ''}, "
+            log(f"  {name} {kind}={count}: {tokens} context tokens{' (overflow)' if cell['overflow'] else ''}, "
                 f"{cell['flops'] / 1e9:.2f} GFLOP, {cell['seconds'] * 1e3:.1f} ms, {cell['peak_mib']:.1f} MiB")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         one = cost_input(tok, 1, 1, size)
         per_item = rows["images=1"]["context_tokens"] - int(one["attention_mask"].sum()) + 1
-        out[family] = {"trainable_parameters": trainable, "tokens_per_image": per_item, "cells": rows}
-    return {"context_limit": limit, "families": out}
+        out[name] = {"trainable_parameters": trainable, "tokens_per_image": per_item, "context_limit": limit,
+                     "cells": rows}
+    return {"context_limit": context_of(variants[0][2]) if variants else None, "families": out}
 
 
 def _tokens(model, batch) -> int:
@@ -293,7 +306,9 @@ def render(result: dict) -> str:
     names = list(families)
     parts = [_table(f"Parameters and context (LM context limit: {cost['context_limit']} positions)", ["", *names],
                     [["trainable parameters", *[f"{families[f]['trainable_parameters']:,}" for f in names]],
-                     ["LM context tokens per image", *[str(families[f]["tokens_per_image"]) for f in names]]])]
+                     ["LM context tokens per image", *[str(families[f]["tokens_per_image"]) for f in names]],
+                     ["LM context limit", *[str(families[f].get("context_limit") or "none (relative positions)")
+                                           for f in names]]])]
     keys = list(next(iter(families.values()))["cells"])
     for metric, title in (("context_tokens", "LM context tokens per sample"), ("flops", "Forward GFLOP per sample"),
                           ("seconds", "Forward ms per sample"), ("peak_mib", "Peak tensor memory of a forward (MiB)")):

@@ -11,6 +11,8 @@
     multisense experiment touch_attention    #   accuracy as the camera is blocked, attention over time,
     multisense experiment touch_subsets      #   missing sensors, the Perceiver's cost against full
     multisense experiment perceiver_cost     #   self-attention up to 115,200 tokens
+    multisense experiment crosslingual       # PaLI's zero-shot transfer to languages never seen with an
+                                             #   image (eval/crosslingual.py), against its controls
 
 Every run trains through `multisense train` (`train.trainer.train`) from a shipped preset and
 evaluates through `multisense eval` (`eval.fewshot`). Each experiment writes
@@ -35,7 +37,7 @@ from ..data.tasks import get_task, text_corpus
 from ..tokens import IGNORE_INDEX
 from ..train.loop import token_loss_sum
 from ..train.trainer import TrainConfig, resolve_preset, train
-from . import fewshot, touch_experiments
+from . import crosslingual, fewshot, touch_experiments
 
 # Runs on other data than few-shot episodes take the fewshot preset's blocks on the default LM,
 # without in-words distillation: their tasks carry no words, and the in-context LM the preset
@@ -284,6 +286,7 @@ EXPERIMENTS = {
     "masking": (masking, masking_report),
 }
 EXPERIMENTS.update(touch_experiments.EXPERIMENTS)
+EXPERIMENTS.update(crosslingual.EXPERIMENTS)
 
 
 def write_report(name: str, res: dict, command: str, seconds: float, docs: Path, images: Path) -> None:

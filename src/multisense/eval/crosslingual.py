@@ -1,0 +1,174 @@
+"""`multisense experiment crosslingual`: PaLI's zero-shot cross-lingual transfer, measured.
+
+The lecture's design question 3 (and PaLI, Chen et al. 2022): a model trained on image captions
+and questions in one language, plus text-only translation pairs, answers questions about images
+asked in another language it never saw paired with an image. Three invented languages
+(`data.multilingual`: aa subject-verb-object, bb subject-object-verb, cc verb-subject-object with
+adjectives after nouns; no shared word forms), the `pali` preset (the embedded T5 and vision
+tower, every part trained), three training conditions at each training seed of `--seeds`:
+
+    transfer         images with captions and questions in aa; translation pairs aa <-> bb, aa <-> cc
+    no translation   the same images in aa, no translation pairs: the control, expected at chance in bb, cc
+    ceiling          the images with captions and questions in all three languages (and the pairs)
+
+and, for the transfer condition, the other families on the same data: Flamingo (a frozen LM) and
+LLaVA (a frozen LM, the projector trained), and PaLI's decoder-only prefix-LM variant (everything
+trained), each over a tiny GPT-2 that this experiment pretrains on the same monolingual text as
+the embedded T5 (`multilingual_lm`; cached in the run folder). Evaluation: questions of each kind
+(colour, shape, count, position) in each language about held-out scenes (`multisense eval`'s
+closed-set accuracy, 0 shots, `--samples` per kind), and greedy translation exact match aa -> bb
+and aa -> cc (did the model learn to translate at all?), `--samples` sentences each.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data import multilingual as ml
+from ..data.tasks import get_task
+from . import fewshot
+
+CONDITIONS = {
+    "transfer": {"langs": ["aa"], "translation": 0.5},
+    "no translation": {"langs": ["aa"], "translation": 0.0},
+    "ceiling": {"langs": list(ml.LANGUAGES), "translation": 0.5},
+}
+# the other families, on the transfer condition's data, over the experiment's causal LM
+FAMILIES = {
+    "Flamingo (frozen LM)": ("flamingo", ("model.flamingo.num_latents=16", "model.flamingo.resampler_depth=2",
+                                          "model.flamingo.resampler_heads=4", "model.flamingo.resampler_dim_head=32",
+                                          "model.flamingo.xattn_heads=4", "model.flamingo.xattn_dim_head=32",
+                                          "model.flamingo.ff_mult=2", "model.flamingo.standardize_media=true",
+                                          "optim.gate_lr=0.1")),
+    "LLaVA (frozen LM, projector)": ("llava", ()),
+    "PaLI prefix-LM (all trained)": ("pali", ()),
+}
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
+
+
+def multilingual_lm(out: Path, *, steps: int = 400, seed: int = 0) -> Path:
+    """A tiny GPT-2 (4 layers x 128, as the demo's) over the T5's tokenizer, pretrained on the same
+    monolingual three-language text, for the families that need a causal LM; built once into `out`."""
+    import torch
+    import transformers
+
+    from ..backbones.language import lm_batches
+    from ..backbones.training import pretrain, save
+    from ..files import atomic_directory
+
+    if (out / "config.json").is_file():
+        return out
+    from ..backbones import Backbones
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(Backbones.at().t5)
+
+    def make(folder: Path) -> None:
+        torch.manual_seed(seed)
+        config = transformers.GPT2Config(n_layer=4, n_embd=128, n_head=4, n_positions=256, embd_pdrop=0.0,
+                                         resid_pdrop=0.0, attn_pdrop=0.0, vocab_size=len(tokenizer),
+                                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                         pad_token_id=tokenizer.pad_token_id)
+        model = transformers.GPT2LMHeadModel(config)
+        batches = lm_batches(tokenizer, ml.text_corpus(40_000, seed), batch_size=32, seed=seed)
+        summary = pretrain(model, batches, steps=steps, lr=2e-3, desc="pretraining multilingual GPT-2", progress=False)
+        save(model, tokenizer, folder, summary)
+
+    atomic_directory(out, make)
+    return out
+
+
+def _evaluate(model_dir: Path, samples: int, seeds: tuple[int, ...] = (0,)) -> dict:
+    """Accuracy per language and question kind, and translation exact match, of a saved model;
+    `samples` questions per cell and sentences per translation direction."""
+    import transformers
+
+    from ..models import AutoModel
+    from .generation import exact_match, generate_answers
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    accuracy = {}
+    for lang in ml.LANGUAGES:
+        for kind in ml.QUESTION_KINDS:
+            task = get_task("multilingual", langs=[lang], kinds=[kind])
+            result = fewshot.evaluate(model, tokenizer, task, shots=(0,), seeds=seeds, samples=samples)
+            accuracy[f"{lang}/{kind}"] = result["shots"][0]["accuracy"]["mean"]
+    translation = {}
+    for tgt in ("bb", "cc"):
+        pairs = ml.translation_samples(7, samples, pairs=[("aa", tgt)])
+        predictions = generate_answers(model, tokenizer, pairs, max_new_tokens=24)
+        translation[f"aa->{tgt}"] = exact_match(predictions, [p.target for p in pairs])
+    return {"accuracy": accuracy, "translation": translation}
+
+
+def _per_language(accuracy: dict) -> dict:
+    return {lang: float(np.mean([accuracy[f"{lang}/{k}"] for k in ml.QUESTION_KINDS])) for lang in ml.LANGUAGES}
+
+
+def crosslingual(r) -> dict:
+    """Every condition at every training seed, then the other families (first seed)."""
+    runs = {}
+    for condition, task_args in CONDITIONS.items():
+        for seed in r.seeds:
+            name = f"crosslingual/{_slug(condition)}-seed{seed}"
+            model_dir = r.trained("pali", name, f"data.task_args={json.dumps(task_args)}", f"train.seed={seed}",
+                                  f"data.seed={seed}")
+            runs.setdefault(condition, {})[seed] = _evaluate(model_dir, r.samples)
+    # pretrained as long as the runs train when --steps says (the tests' 2 steps), else 400 steps
+    steps = r.steps or 400
+    lm = multilingual_lm(r.out_dir / "crosslingual" / f"multilingual-gpt2-{steps}steps", steps=steps)
+    for label, (family, extra) in FAMILIES.items():
+        seed = r.seeds[0]
+        name = f"crosslingual/{family}-transfer-seed{seed}"
+        model_dir = r.trained("pali", name, f"model.family={family}", f"model.lm={lm}",
+                              f"data.task_args={json.dumps(CONDITIONS['transfer'])}", f"train.seed={seed}",
+                              f"data.seed={seed}", *extra)
+        runs.setdefault(label, {})[seed] = _evaluate(model_dir, r.samples)
+    chance = {lang: float(np.mean([ml.chance(lang, k) for k in ml.QUESTION_KINDS])) for lang in ml.LANGUAGES}
+    summary = {}
+    for label, per_seed in runs.items():
+        langs = np.array([[_per_language(res["accuracy"])[lang] for lang in ml.LANGUAGES] for res in per_seed.values()])
+        trans = np.array([[res["translation"][k] for k in ("aa->bb", "aa->cc")] for res in per_seed.values()])
+        summary[label] = {"seeds": list(per_seed), "mean": langs.mean(0).tolist(), "std": langs.std(0).tolist(),
+                          "per_seed": langs.tolist(), "translation": trans.mean(0).tolist()}
+    return {"languages": list(ml.LANGUAGES), "chance": chance, "summary": summary, "runs": runs,
+            "samples": r.samples}
+
+
+def crosslingual_report(res: dict):
+    langs = res["languages"]
+    lines = ["| model | seeds | " + " | ".join(f"{lang}{' (pivot)' if lang == 'aa' else ''}" for lang in langs)
+             + " | translation aa->bb / aa->cc |", "|---|---:|" + "---:|" * len(langs) + "---:|"]
+    for label, s in res["summary"].items():
+        cells = " | ".join(f"{m:.3f} ± {d:.3f}" if len(s["seeds"]) > 1 else f"{m:.3f}" for m, d in zip(s["mean"], s["std"]))
+        name = label if label in CONDITIONS else f"{label}, transfer data"
+        lines.append(f"| {name} | {len(s['seeds'])} | {cells} | {s['translation'][0]:.2f} / {s['translation'][1]:.2f} |")
+    lines.append("| chance | | " + " | ".join(f"{res['chance'][lang]:.3f}" for lang in langs) + " | |")
+    table = "\n".join(lines) + (
+        f"\n\nQuestion accuracy (colour, shape, count, position, averaged) about held-out scenes, {res['samples']} "
+        "questions per kind and language, closed-set scoring; mean ± std over training seeds. Translation: greedy "
+        f"exact match on {res['samples']} sentences per direction.")
+
+    def plot(ax):
+        labels = list(res["summary"])
+        width = 0.8 / len(labels)
+        x = np.arange(len(langs))
+        for i, label in enumerate(labels):
+            s = res["summary"][label]
+            ax.bar(x + i * width, s["mean"], width, yerr=s["std"], label=label, capsize=2)
+        ax.plot(x + 0.4 - width / 2, [res["chance"][lang] for lang in langs], "k_", markersize=30, label="chance")
+        ax.set_xticks(x + 0.4 - width / 2, [f"{lang}{' (pivot)' if lang == 'aa' else ''}" for lang in langs])
+        ax.set_ylabel("question accuracy")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=6, loc="upper right")
+
+    return table, plot
+
+
+EXPERIMENTS = {"crosslingual": (crosslingual, crosslingual_report)}
