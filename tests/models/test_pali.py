@@ -242,3 +242,22 @@ def test_errors_name_what_is_wrong():
         model.generate(ids[:1], pixel_values=pixels(1), past_key_values=object())
     with pytest.raises(ValueError, match="media_token_id: required"):
         ms.PaLIModel(tiny_t5(), tiny_vision(), ms.PaLIConfig())
+
+
+def test_standardized_media_are_measured_once_and_saved(tmp_path):
+    model = tiny_pali(standardize_media=True)
+    pix = pixels(4, seed=9)
+    model.calibrate_media([{"pixel_values": pix, "frame_mask": torch.ones(4, 1, 1, dtype=torch.bool)}])
+    feats = model.vision_encoder(pix.flatten(0, 2)).tokens.flatten(0, 1)
+    torch.testing.assert_close(model.media_mean.float(), feats.mean(0), rtol=0, atol=1e-4)
+    ids, labels = interleaved_ids(1, 6, [[0]]), answers(1)
+    standard = (model.vision_encoder(pix[:1].flatten(0, 2)).tokens - model.media_mean) / model.media_std
+    embeds = torch.cat([model.projector(standard), model.lm.get_input_embeddings()(ids[:, 1:])], 1)
+    torch.testing.assert_close(model(ids, pixel_values=pix[:1], labels=labels).logits,
+                               model.lm(inputs_embeds=embeds, labels=labels).logits, rtol=0, atol=1e-5)
+    assert {"media_mean", "media_std"} <= set(model.trainable_state_dict())
+    model.save_pretrained(tmp_path / "m")
+    loaded = ms.AutoModel.from_pretrained(tmp_path / "m")
+    assert torch.equal(loaded.media_std, model.media_std)
+    with pytest.raises(ValueError, match="standardize_media=False"):
+        tiny_pali().calibrate_media([])

@@ -10,6 +10,7 @@ from .base import (
                    check_frame_mask,
                    encode_frames,
                    load_vision_encoder,
+                   media_statistics,
                    media_tokens,
 )
 from .force_torque import ForceTorqueEncoder
@@ -18,5 +19,5 @@ from .tactile import TactileEncoder
 from .vision import VisionEncoder
 
 __all__ = ["EncoderOutput", "HFEncoder", "ModuleEncoder", "as_encoder", "check_frame_mask", "encode_frames",
-           "load_vision_encoder", "media_tokens", "ENCODERS", "build_encoder", "get_encoder", "register_encoder",
+           "load_vision_encoder", "media_statistics", "media_tokens", "ENCODERS", "build_encoder", "get_encoder", "register_encoder",
            "AudioEncoder", "LogMelSpectrogram", "ForceTorqueEncoder", "TactileEncoder", "VisionEncoder"]

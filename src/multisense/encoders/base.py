@@ -157,3 +157,28 @@ def media_tokens(encoder: nn.Module | None, pixel_values: torch.Tensor | None, m
     if not torch.isfinite(feats).all():
         raise ValueError("pixel_values/media_features: contain NaN or inf")
     return feats
+
+
+@torch.no_grad()
+def media_statistics(tokens_of, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std [Dv] of an encoder's tokens over `batches` (dicts holding
+    `pixel_values` [B, M, F, C, H, W] or `media_features` [B, M, F, S, Dv], and optionally
+    `frame_mask` [B, M, F], as `collate` makes them); only real frames count. `tokens_of(pixels,
+    features, frame_mask)` -> [B, M, F, S, Dv] is the family's `media_tokens`. What a family's
+    `standardize_media` measures once, before training: encoder features often share a large
+    offset across images, which trains slowly (docs/results.md, issue 3). A channel (nearly)
+    constant on the calibration media gets a floor on its std, so it is centred, not blown up."""
+    count, total, squares = 0, 0.0, 0.0
+    for batch in batches:
+        mask = batch.get("frame_mask")
+        feats = tokens_of(batch.get("pixel_values"), batch.get("media_features"), mask)
+        tokens = feats[mask.bool()] if mask is not None else feats.flatten(0, 2)  # [N, S, Dv]
+        tokens = tokens.flatten(0, 1).double()
+        count += tokens.shape[0]
+        total = total + tokens.sum(0)
+        squares = squares + tokens.square().sum(0)
+    if count < 2:
+        raise ValueError("calibrate_media: batches held fewer than 2 media tokens")
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return mean, std.clamp_min(max(1e-3 * float(std.mean()), 1e-12))

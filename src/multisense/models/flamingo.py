@@ -43,7 +43,7 @@ from torch import nn
 from transformers import Cache, DynamicCache
 
 from ..config import FamilyConfig
-from ..encoders import as_encoder, check_frame_mask, encode_frames, media_tokens
+from ..encoders import as_encoder, check_frame_mask, encode_frames, media_statistics, media_tokens
 from ..lm.adapters import cache_argument, find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
@@ -317,22 +317,9 @@ class FlamingoModel(nn.Module):
         """
         if not self.config.standardize_media:
             raise ValueError("calibrate_media: this model was built with standardize_media=False")
-        count, total, squares = 0, 0.0, 0.0
-        for batch in batches:
-            mask = batch.get("frame_mask")
-            feats = self.media_tokens(batch.get("pixel_values"), batch.get("media_features"), mask)
-            tokens = feats[mask.bool()] if mask is not None else feats.flatten(0, 2)  # [N, S, Dv]
-            tokens = tokens.flatten(0, 1).double()
-            count += tokens.shape[0]
-            total = total + tokens.sum(0)
-            squares = squares + tokens.square().sum(0)
-        if count < 2:
-            raise ValueError("calibrate_media: batches held fewer than 2 media tokens")
-        mean = total / count
-        std = (squares / count - mean.square()).clamp_min(0).sqrt()
+        mean, std = media_statistics(self.media_tokens, batches)
         self.media_mean.copy_(mean)
-        # a channel (nearly) constant on the calibration media is centred but not blown up
-        self.media_std.copy_(std.clamp_min(max(1e-3 * float(std.mean()), 1e-12)))
+        self.media_std.copy_(std)
         return self
 
     # ------------------------------------------------------------------ one call

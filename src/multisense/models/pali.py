@@ -41,7 +41,7 @@ import transformers
 from torch import nn
 
 from ..config import FamilyConfig
-from ..encoders import as_encoder
+from ..encoders import as_encoder, media_statistics
 from ..nn import Projector
 from ..nn.masks import prefix_lm_mask
 from ..tokens import IGNORE_INDEX
@@ -62,6 +62,10 @@ class PaLIConfig(FamilyConfig):
     max_length: int | None = None  # budget of the encoder's (prefix's) input; None: the LM's position limit, if any
     freeze_vision: bool = False
     freeze_lm: bool = False
+    # standardise each channel of the vision features with statistics measured once, before training
+    # (`calibrate_media`): a tower's tokens that share a large offset (the embedded one's: norm 63 of
+    # 74) reach the LM nearly alike, next to embeddings of norm 11, and train slowly
+    standardize_media: bool = False
     decoder_layers_attr: str | None = None  # a causal LM's layers, where lm.adapters cannot find them
     dim_media: int | None = None
     lm: dict = field(default_factory=dict)  # identity of the LM (filled by from_lm), with its config
@@ -71,6 +75,8 @@ class PaLIConfig(FamilyConfig):
 class PaLIModel(SplicedMedia, nn.Module):
     """A vision encoder, a linear projector and a Hugging Face LM (encoder-decoder, or a causal LM
     used as a prefix-LM), trained together."""
+
+    trains_on_samples = True  # a prompt -> answer model: the trainer gives it task episodes, not documents
 
     def __init__(self, lm: nn.Module, vision_encoder: nn.Module | None, config: PaLIConfig):
         super().__init__()
@@ -102,6 +108,9 @@ class PaLIModel(SplicedMedia, nn.Module):
                 _freeze_unreached(self.vision_encoder)
         dim = lm.get_input_embeddings().embedding_dim
         self.projector = Projector(dim_media, dim, kind=config.projector, bias=config.projector_bias)
+        if config.standardize_media:  # identity until calibrate_media; saved with the trained weights
+            self.register_buffer("media_mean", torch.zeros(dim_media))
+            self.register_buffer("media_std", torch.ones(dim_media))
         self._prefix_mask: torch.Tensor | None = None  # the prompt step's mask, for the pre-hook (prefix-LM)
         self._position_ids = "position_ids" in inspect.signature(lm.forward).parameters
         if not self.is_encoder_decoder:
@@ -169,6 +178,23 @@ class PaLIModel(SplicedMedia, nn.Module):
         out.label_positions = exp.positions.masked_fill(input_ids == self.config.media_token_id, -1)
         out.labels = exp.labels
         return out
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """Vision features [..., Dv] -> the LM's width [..., D], standardised first if configured."""
+        if self.config.standardize_media:
+            feats = (feats - self.media_mean.to(feats.dtype)) / self.media_std.to(feats.dtype)
+        return self.projector(feats)
+
+    @torch.no_grad()
+    def calibrate_media(self, batches) -> "PaLIModel":
+        """Measure the per-channel mean and std of the vision features on `batches`
+        (`encoders.media_statistics`), for standardize_media; once, before training."""
+        if not self.config.standardize_media:
+            raise ValueError("calibrate_media: this model was built with standardize_media=False")
+        mean, std = media_statistics(self.media_tokens, batches)
+        self.media_mean.copy_(mean)
+        self.media_std.copy_(std)
+        return self
 
     @staticmethod
     def prefix_mask(attention_mask: torch.Tensor, answer: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -253,11 +279,15 @@ class PaLIModel(SplicedMedia, nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every trained parameter: the projector, and the vision encoder and LM unless frozen.
-        Tied weights (T5's embeddings and output layer) appear once, under their first name."""
+        """Every trained parameter: the projector, and the vision encoder and LM unless frozen (and
+        the media statistics, with standardize_media). Tied weights (T5's embeddings and output
+        layer) appear once, under their first name."""
         frozen = tuple(prefix for prefix, is_frozen in (("lm.", self.config.freeze_lm),
                                                          ("vision_encoder.", self.config.freeze_vision)) if is_frozen)
-        return {name: p for name, p in self.named_parameters() if not name.startswith(frozen)}
+        weights = {name: p for name, p in self.named_parameters() if not name.startswith(frozen)}
+        if self.config.standardize_media:
+            weights.update(media_mean=self.media_mean, media_std=self.media_std)
+        return weights
 
     def transformer_blocks(self) -> list[nn.Module]:
         """The LM's layers (an encoder-decoder's encoder and decoder blocks): the units of FSDP2

@@ -9,6 +9,8 @@ training, evaluation and save/load need and nothing family-specific leaks into t
     model.shift_labels                 causal LMs predict the next token (an encoder-decoder: False)
     Model.align_labels(out, labels)    the batch's labels laid out like out.logits
     model.context_tokens(input_ids, attention_mask, frame_mask)   [B] LM context each sample takes
+    Model.trains_on_samples            optional: True for prompt -> answer families (PaLI), which
+                                       train on a task's episodes, not interleaved documents
     model.generate(...), model.encode_frames(...), model.lm
     model.trainable_state_dict(), save_pretrained(dir), Model.from_pretrained(dir)
 

@@ -52,7 +52,11 @@ class SplicedMedia:
         elif feats.shape[3] != self.config.tokens_per_frame:
             raise ValueError(f"media: {feats.shape[3]} tokens per frame, but this model was built for "
                              f"{self.config.tokens_per_frame} (tokens_per_frame)")
-        return self.projector(feats.to(self.projector[0].weight.dtype)), frame_mask
+        return self.project(feats.to(self.projector[0].weight.dtype)), frame_mask
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """Vision features [..., Dv] -> the LM's width [..., D]."""
+        return self.projector(feats)
 
     def max_length(self) -> int | None:
         """The budget in LM tokens per sequence: config.max_length, else the LM's position limit
