@@ -261,3 +261,28 @@ def test_standardized_media_are_measured_once_and_saved(tmp_path):
     assert torch.equal(loaded.media_std, model.media_std)
     with pytest.raises(ValueError, match="standardize_media=False"):
         tiny_pali().calibrate_media([])
+
+
+def test_over_the_embedded_t5_and_tower_a_multilingual_batch_trains_and_generates():
+    import numpy as np
+
+    from multisense import backbones
+    from multisense.data.collate import collate
+    from multisense.data.tasks import get_task
+    from multisense.encoders import load_vision_encoder
+
+    found = backbones.Backbones.at()
+    tokenizer = tf.AutoTokenizer.from_pretrained(found.t5)
+    model = ms.PaLIModel.from_lm(tf.AutoModelForSeq2SeqLM.from_pretrained(found.t5),
+                                 load_vision_encoder(str(found.vision)), tokenizer=tokenizer)
+    assert model.is_encoder_decoder and model.config.tokens_per_frame == 64  # 32 px, 4-px patches
+    task = get_task("multilingual", translation=0.5)
+    samples = [task.episode(np.random.default_rng(i), 0, "train") for i in range(4)]
+    batch = collate(samples, tokenizer, seq2seq=True)
+    labels = batch.pop("labels")
+    out = model(**batch, labels=labels)
+    assert out.logits.shape == (*labels.shape, model.lm.config.vocab_size) and torch.isfinite(out.loss)
+    prompts = collate(samples, tokenizer, seq2seq=True, for_generation=True)
+    generated = model.eval().generate(**prompts, max_new_tokens=5, do_sample=False)
+    L = prompts["input_ids"].shape[1]
+    assert torch.equal(generated[:, :L], prompts["input_ids"]) and 1 <= generated.shape[1] - L <= 5
