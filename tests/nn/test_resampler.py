@@ -118,3 +118,11 @@ def test_without_interpolation_padding_beyond_the_table_is_no_error_while_every_
     torch.testing.assert_close(r(x, frame_mask=mask)[:, :1], r(x[:, :1, :4]), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="6 frames.*hold 4"):
         r(x, frame_mask=torch.ones(1, 2, 6, dtype=torch.bool))
+
+
+def test_frame_embeddings_start_at_the_scale_of_standardised_features():
+    # OpenFlamingo's unit-scale table: at 0.02 the frames barely differed at step 0 and the video
+    # preset sat at chance for 1000+ steps on some seeds (docs/results.md, issue 14)
+    torch.manual_seed(0)
+    table = FrameEmbedding(64, 256).weight
+    assert 0.9 < float(table.detach().std()) < 1.1

@@ -444,7 +444,7 @@ def test_the_fewshot_preset_checks_that_it_learned_in_context():
     assert cfg.check.shots == [0, 8] and cfg.check.min_gain == 0.2 and cfg.check.min_accuracy == 0.8
 
 
-def test_the_video_preset_is_checked_on_the_task_proper():
+def test_the_video_preset_trains_and_is_checked_on_the_task_proper():
     cfg = load_config(TrainConfig, resolve_preset("video"), [])
-    assert cfg.data.task_args["lead"] == 1.0  # trained with the aid
+    assert cfg.data.task_args["lead"] == 0.0 and cfg.train.distill_words == 1.0  # no position hint; in words
     assert cfg.check.shots == [0] and cfg.check.min_accuracy == 0.9 and cfg.check.task_args == {"lead": 0.0}

@@ -21,7 +21,10 @@ class FrameEmbedding(nn.Module):
         super().__init__()
         if max_frames < 1:
             raise ValueError(f"max_frames: expected a positive number of frames, got {max_frames}")
-        self.weight = nn.Parameter(torch.randn(max_frames, dim) * 0.02)
+        # unit scale, as OpenFlamingo initialises its frame table: the frames differ from step 0 by
+        # as much as (standardised) features do. At 0.02 the video preset sat at chance for
+        # 1000+ steps on some seeds while the table grew (docs/results.md, issue 14).
+        self.weight = nn.Parameter(torch.randn(max_frames, dim))
 
     @property
     def max_frames(self) -> int:
