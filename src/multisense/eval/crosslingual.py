@@ -83,9 +83,17 @@ def multilingual_lm(out: Path, *, steps: int = 400, seed: int = 0) -> Path:
     return out
 
 
-def _evaluate(model_dir: Path, samples: int, seeds: tuple[int, ...] = (0,)) -> dict:
-    """Accuracy per language and question kind, and translation exact match, of a saved model;
-    `samples` questions per cell and sentences per translation direction."""
+def _evaluate(model_dir: Path, samples: int, seed: int = 0, pivot: str = "aa") -> dict:
+    """Question accuracy per language and kind, two ways, and translation exact match, of a saved
+    model; `samples` questions per cell (held-out scenes: `multisense eval`'s episode seeds) and
+    sentences per translation direction.
+
+    `accuracy`: closed-set among the answer words of the language asked (`multisense eval --task
+    multilingual`): the answer must be right and in that language. `any_language`: closed-set
+    among those words and the pivot's, scored by the concept the chosen word names: right in
+    either language. A model that reads a question in bb and answers it in aa, the only language
+    it ever answered an image question in, scores on the second and not the first.
+    `in_pivot`: the share of those choices that were the pivot's words."""
     import transformers
 
     from ..models import AutoModel
@@ -93,18 +101,26 @@ def _evaluate(model_dir: Path, samples: int, seeds: tuple[int, ...] = (0,)) -> d
 
     model = AutoModel.from_pretrained(model_dir).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    accuracy = {}
+    accuracy, any_language, in_pivot = {}, {}, {}
     for lang in ml.LANGUAGES:
         for kind in ml.QUESTION_KINDS:
             task = get_task("multilingual", langs=[lang], kinds=[kind])
-            result = fewshot.evaluate(model, tokenizer, task, shots=(0,), seeds=seeds, samples=samples)
-            accuracy[f"{lang}/{kind}"] = result["shots"][0]["accuracy"]["mean"]
+            episodes = [task.episode(np.random.default_rng([fewshot.EVAL_SEED, seed, i]), 0, "eval")
+                        for i in range(samples)]
+            truth = [ml.answer_concept(e.target, lang) for e in episodes]
+            own = fewshot.best_answers(model, tokenizer, episodes, task.answers)
+            accuracy[f"{lang}/{kind}"] = float(np.mean([a == e.target for a, e in zip(own, episodes)]))
+            words = {w: (lang, ml.answer_concept(w, lang)) for w in task.answers}
+            words.update({w: (pivot, ml.answer_concept(w, pivot)) for w in ml.ANSWER_SETS[pivot][kind]})
+            either = fewshot.best_answers(model, tokenizer, episodes, tuple(words))
+            any_language[f"{lang}/{kind}"] = float(np.mean([words[w][1] == c for w, c in zip(either, truth)]))
+            in_pivot[f"{lang}/{kind}"] = float(np.mean([words[w][0] == pivot for w in either]))
     translation = {}
     for tgt in ("bb", "cc"):
-        pairs = ml.translation_samples(7, samples, pairs=[("aa", tgt)])
+        pairs = ml.translation_samples(7, samples, pairs=[(pivot, tgt)])
         predictions = generate_answers(model, tokenizer, pairs, max_new_tokens=24)
-        translation[f"aa->{tgt}"] = exact_match(predictions, [p.target for p in pairs])
-    return {"accuracy": accuracy, "translation": translation}
+        translation[f"{pivot}->{tgt}"] = exact_match(predictions, [p.target for p in pairs])
+    return {"accuracy": accuracy, "any_language": any_language, "in_pivot": in_pivot, "translation": translation}
 
 
 def _per_language(accuracy: dict) -> dict:
@@ -134,26 +150,40 @@ def crosslingual(r) -> dict:
     summary = {}
     for label, per_seed in runs.items():
         langs = np.array([[_per_language(res["accuracy"])[lang] for lang in ml.LANGUAGES] for res in per_seed.values()])
+        either = np.array([[_per_language(res["any_language"])[lang] for lang in ml.LANGUAGES]
+                           for res in per_seed.values()])
         trans = np.array([[res["translation"][k] for k in ("aa->bb", "aa->cc")] for res in per_seed.values()])
         summary[label] = {"seeds": list(per_seed), "mean": langs.mean(0).tolist(), "std": langs.std(0).tolist(),
-                          "per_seed": langs.tolist(), "translation": trans.mean(0).tolist()}
+                          "per_seed": langs.tolist(), "any_language_mean": either.mean(0).tolist(),
+                          "any_language_std": either.std(0).tolist(), "translation": trans.mean(0).tolist()}
     return {"languages": list(ml.LANGUAGES), "chance": chance, "summary": summary, "runs": runs,
             "samples": r.samples}
 
 
 def crosslingual_report(res: dict):
     langs = res["languages"]
+
+    def cells(mean, std, seeds):
+        return " | ".join(f"{m:.3f} ± {d:.3f}" if seeds > 1 else f"{m:.3f}" for m, d in zip(mean, std))
+
     lines = ["| model | seeds | " + " | ".join(f"{lang}{' (pivot)' if lang == 'aa' else ''}" for lang in langs)
-             + " | translation aa->bb / aa->cc |", "|---|---:|" + "---:|" * len(langs) + "---:|"]
+             + " | bb, cc: answer right in aa or the language asked | translation aa->bb / aa->cc |",
+             "|---|---:|" + "---:|" * len(langs) + "---|---:|"]
     for label, s in res["summary"].items():
-        cells = " | ".join(f"{m:.3f} ± {d:.3f}" if len(s["seeds"]) > 1 else f"{m:.3f}" for m, d in zip(s["mean"], s["std"]))
+        n = len(s["seeds"])
         name = label if label in CONDITIONS else f"{label}, transfer data"
-        lines.append(f"| {name} | {len(s['seeds'])} | {cells} | {s['translation'][0]:.2f} / {s['translation'][1]:.2f} |")
-    lines.append("| chance | | " + " | ".join(f"{res['chance'][lang]:.3f}" for lang in langs) + " | |")
+        either = " / ".join(f"{m:.3f}" + (f" ± {d:.3f}" if n > 1 else "")
+                            for m, d in zip(s["any_language_mean"][1:], s["any_language_std"][1:]))
+        lines.append(f"| {name} | {n} | {cells(s['mean'], s['std'], n)} | {either} | "
+                     f"{s['translation'][0]:.2f} / {s['translation'][1]:.2f} |")
+    lines.append("| chance | | " + " | ".join(f"{res['chance'][lang]:.3f}" for lang in langs) + " | | |")
     table = "\n".join(lines) + (
         f"\n\nQuestion accuracy (colour, shape, count, position, averaged) about held-out scenes, {res['samples']} "
-        "questions per kind and language, closed-set scoring; mean ± std over training seeds. Translation: greedy "
-        f"exact match on {res['samples']} sentences per direction.")
+        "questions per kind and language: closed-set among the answer words of the language asked (the answer "
+        "must be right and in that language), mean ± std over training seeds. The next column scores the same "
+        "questions among those words and aa's, by the concept of the chosen word: the answer right in either "
+        "language. Translation: greedy exact match of whole sentences, "
+        f"{res['samples']} per direction.")
 
     def plot(ax):
         labels = list(res["summary"])

@@ -57,6 +57,33 @@ def _target_scores(model, tokenizer, prompts: list[Sample], targets: list[str],
     return loglik, correct, keep.sum(-1)
 
 
+def _media(model, tokenizer, chunk: list[Sample]) -> dict | None:
+    """The chunk's media encoded once (media_features, frame_mask), for every candidate scored."""
+    if not chunk[0].media:
+        return None
+    pixels = collate(chunk, tokenizer)
+    feats = model.encode_frames(pixels["pixel_values"], pixels["frame_mask"])  # [B, M, F, S, Dv]
+    return {"media_features": feats, "frame_mask": pixels["frame_mask"]}
+
+
+@torch.no_grad()
+def best_answers(model, tokenizer, episodes: list[Sample], candidates: tuple[str, ...], *,
+                 batch_size: int = 16) -> list[str]:
+    """For each episode, the candidate answer the model gives the highest log-likelihood (its
+    tokens and end-of-sequence, teacher-forced): Flamingo's scoring for classification."""
+    was_training = model.training
+    model.eval()
+    best = []
+    for i in range(0, len(episodes), batch_size):
+        chunk = episodes[i:i + batch_size]
+        media = _media(model, tokenizer, chunk)
+        scores = torch.stack([_target_scores(model, tokenizer, chunk, [a] * len(chunk), media)[0]
+                              for a in candidates], -1)  # [B, K]
+        best += [candidates[j] for j in scores.argmax(-1).tolist()]
+    model.train(was_training)
+    return best
+
+
 @torch.no_grad()
 def score_episodes(model, tokenizer, episodes: list[Sample], answers: tuple[str, ...] | None, *,
                    batch_size: int = 16) -> dict[str, float]:
@@ -65,25 +92,16 @@ def score_episodes(model, tokenizer, episodes: list[Sample], answers: tuple[str,
     model.eval()
     preds = [cut_answer(p) for p in generate_answers(model, tokenizer, episodes, batch_size=batch_size)]
     em = float(np.mean([p == " ".join(e.target.split()) for p, e in zip(preds, episodes)]))
-    loglik_sum, correct, tokens, hits = 0.0, 0, 0, 0
+    loglik_sum, correct, tokens = 0.0, 0, 0
     for i in range(0, len(episodes), batch_size):
         chunk = episodes[i:i + batch_size]
-        media = None
-        if chunk[0].media:
-            pixels = collate(chunk, tokenizer)
-            feats = model.encode_frames(pixels["pixel_values"], pixels["frame_mask"])  # [B, M, F, S, Dv]
-            media = {"media_features": feats, "frame_mask": pixels["frame_mask"]}
-        ll, ok, n = _target_scores(model, tokenizer, chunk, [e.target for e in chunk], media)
+        ll, ok, n = _target_scores(model, tokenizer, chunk, [e.target for e in chunk], _media(model, tokenizer, chunk))
         loglik_sum, correct, tokens = loglik_sum + ll.sum().item(), correct + ok.sum().item(), tokens + n.sum().item()
-        if answers:
-            cand = torch.stack([_target_scores(model, tokenizer, chunk, [a] * len(chunk), media)[0]
-                                for a in answers], -1)  # [B, K]
-            best = [answers[j] for j in cand.argmax(-1).tolist()]
-            hits += sum(b == e.target for b, e in zip(best, chunk))
-    model.train(was_training)
     out = {"exact_match": em, "token_accuracy": correct / max(1, tokens), "nll": -loglik_sum / max(1, tokens)}
     if answers:
-        out["accuracy"] = hits / len(episodes)
+        best = best_answers(model, tokenizer, episodes, answers, batch_size=batch_size)
+        out["accuracy"] = sum(b == e.target for b, e in zip(best, episodes)) / len(episodes)
+    model.train(was_training)
     return out
 
 
