@@ -33,3 +33,15 @@ def test_every_experiment_runs_end_to_end_and_writes_its_report(tiny, tmp_path, 
         assert result["curves"]["alpha ~ N(0, 1)"]["text_loss"][0] != pytest.approx(result["frozen_lm_text_loss"])
     if name == "frame_embeddings":
         assert "max_frames" in result["without_interpolation"] or "interpolat" in result["without_interpolation"]
+    if name == "crosslingual":
+        from multisense.eval import crosslingual
+
+        assert set(result["summary"]) == {*crosslingual.CONDITIONS, *crosslingual.FAMILIES}
+        run = result["runs"]["transfer"]["0"]
+        assert len(run["accuracy"]) == len(run["any_language"]) == 12  # 3 languages x 4 question kinds
+        for cell in ("aa/colour", "aa/count"):  # in the pivot both scorings are the same choice
+            assert run["accuracy"][cell] == run["any_language"][cell]
+        from multisense.data import multilingual as ml
+
+        kinds = ml.QUESTION_KINDS
+        assert result["chance"]["bb"] == pytest.approx(sum(1 / len(ml.ANSWER_SETS["bb"][k]) for k in kinds) / 4)
