@@ -57,10 +57,10 @@ class Runner:
         self.steps, self.progress = steps, progress
 
     def config(self, preset: str, name: str, *extra: str) -> TrainConfig:
-        # check.shots=[]: an experiment measures every run it trains, the ones that miss a
-        # preset's check included (a masking mode that cannot learn in context is a finding)
+        # no check: an experiment measures every run it trains, the ones that miss a preset's check
+        # included (a masking mode that cannot learn in context is a finding)
         values = [f"train.out_dir={self.out_dir / name}", f"train.progress={str(self.progress).lower()}",
-                  "train.resume=never", "check.shots=[]", *extra, *self.overrides]
+                  "train.resume=never", "check.shots=[]", "check.min_accuracy=null", *extra, *self.overrides]
         if self.steps:
             values.append(f"train.steps={self.steps}")
         return load_config(TrainConfig, resolve_preset(preset), values)
