@@ -48,7 +48,7 @@ FAMILIES = {
                                           "model.flamingo.ff_mult=2", "model.flamingo.standardize_media=true",
                                           "optim.gate_lr=0.1")),
     "LLaVA (frozen LM, projector)": ("llava", ()),
-    "PaLI prefix-LM (all trained)": ("pali", ()),
+    "PaLI prefix-LM (LM trained)": ("pali", ()),
 }
 
 
