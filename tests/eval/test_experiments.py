@@ -36,7 +36,7 @@ def test_every_experiment_runs_end_to_end_and_writes_its_report(tiny, tmp_path, 
     if name == "crosslingual":
         from multisense.eval import crosslingual
 
-        assert set(result["summary"]) == {*crosslingual.CONDITIONS, *crosslingual.FAMILIES}
+        assert set(result["summary"]) == {*crosslingual.CONDITIONS, *crosslingual.PROBES, *crosslingual.FAMILIES}
         run = result["runs"]["transfer"]["0"]
         assert len(run["accuracy"]) == len(run["any_language"]) == 12  # 3 languages x 4 question kinds
         for cell in ("aa/colour", "aa/count"):  # in the pivot both scorings are the same choice

@@ -13,7 +13,9 @@ trained on these scenes, is kept frozen), three training conditions at each trai
     no translation   the same images in aa, no translation pairs: the control, expected at chance in bb, cc
     ceiling          the images with captions and questions in all three languages (and the pairs)
 
-and, for the transfer condition, the other families on the same data: Flamingo (a frozen LM) and
+a probe of what transfer depends on, at the first seed (PROBES): the transfer data plus
+text-only questions in bb and cc answered from a caption in the prompt (no image still comes
+with bb or cc), and, for the transfer condition, the other families on the same data: Flamingo (a frozen LM) and
 LLaVA (a frozen LM, the projector trained), and PaLI's decoder-only prefix-LM variant (the LM
 trained), each over a tiny GPT-2 that this experiment pretrains on the same monolingual text as
 the embedded T5 (`multilingual_lm`; cached in the run folder). Evaluation: questions of each kind
@@ -40,6 +42,10 @@ CONDITIONS = {
     "no translation": {"langs": ["aa"], "translation": 0.0},
     "ceiling": {"langs": list(ml.LANGUAGES), "translation": 0.5},
 }
+# A probe of what transfer depends on, at the first seed: the transfer data plus text-only
+# questions in bb and cc answered from a caption in the prompt, so the decoder has answered in
+# those languages, though never about an image.
+PROBES = {"transfer + text answers in bb, cc": {"langs": ["aa"], "translation": 0.4, "text_answers": 0.2}}
 # the other families, on the transfer condition's data, over the experiment's causal LM
 FAMILIES = {
     "Flamingo (frozen LM)": ("flamingo", ("model.flamingo.num_latents=16", "model.flamingo.resampler_depth=2",
@@ -112,11 +118,14 @@ def _evaluate(model_dir: Path, samples: int, seed: int = 0, pivot: str = "aa") -
             episodes = [task.episode(np.random.default_rng([fewshot.EVAL_SEED, seed, i]), 0, "eval")
                         for i in range(samples)]
             truth = [ml.answer_concept(e.target, lang) for e in episodes]
-            own = fewshot.best_answers(model, tokenizer, episodes, task.answers)
-            accuracy[f"{lang}/{kind}"] = float(np.mean([a == e.target for a, e in zip(own, episodes)]))
+            # the asked language's answer words first, then the pivot's (none for the pivot itself)
             words = {w: (lang, ml.answer_concept(w, lang)) for w in task.answers}
             words.update({w: (pivot, ml.answer_concept(w, pivot)) for w in ml.ANSWER_SETS[pivot][kind]})
-            either = fewshot.best_answers(model, tokenizer, episodes, tuple(words))
+            candidates = tuple(words)
+            scores = fewshot.candidate_scores(model, tokenizer, episodes, candidates)  # [N, K]
+            own = [candidates[j] for j in scores[:, :len(task.answers)].argmax(-1).tolist()]
+            either = [candidates[j] for j in scores.argmax(-1).tolist()]
+            accuracy[f"{lang}/{kind}"] = float(np.mean([a == e.target for a, e in zip(own, episodes)]))
             any_language[f"{lang}/{kind}"] = float(np.mean([words[w][1] == c for w, c in zip(either, truth)]))
             in_pivot[f"{lang}/{kind}"] = float(np.mean([words[w][0] == pivot for w in either]))
     translation = {}
@@ -149,6 +158,9 @@ def crosslingual(r, *, workers: int = 2) -> dict:
     jobs = {(condition, seed): ((f"data.task_args={json.dumps(task_args)}", f"train.seed={seed}", f"data.seed={seed}"),
                                 f"crosslingual/{_slug(condition)}-seed{seed}")
             for condition, task_args in CONDITIONS.items() for seed in r.seeds}
+    jobs.update({(probe, r.seeds[0]): ((f"data.task_args={json.dumps(task_args)}", f"train.seed={r.seeds[0]}",
+                                        f"data.seed={r.seeds[0]}"), f"crosslingual/{_slug(probe)}-seed{r.seeds[0]}")
+                 for probe, task_args in PROBES.items()})
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {key: pool.submit(_job, r, extra, name) for key, (extra, name) in jobs.items()}
         # the other families' causal LM, pretrained here while the pool trains PaLI: as long as the
@@ -189,7 +201,7 @@ def crosslingual_report(res: dict):
              "|---|---:|" + "---:|" * len(langs) + "---|---:|"]
     for label, s in res["summary"].items():
         n = len(s["seeds"])
-        name = label if label in CONDITIONS else f"{label}, transfer data"
+        name = label if label in CONDITIONS or label in PROBES else f"{label}, transfer data"
         either = " / ".join(f"{m:.3f}" + (f" ± {d:.3f}" if n > 1 else "")
                             for m, d in zip(s["any_language_mean"][1:], s["any_language_std"][1:]))
         lines.append(f"| {name} | {n} | {cells(s['mean'], s['std'], n)} | {either} | "

@@ -67,21 +67,28 @@ def _media(model, tokenizer, chunk: list[Sample]) -> dict | None:
 
 
 @torch.no_grad()
-def best_answers(model, tokenizer, episodes: list[Sample], candidates: tuple[str, ...], *,
-                 batch_size: int = 16) -> list[str]:
-    """For each episode, the candidate answer the model gives the highest log-likelihood (its
-    tokens and end-of-sequence, teacher-forced): Flamingo's scoring for classification."""
+def candidate_scores(model, tokenizer, episodes: list[Sample], candidates: tuple[str, ...], *,
+                     batch_size: int = 16) -> torch.Tensor:
+    """[N, K] log-likelihood of each candidate answer (its tokens and end-of-sequence,
+    teacher-forced) for each episode; each episode's media are encoded once."""
     was_training = model.training
     model.eval()
-    best = []
+    rows = []
     for i in range(0, len(episodes), batch_size):
         chunk = episodes[i:i + batch_size]
         media = _media(model, tokenizer, chunk)
-        scores = torch.stack([_target_scores(model, tokenizer, chunk, [a] * len(chunk), media)[0]
-                              for a in candidates], -1)  # [B, K]
-        best += [candidates[j] for j in scores.argmax(-1).tolist()]
+        rows.append(torch.stack([_target_scores(model, tokenizer, chunk, [a] * len(chunk), media)[0]
+                                 for a in candidates], -1))  # [B, K]
     model.train(was_training)
-    return best
+    return torch.cat(rows)
+
+
+def best_answers(model, tokenizer, episodes: list[Sample], candidates: tuple[str, ...], *,
+                 batch_size: int = 16) -> list[str]:
+    """For each episode, the candidate answer the model gives the highest log-likelihood:
+    Flamingo's scoring for classification."""
+    scores = candidate_scores(model, tokenizer, episodes, candidates, batch_size=batch_size)
+    return [candidates[j] for j in scores.argmax(-1).tolist()]
 
 
 @torch.no_grad()
