@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
 from torch import nn
 from transformers import Cache, DynamicCache
 
@@ -49,7 +48,8 @@ from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
 from ..nn.checks import check_shape
 from ..tokens import IGNORE_INDEX
-from .io import attach_identities, load_backbones, load_checkpoint, load_into, save_checkpoint
+from .io import (attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint,
+                 saved_tokenizer)
 
 
 @dataclass
@@ -528,22 +528,15 @@ class FlamingoModel(nn.Module):
         `overrides` may change how the trained weights are used, not their shapes: `mode`
         (media masking) and `interpolate_frames`.
         """
-        values, tensors = load_checkpoint(directory)
-        if (values.pop("family", None) or values.pop("architecture", None)) != "flamingo":  # older: architecture
-            raise ValueError(f"{directory}: not a Flamingo checkpoint")
-        fixed = sorted(set(overrides) - {"mode", "interpolate_frames"})
-        if fixed:
-            raise ValueError(f"from_pretrained: {fixed} would change the trained weights' shapes; "
-                             "only mode and interpolate_frames may be overridden")
-        config = FlamingoConfig.from_dict({**values, **overrides})
+        config, tensors = read_checkpoint(directory, "flamingo", FlamingoConfig, overrides,
+                                          may_change=("mode", "interpolate_frames"))
         lm, vision_encoder = load_backbones(config.lm, config.vision, lm=lm, vision_encoder=vision_encoder,
                                             check=check_backbones)
         if vision_encoder is not None:
             vision_encoder = as_encoder(vision_encoder, config.dim_media)
         model = cls(lm, vision_encoder, config)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
-        if (Path(directory) / "tokenizer_config.json").is_file():
-            model.tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        model.tokenizer = saved_tokenizer(directory)
         return model
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -42,7 +41,7 @@ from ..encoders import build_encoder
 from ..nn import Modality, Perceiver, PerceiverDecoder
 from ..tokens import MEDIA_MARKER
 from .flamingo import FlamingoConfig, FlamingoModel
-from .io import load_backbones, load_checkpoint, load_into, save_checkpoint
+from .io import load_backbones, load_into, read_checkpoint, save_checkpoint, saved_tokenizer
 
 
 @dataclass
@@ -387,21 +386,11 @@ class FusionModel(nn.Module):
                         check_backbones: bool = True, **overrides) -> "FusionModel":
         """Rebuild from save_pretrained's directory; an LM loads from its recorded local path
         unless given (weights that differ from the recorded ones are an error)."""
-        import transformers
-
-        values, tensors = load_checkpoint(directory)
-        if values.pop("family", None) != cls.family:
-            raise ValueError(f"{directory}: not a fusion checkpoint")
-        fixed = sorted(set(overrides) - {"chunk_size"})
-        if fixed:
-            raise ValueError(f"from_pretrained: {fixed} would change the trained weights; only chunk_size may be "
-                             "overridden")
-        config = FusionConfig.from_dict({**values, **overrides})
+        config, tensors = read_checkpoint(directory, cls.family, FusionConfig, overrides, may_change=("chunk_size",))
         tokenizer = None
         if config.lm_identity:
             lm, _ = load_backbones(config.lm_identity, {}, lm=lm, check=check_backbones)
-            if (Path(directory) / "tokenizer_config.json").is_file():
-                tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+            tokenizer = saved_tokenizer(directory)
         model = cls(config, lm=lm, tokenizer=tokenizer)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
         return model

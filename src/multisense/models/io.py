@@ -90,6 +90,30 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch
     return config, tensors
 
 
+def read_checkpoint(directory: str | os.PathLike, family: str, config_class, overrides: dict, *,
+                    may_change: tuple[str, ...] = ()) -> tuple[object, dict[str, torch.Tensor]]:
+    """(config, weights) of a `family` checkpoint, the config with `overrides` applied: only those
+    in `may_change`, which change how the trained weights are used, not the weights."""
+    values, tensors = load_checkpoint(directory)
+    found = values.pop("family", None) or values.pop("architecture", None)  # Flamingo's before the registry
+    if found != family:
+        raise ValueError(f"{directory}: a {found} checkpoint, not {family}")
+    fixed = sorted(set(overrides) - set(may_change))
+    if fixed:
+        allowed = f"only {', '.join(may_change)} may be overridden" if may_change else "none may be overridden"
+        raise ValueError(f"from_pretrained: {fixed} would change the trained weights; {allowed}")
+    return config_class.from_dict({**values, **overrides}), tensors
+
+
+def saved_tokenizer(directory: str | os.PathLike):
+    """The tokenizer save_pretrained wrote beside the weights, or None."""
+    if not (Path(directory) / "tokenizer_config.json").is_file():
+        return None
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(directory)
+
+
 def check_fits(expected: dict[str, torch.Size], tensors: dict[str, torch.Tensor], where: str) -> None:
     """Require exactly the names of `expected`, with the same shapes."""
     missing = sorted(set(expected) - set(tensors))

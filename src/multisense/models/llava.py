@@ -38,7 +38,8 @@ from ..config import FamilyConfig
 from ..encoders import as_encoder
 from ..lm.adapters import cache_argument
 from ..nn import Projector
-from .io import attach_identities, load_backbones, load_checkpoint, load_into, save_checkpoint
+from .io import (attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint,
+                 saved_tokenizer)
 from .splicing import SplicedMedia, measure_tokens
 
 SELECT_STRATEGIES = ("default", "full")  # Hugging Face's names: "default" drops the class token
@@ -380,20 +381,12 @@ class LlavaModel(SplicedMedia, nn.Module):
                         **overrides) -> "LlavaModel":
         """Rebuild from save_pretrained's directory; backbones load from their recorded local paths
         unless given (checked against their recorded fingerprints). `overrides`: `max_length`."""
-        values, tensors = load_checkpoint(directory)
-        if values.pop("family", None) != "llava":
-            raise ValueError(f"{directory}: not a LLaVA checkpoint")
-        fixed = sorted(set(overrides) - {"max_length"})
-        if fixed:
-            raise ValueError(f"from_pretrained: {fixed} would change the trained weights; only max_length may be "
-                             "overridden")
-        config = LlavaConfig.from_dict({**values, **overrides})
+        config, tensors = read_checkpoint(directory, "llava", LlavaConfig, overrides, may_change=("max_length",))
         lm, vision_encoder = load_backbones(config.lm, config.vision, lm=lm, vision_encoder=vision_encoder,
                                             check=check_backbones)
         model = cls(lm, vision_encoder, config)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
-        if (Path(directory) / "tokenizer_config.json").is_file():
-            model.tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        model.tokenizer = saved_tokenizer(directory)
         return model
 
 

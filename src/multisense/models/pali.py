@@ -45,7 +45,8 @@ from ..encoders import as_encoder, media_statistics
 from ..nn import Projector
 from ..nn.masks import prefix_lm_mask
 from ..tokens import IGNORE_INDEX
-from .io import attach_identities, load_backbones, load_checkpoint, load_into, save_checkpoint
+from .io import (attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint,
+                 saved_tokenizer)
 from .splicing import SplicedMedia, measure_tokens
 
 
@@ -326,14 +327,7 @@ class PaLIModel(SplicedMedia, nn.Module):
         """Rebuild from save_pretrained's directory: trained backbones from their recorded configs
         and the saved weights, frozen ones from their recorded local paths (checked against
         their fingerprints) unless given. `overrides`: `max_length`."""
-        values, tensors = load_checkpoint(directory)
-        if values.pop("family", None) != "pali":
-            raise ValueError(f"{directory}: not a PaLI checkpoint")
-        fixed = sorted(set(overrides) - {"max_length"})
-        if fixed:
-            raise ValueError(f"from_pretrained: {fixed} would change the trained weights; only max_length may be "
-                             "overridden")
-        config = PaLIConfig.from_dict({**values, **overrides})
+        config, tensors = read_checkpoint(directory, "pali", PaLIConfig, overrides, may_change=("max_length",))
         if lm is None and "config" in config.lm:
             lm = _from_recorded_config(config.lm, "lm")
         if vision_encoder is None and "config" in config.vision:
@@ -345,8 +339,7 @@ class PaLIModel(SplicedMedia, nn.Module):
             lm=lm, vision_encoder=vision_encoder, check=check_backbones)
         model = cls(lm, vision_encoder, config)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
-        if (Path(directory) / "tokenizer_config.json").is_file():
-            model.tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        model.tokenizer = saved_tokenizer(directory)
         return model
 
 
