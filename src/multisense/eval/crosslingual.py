@@ -224,9 +224,10 @@ def crosslingual_report(res: dict):
             ax.bar(x + i * width, s["mean"], width, yerr=s["std"], label=label, capsize=2)
         ax.plot(x + 0.4 - width / 2, [res["chance"][lang] for lang in langs], "k_", markersize=30, label="chance")
         ax.set_xticks(x + 0.4 - width / 2, [f"{lang}{' (pivot)' if lang == 'aa' else ''}" for lang in langs])
-        ax.set_ylabel("question accuracy")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=6, loc="upper right")
+        ax.set_ylabel("question accuracy (language asked)")
+        ax.set_ylim(0, 1.3)  # room above the bars for the legend
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.legend(fontsize=6, loc="upper center", ncol=2)
 
     return table, plot
 

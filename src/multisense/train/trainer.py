@@ -409,6 +409,8 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[nn.Module, 
     """Load the frozen backbones through from_pretrained and wrap them in model.family's class
     (trainable parts seeded)."""
     family = get_family(cfg.family)
+    if not progress:  # transformers' own bars (loading weights) too
+        transformers.utils.logging.disable_progress_bar()
     if cfg.family == "fusion":
         return build_fusion(cfg)
     if not hasattr(family.model_class, "from_lm"):  # a family without backbones: built from its config
