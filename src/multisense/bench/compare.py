@@ -139,14 +139,17 @@ def stretched(lm, positions: int):
 # ---------------------------------------------------------------------------------- cost
 
 
-def cost_input(tokenizer, images: int, frames: int, size: int, seed: int = 0) -> dict:
-    """One sample: `images` media items of `frames` frames each, one marker per item, a question."""
+def cost_input(tokenizer, images: int, frames: int, size: int, seed: int = 0, seq2seq: bool = False) -> dict:
+    """One sample: `images` media items of `frames` frames each, one marker per item, a question
+    and its answer. A causal LM reads the answer in its sequence; an encoder-decoder (`seq2seq`)
+    in its decoder, given as `labels` (the decoder's input is them shifted right)."""
     prompt = " ".join([f"{MEDIA_MARKER} a photo ." for _ in range(images)] + ["question : what colour ? answer :"])
-    batch = collate([Sample(prompt, "red")], tokenizer)
+    batch = collate([Sample(prompt, "red")], tokenizer, seq2seq=seq2seq)
     g = torch.Generator().manual_seed(seed)
     batch["pixel_values"] = torch.randn(1, images, frames, 3, size, size, generator=g)
     batch["frame_mask"] = torch.ones(1, images, frames, dtype=torch.bool)
-    batch.pop("labels")
+    if not seq2seq:
+        batch.pop("labels")
     return batch
 
 
@@ -187,18 +190,19 @@ def cost_table(cfg: CompareConfig, lm, vision, tokenizer, log=print) -> dict:
             variants.append((name, family, other_lm, other_tok))
     for name, family, lm, tokenizer in variants:
         model, tok = build(family, lm, vision, tokenizer, cfg.seed)
+        seq2seq = getattr(model, "is_encoder_decoder", False)
         limit = context_of(lm)  # None: relative positions, no limit
         big = None
         rows = {}
         for kind, count, frames in inputs:
             images = count if kind == "images" else 1
-            batch = cost_input(tok, images, frames, size)
+            batch = cost_input(tok, images, frames, size, seq2seq=seq2seq)
             tokens = _tokens(model, batch)
             cell = {"context_tokens": tokens, "overflow": limit is not None and tokens > limit}
             runner = model
             if cell["overflow"]:
                 if big is None:
-                    need = max(_tokens(model, cost_input(tok, c if k == "images" else 1, f, size))
+                    need = max(_tokens(model, cost_input(tok, c if k == "images" else 1, f, size, seq2seq=seq2seq))
                                for k, c, f in inputs)
                     big, _ = build(family, stretched(lm, need + 8), vision, tokenizer, cfg.seed)
                 runner = big
@@ -207,7 +211,7 @@ def cost_table(cfg: CompareConfig, lm, vision, tokenizer, log=print) -> dict:
             log(f"  {name} {kind}={count}: {tokens} context tokens{' (overflow)' if cell['overflow'] else ''}, "
                 f"{cell['flops'] / 1e9:.2f} GFLOP, {cell['seconds'] * 1e3:.1f} ms, {cell['peak_mib']:.1f} MiB")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        one = cost_input(tok, 1, 1, size)
+        one = cost_input(tok, 1, 1, size, seq2seq=seq2seq)
         per_item = rows["images=1"]["context_tokens"] - int(one["attention_mask"].sum()) + 1
         out[name] = {"trainable_parameters": trainable, "tokens_per_image": per_item, "context_limit": limit,
                      "cells": rows}
