@@ -20,7 +20,7 @@ def tiny(tmp_path_factory):
 def test_every_experiment_runs_end_to_end_and_writes_its_report(tiny, tmp_path, name):
     docs, images = tmp_path / "experiments.md", tmp_path / "img"
     argv = [name, *tiny, "--out-dir", str(tmp_path / "runs"), "--steps", "2", "--samples", "2", "--seeds", "0",
-            "--docs", str(docs), "--images", str(images), "--no-progress"]
+            "--docs", str(docs), "--images", str(images), "--no-progress", "--probes"]
     assert experiments.main(argv) == 0
     result = json.loads((tmp_path / "runs" / name / "result.json").read_text())
     text = docs.read_text()
@@ -36,7 +36,8 @@ def test_every_experiment_runs_end_to_end_and_writes_its_report(tiny, tmp_path, 
     if name == "crosslingual":
         from multisense.eval import crosslingual
 
-        assert set(result["summary"]) == {*crosslingual.CONDITIONS, *crosslingual.PROBES, *crosslingual.FAMILIES}
+        assert set(result["summary"]) == {*crosslingual.CONDITIONS, *crosslingual.PROBES, *crosslingual.FAMILIES,
+                                          *crosslingual.PROBE_FAMILIES}
         run = result["runs"]["transfer"]["0"]
         assert len(run["accuracy"]) == len(run["any_language"]) == 12  # 3 languages x 4 question kinds
         for cell in ("aa/colour", "aa/count"):  # in the pivot both scorings are the same choice

@@ -13,12 +13,13 @@ trained on these scenes, is kept frozen), three training conditions at each trai
     no translation   the same images in aa, no translation pairs: the control, expected at chance in bb, cc
     ceiling          the images with captions and questions in all three languages (and the pairs)
 
-a probe of what transfer depends on, at the first seed (PROBES): the transfer data plus
-text-only questions in bb and cc answered from a caption in the prompt (no image still comes
-with bb or cc), and, for the transfer condition, the other families on the same data: Flamingo (a frozen LM) and
-LLaVA (a frozen LM, the projector trained), and PaLI's decoder-only prefix-LM variant (the LM
-trained), each over a tiny GPT-2 that this experiment pretrains on the same monolingual text as
-the embedded T5 (`multilingual_lm`; cached in the run folder). Evaluation: questions of each kind
+and, for the transfer condition, the other families on the same data at the first seed: Flamingo
+(a frozen LM) and LLaVA (a frozen LM, the projector trained), over a tiny GPT-2 that this
+experiment pretrains on the same monolingual text as the embedded T5 (`multilingual_lm`; cached in
+the run folder). Every run trains STEPS steps (600; `--steps` to change). With `--probes`, at the
+first seed: a probe of what transfer depends on (PROBES: the transfer data plus text-only
+questions in bb and cc answered from a caption in the prompt; no image still comes with bb or
+cc), and PaLI's decoder-only prefix-LM variant over the same GPT-2 (the LM trained). Evaluation: questions of each kind
 (colour, shape, count, position) in each language about held-out scenes, `--samples` per kind,
 scored closed-set among the asked language's answer words (`multisense eval`'s accuracy) and,
 by concept, among those and the pivot's (`_evaluate`); and greedy translation exact match
@@ -42,9 +43,12 @@ CONDITIONS = {
     "no translation": {"langs": ["aa"], "translation": 0.0},
     "ceiling": {"langs": list(ml.LANGUAGES), "translation": 0.5},
 }
-# A probe of what transfer depends on, at the first seed: the transfer data plus text-only
+# Training steps of every run unless --steps says (the `pali` preset trains 1000): eleven runs
+# of 600 steps, two at a time, fit the experiment in 20 minutes on 2 cores
+STEPS = 600
+# With --probes, at the first seed: what transfer depends on (the transfer data plus text-only
 # questions in bb and cc answered from a caption in the prompt, so the decoder has answered in
-# those languages, though never about an image.
+# those languages, though never about an image), and PaLI's prefix-LM variant (PROBE_FAMILIES).
 PROBES = {"transfer + text answers in bb, cc": {"langs": ["aa"], "translation": 0.4, "text_answers": 0.2}}
 # the other families, on the transfer condition's data, over the experiment's causal LM
 FAMILIES = {
@@ -54,8 +58,8 @@ FAMILIES = {
                                           "model.flamingo.ff_mult=2", "model.flamingo.standardize_media=true",
                                           "optim.gate_lr=0.1")),
     "LLaVA (frozen LM, projector)": ("llava", ()),
-    "PaLI prefix-LM (LM trained)": ("pali", ()),
 }
+PROBE_FAMILIES = {"PaLI prefix-LM (LM trained)": ("pali", ())}
 
 
 def _slug(name: str) -> str:
@@ -155,24 +159,29 @@ def crosslingual(r, *, workers: int = 2) -> dict:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    jobs = {(condition, seed): ((f"data.task_args={json.dumps(task_args)}", f"train.seed={seed}", f"data.seed={seed}"),
-                                f"crosslingual/{_slug(condition)}-seed{seed}")
+    import transformers
+
+    def data(task_args: dict, seed: int) -> tuple[str, ...]:
+        return (f"train.steps={STEPS}", f"data.task_args={json.dumps(task_args)}", f"train.seed={seed}",
+                f"data.seed={seed}")
+
+    first = r.seeds[0]
+    jobs = {(condition, seed): (data(task_args, seed), f"crosslingual/{_slug(condition)}-seed{seed}")
             for condition, task_args in CONDITIONS.items() for seed in r.seeds}
-    jobs.update({(probe, r.seeds[0]): ((f"data.task_args={json.dumps(task_args)}", f"train.seed={r.seeds[0]}",
-                                        f"data.seed={r.seeds[0]}"), f"crosslingual/{_slug(probe)}-seed{r.seeds[0]}")
-                 for probe, task_args in PROBES.items()})
+    jobs.update({(probe, first): (data(task_args, first), f"crosslingual/{_slug(probe)}-seed{first}")
+                 for probe, task_args in (PROBES.items() if r.probes else ())})
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {key: pool.submit(_job, r, extra, name) for key, (extra, name) in jobs.items()}
-        # the other families' causal LM, pretrained here while the pool trains PaLI: as long as the
-        # runs train when --steps says (the tests' 2 steps), else 400 steps
-        steps = r.steps or 400
+        # the other families' causal LM, pretrained here while the pool trains PaLI: 400 steps, or
+        # as long as the runs train if --steps says fewer (the tests' 2 steps)
+        steps = min(r.steps or 400, 400)
+        if not r.progress:
+            transformers.utils.logging.disable_progress_bar()  # its save's bar
         lm = multilingual_lm(r.out_dir / "crosslingual" / f"multilingual-gpt2-{steps}steps", steps=steps)
-        seed = r.seeds[0]
-        for label, (family, extra) in FAMILIES.items():
-            futures[label, seed] = pool.submit(
-                _job, r, (f"model.family={family}", f"model.lm={lm}",
-                          f"data.task_args={json.dumps(CONDITIONS['transfer'])}", f"train.seed={seed}",
-                          f"data.seed={seed}", *extra), f"crosslingual/{family}-transfer-seed{seed}")
+        for label, (family, extra) in {**FAMILIES, **(PROBE_FAMILIES if r.probes else {})}.items():
+            futures[label, first] = pool.submit(
+                _job, r, (f"model.family={family}", f"model.lm={lm}", *data(CONDITIONS["transfer"], first), *extra),
+                f"crosslingual/{family}-transfer-seed{first}")
         runs = {}
         for (label, seed), future in futures.items():
             runs.setdefault(label, {})[seed] = future.result()
@@ -187,7 +196,7 @@ def crosslingual(r, *, workers: int = 2) -> dict:
                           "per_seed": langs.tolist(), "any_language_mean": either.mean(0).tolist(),
                           "any_language_std": either.std(0).tolist(), "translation": trans.mean(0).tolist()}
     return {"languages": list(ml.LANGUAGES), "chance": chance, "summary": summary, "runs": runs,
-            "samples": r.samples}
+            "samples": r.samples, "steps": r.steps or STEPS}
 
 
 def crosslingual_report(res: dict):
@@ -208,7 +217,8 @@ def crosslingual_report(res: dict):
                      f"{s['translation'][0]:.2f} / {s['translation'][1]:.2f} |")
     lines.append("| chance | | " + " | ".join(f"{res['chance'][lang]:.3f}" for lang in langs) + " | | |")
     table = "\n".join(lines) + (
-        f"\n\nQuestion accuracy (colour, shape, count, position, averaged) about held-out scenes, {res['samples']} "
+        f"\n\nEvery model trained {res.get('steps', 1000)} steps. "
+        f"Question accuracy (colour, shape, count, position, averaged) about held-out scenes, {res['samples']} "
         "questions per kind and language: closed-set among the answer words of the language asked (the answer "
         "must be right and in that language), mean ± std over training seeds. The next column scores the same "
         "questions among those words and aa's, by the concept of the chosen word: the answer right in either "

@@ -52,9 +52,9 @@ class Runner:
     """Shared settings of one experiment invocation: where runs go, extra overrides, eval sizes."""
 
     def __init__(self, out_dir: str, overrides: list[str], samples: int, seeds: tuple[int, ...],
-                 steps: int | None, progress: bool):
+                 steps: int | None, progress: bool, probes: bool = False):
         self.out_dir, self.overrides, self.samples, self.seeds = Path(out_dir), overrides, samples, seeds
-        self.steps, self.progress = steps, progress
+        self.steps, self.progress, self.probes = steps, progress, probes
 
     def config(self, preset: str, name: str, *extra: str) -> TrainConfig:
         # no check: an experiment measures every run it trains, the ones that miss a preset's check
@@ -327,8 +327,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--docs", default=str(DOCS), help="markdown file for the results ('' for none)")
     parser.add_argument("--images", default=str(IMAGES))
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--probes", action="store_true",
+                        help="also the runs that probe a finding further (crosslingual: PROBES)")
     args = parser.parse_args(argv)
-    runner = Runner(args.out_dir, args.overrides, args.samples, tuple(args.seeds), args.steps, args.progress)
+    runner = Runner(args.out_dir, args.overrides, args.samples, tuple(args.seeds), args.steps, args.progress,
+                    args.probes)
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     for name in names:
         start = time.perf_counter()
