@@ -5,6 +5,7 @@ from .audio import AudioEncoder, LogMelSpectrogram
 from .base import (
                    EncoderOutput,
                    HFEncoder,
+                   MediaStandardization,
                    ModuleEncoder,
                    as_encoder,
                    check_frame_mask,
@@ -18,6 +19,6 @@ from .registry import ENCODERS, build_encoder, get_encoder, register_encoder
 from .tactile import TactileEncoder
 from .vision import VisionEncoder
 
-__all__ = ["EncoderOutput", "HFEncoder", "ModuleEncoder", "as_encoder", "check_frame_mask", "encode_frames",
+__all__ = ["EncoderOutput", "HFEncoder", "MediaStandardization", "ModuleEncoder", "as_encoder", "check_frame_mask", "encode_frames",
            "load_vision_encoder", "media_statistics", "media_tokens", "ENCODERS", "build_encoder", "get_encoder", "register_encoder",
            "AudioEncoder", "LogMelSpectrogram", "ForceTorqueEncoder", "TactileEncoder", "VisionEncoder"]

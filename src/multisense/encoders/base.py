@@ -182,3 +182,35 @@ def media_statistics(tokens_of, batches) -> tuple[torch.Tensor, torch.Tensor]:
     mean = total / count
     std = (squares / count - mean.square()).clamp_min(0).sqrt()
     return mean, std.clamp_min(max(1e-3 * float(std.mean()), 1e-12))
+
+
+class MediaStandardization:
+    """A family's `standardize_media` (FlamingoModel, PaLIModel): the encoder's features less
+    their per-channel mean, over their std, both measured once on training media
+    (`calibrate_media`) and saved with the trainable weights; the identity until then. The
+    family sets `config.standardize_media` and has `media_tokens(pixels, features, frame_mask)`."""
+
+    def _init_standardization(self, dim_media: int) -> None:
+        if self.config.standardize_media:
+            self.register_buffer("media_mean", torch.zeros(dim_media))
+            self.register_buffer("media_std", torch.ones(dim_media))
+
+    def standardize(self, feats: torch.Tensor) -> torch.Tensor:
+        """[..., Dv] -> [..., Dv], standardised if the model was built with standardize_media."""
+        if not self.config.standardize_media:
+            return feats
+        return (feats - self.media_mean.to(feats.dtype)) / self.media_std.to(feats.dtype)
+
+    @torch.no_grad()
+    def calibrate_media(self, batches):
+        """Measure the per-channel mean and std of the encoder's features (`media_statistics`).
+
+        `batches`: an iterable of dicts holding `pixel_values` [B, M, F, C, H, W] or
+        `media_features` [B, M, F, S, Dv], and optionally `frame_mask` [B, M, F] (as `collate`
+        makes them); only real frames count. Done once, before training."""
+        if not self.config.standardize_media:
+            raise ValueError("calibrate_media: this model was built with standardize_media=False")
+        mean, std = media_statistics(self.media_tokens, batches)
+        self.media_mean.copy_(mean)
+        self.media_std.copy_(std)
+        return self

@@ -42,7 +42,7 @@ from torch import nn
 from transformers import Cache, DynamicCache
 
 from ..config import FamilyConfig
-from ..encoders import as_encoder, check_frame_mask, encode_frames, media_statistics, media_tokens
+from ..encoders import MediaStandardization, as_encoder, check_frame_mask, encode_frames, media_tokens
 from ..lm.adapters import cache_argument, find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
@@ -157,7 +157,7 @@ def _pop_cache(kwargs: dict):
     return cache
 
 
-class FlamingoModel(nn.Module):
+class FlamingoModel(MediaStandardization, nn.Module):
     """A frozen HF causal LM and vision encoder, joined by a trainable resampler and gated blocks."""
 
     shift_labels = True  # a causal LM: the logits at t predict the label at t + 1
@@ -201,9 +201,7 @@ class FlamingoModel(nn.Module):
 
         # The new parts are built in float32 whatever the backbones' dtype (they train, and
         # their inputs and outputs are cast at the boundaries); `model.to(dtype)` casts them too.
-        if config.standardize_media:  # identity until calibrate_media; saved with the trainable weights
-            self.register_buffer("media_mean", torch.zeros(dim_media))
-            self.register_buffer("media_std", torch.ones(dim_media))
+        self._init_standardization(dim_media)  # identity until calibrate_media
         self.resampler = PerceiverResampler(
             dim=dim_media, depth=config.resampler_depth, num_latents=config.num_latents,
             heads=config.resampler_heads, dim_head=config.resampler_dim_head, ff_mult=config.ff_mult,
@@ -268,8 +266,7 @@ class FlamingoModel(nn.Module):
         feats = self.media_tokens(pixel_values, media_features, frame_mask)
         feats = feats.to(self.resampler.latents.dtype)
         B, M = feats.shape[:2]
-        if self.config.standardize_media:
-            feats = (feats - self.media_mean.to(feats.dtype)) / self.media_std.to(feats.dtype)
+        feats = self.standardize(feats)
         if frame_mask is not None:
             present = _real_first(frame_mask.any(-1), "frame_mask")
         else:
@@ -306,21 +303,6 @@ class FlamingoModel(nn.Module):
         """[B, M, F, C, H, W] -> [B, M, F, S, Dv]; frames that the mask marks missing are not encoded."""
         return encode_frames(self.vision_encoder, pixel_values, frame_mask)
 
-    @torch.no_grad()
-    def calibrate_media(self, batches) -> "FlamingoModel":
-        """Measure the per-channel mean and std of the frozen encoder's features (standardize_media).
-
-        `batches`: an iterable of dicts holding `pixel_values` [B, M, F, C, H, W] or
-        `media_features` [B, M, F, S, Dv], and optionally `frame_mask` [B, M, F] (as `collate`
-        makes them); only real frames count. The encoder is frozen, so this is done once,
-        before training, and the statistics are saved with the trainable weights.
-        """
-        if not self.config.standardize_media:
-            raise ValueError("calibrate_media: this model was built with standardize_media=False")
-        mean, std = media_statistics(self.media_tokens, batches)
-        self.media_mean.copy_(mean)
-        self.media_std.copy_(std)
-        return self
 
     # ------------------------------------------------------------------ one call
 
@@ -512,10 +494,7 @@ class FlamingoModel(nn.Module):
         full tensors gathered from a sharded (FSDP2) model.
         """
         config = {"family": "flamingo", **dataclasses.asdict(self.config)}
-        directory = save_checkpoint(save_directory, config, state_dict or self.trainable_state_dict())
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory)
-        return directory
+        return save_checkpoint(save_directory, config, state_dict or self.trainable_state_dict(), self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,

@@ -376,10 +376,7 @@ class FusionModel(nn.Module):
         gathered copy), and the tokenizer when there is an LM, which is recorded, not copied."""
         config = {"family": self.family, **dataclasses.asdict(self.config)}
         tensors = state_dict if state_dict is not None else self.trainable_state_dict()
-        directory = save_checkpoint(save_directory, config, {k: v.detach() for k, v in tensors.items()})
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory)
-        return directory
+        return save_checkpoint(save_directory, config, {k: v.detach() for k, v in tensors.items()}, self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,

@@ -66,14 +66,18 @@ def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> 
     return atomic_file(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
 
 
-def save_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
-    """Write config.json and model.safetensors into `directory` (created if missing)."""
+def save_checkpoint(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor],
+                    tokenizer=None) -> Path:
+    """Write config.json and model.safetensors into `directory` (created if missing), and the
+    tokenizer's files beside them when one is given (`saved_tokenizer` reads them back)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # weights first: a directory whose config.json exists always has matching weights beside it
     write_weights(directory / WEIGHTS_NAME, tensors)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     atomic_file(directory / CONFIG_NAME, lambda p: p.write_text(text))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
     return directory
 
 

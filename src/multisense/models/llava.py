@@ -35,7 +35,6 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..config import FamilyConfig
-from ..encoders import as_encoder
 from ..lm.adapters import cache_argument
 from ..nn import Projector
 from .io import (attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint,
@@ -122,15 +121,7 @@ class LlavaModel(SplicedMedia, nn.Module):
         self.config = config
         self.lm = lm
         self.tokenizer = None
-        self.vision_encoder = None
-        if vision_encoder is not None:
-            self.vision_encoder = as_encoder(vision_encoder, config.dim_media,
-                                             feature_layer=config.vision_feature_layer,
-                                             drop_class_token=config.vision_feature_select_strategy == "default")
-        dim_media = config.dim_media or (self.vision_encoder.dim if self.vision_encoder is not None else None)
-        if dim_media is None:
-            raise ValueError("dim_media: required when no vision_encoder is given (the width of media_features)")
-        config.dim_media = dim_media
+        dim_media = self._attach_vision(vision_encoder, config)
         for p in self.lm.parameters():
             p.requires_grad_(False)
         if self.vision_encoder is not None:
@@ -370,10 +361,7 @@ class LlavaModel(SplicedMedia, nn.Module):
         """config.json + model.safetensors of the trainable weights (projector, LoRA), and the
         tokenizer when the model has one; backbones are recorded, not copied."""
         config = {"family": "llava", **dataclasses.asdict(self.config)}
-        directory = save_checkpoint(save_directory, config, state_dict or self.trainable_state_dict())
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory)
-        return directory
+        return save_checkpoint(save_directory, config, state_dict or self.trainable_state_dict(), self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,

@@ -41,7 +41,7 @@ import transformers
 from torch import nn
 
 from ..config import FamilyConfig
-from ..encoders import as_encoder, media_statistics
+from ..encoders import MediaStandardization
 from ..nn import Projector
 from ..nn.masks import prefix_lm_mask
 from ..tokens import IGNORE_INDEX
@@ -73,7 +73,7 @@ class PaLIConfig(FamilyConfig):
     vision: dict = field(default_factory=dict)  # identity of the vision encoder, with its config
 
 
-class PaLIModel(SplicedMedia, nn.Module):
+class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
     """A vision encoder, a linear projector and a Hugging Face LM (encoder-decoder, or a causal LM
     used as a prefix-LM), trained together."""
 
@@ -90,14 +90,7 @@ class PaLIModel(SplicedMedia, nn.Module):
         self.lm = lm
         self.tokenizer = None
         self.is_encoder_decoder = bool(getattr(lm.config, "is_encoder_decoder", False))
-        self.vision_encoder = None
-        if vision_encoder is not None:
-            self.vision_encoder = as_encoder(vision_encoder, config.dim_media, feature_layer=config.vision_feature_layer,
-                                             drop_class_token=config.vision_feature_select_strategy == "default")
-        dim_media = config.dim_media or (self.vision_encoder.dim if self.vision_encoder is not None else None)
-        if dim_media is None:
-            raise ValueError("dim_media: required when no vision_encoder is given (the width of media_features)")
-        config.dim_media = dim_media
+        dim_media = self._attach_vision(vision_encoder, config)
         for p in self.lm.parameters():
             p.requires_grad_(not config.freeze_lm)
         if self.vision_encoder is not None:
@@ -109,9 +102,7 @@ class PaLIModel(SplicedMedia, nn.Module):
                 _freeze_unreached(self.vision_encoder)
         dim = lm.get_input_embeddings().embedding_dim
         self.projector = Projector(dim_media, dim, kind=config.projector, bias=config.projector_bias)
-        if config.standardize_media:  # identity until calibrate_media; saved with the trained weights
-            self.register_buffer("media_mean", torch.zeros(dim_media))
-            self.register_buffer("media_std", torch.ones(dim_media))
+        self._init_standardization(dim_media)  # identity until calibrate_media
         self._prefix_mask: torch.Tensor | None = None  # the prompt step's mask, for the pre-hook (prefix-LM)
         self._position_ids = "position_ids" in inspect.signature(lm.forward).parameters
         if not self.is_encoder_decoder:
@@ -182,20 +173,8 @@ class PaLIModel(SplicedMedia, nn.Module):
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
         """Vision features [..., Dv] -> the LM's width [..., D], standardised first if configured."""
-        if self.config.standardize_media:
-            feats = (feats - self.media_mean.to(feats.dtype)) / self.media_std.to(feats.dtype)
-        return self.projector(feats)
+        return self.projector(self.standardize(feats))
 
-    @torch.no_grad()
-    def calibrate_media(self, batches) -> "PaLIModel":
-        """Measure the per-channel mean and std of the vision features on `batches`
-        (`encoders.media_statistics`), for standardize_media; once, before training."""
-        if not self.config.standardize_media:
-            raise ValueError("calibrate_media: this model was built with standardize_media=False")
-        mean, std = media_statistics(self.media_tokens, batches)
-        self.media_mean.copy_(mean)
-        self.media_std.copy_(std)
-        return self
 
     @staticmethod
     def prefix_mask(attention_mask: torch.Tensor, answer: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -314,11 +293,8 @@ class PaLIModel(SplicedMedia, nn.Module):
         model = getattr(self.vision_encoder, "model", None)
         if model is not None and not self.config.freeze_vision:
             config["vision"] = {**config["vision"], "config": model.config.to_dict()}
-        directory = save_checkpoint(save_directory, {"family": "pali", **config},
-                                    state_dict or self.trainable_state_dict())
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory)
-        return directory
+        return save_checkpoint(save_directory, {"family": "pali", **config}, state_dict or self.trainable_state_dict(),
+                               self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,

@@ -18,13 +18,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..encoders import check_frame_mask, media_tokens
+from ..encoders import as_encoder, check_frame_mask, media_tokens
 from ..nn.splice import Expansion, expand_markers
 from ..tokens import IGNORE_INDEX
 
 
 class SplicedMedia:
     """Encode, project and splice media into the LM's input embeddings (mixin)."""
+
+    def _attach_vision(self, vision_encoder: nn.Module | None, config) -> int:
+        """Set `vision_encoder` (as the family's config selects its features: `vision_feature_layer`,
+        the class token dropped under the "default" strategy) and `config.dim_media` -> Dv."""
+        self.vision_encoder = None
+        if vision_encoder is not None:
+            self.vision_encoder = as_encoder(vision_encoder, config.dim_media, feature_layer=config.vision_feature_layer,
+                                             drop_class_token=config.vision_feature_select_strategy == "default")
+        dim_media = config.dim_media or (self.vision_encoder.dim if self.vision_encoder is not None else None)
+        if dim_media is None:
+            raise ValueError("dim_media: required when no vision_encoder is given (the width of media_features)")
+        config.dim_media = dim_media
+        return dim_media
 
     def media_tokens(self, pixel_values, media_features, frame_mask) -> torch.Tensor:
         """The selected vision features [B, M, F, N, Dv] of either input, checked."""
