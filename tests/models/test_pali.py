@@ -114,10 +114,24 @@ def prefix_batch(seed=0):
     return full, labels, pixels(1, seed=seed)
 
 
+def takes_4d_mask(lm) -> bool:
+    """The LM alone: with a 4-D mask that lets every token see every other, does the first token
+    see the second (its output differs from the causal default)?"""
+    embeds = torch.randn(1, 2, lm.get_input_embeddings().embedding_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        both = lm(inputs_embeds=embeds, attention_mask=torch.zeros(1, 1, 2, 2)).logits[0, 0]
+        causal = lm(inputs_embeds=embeds).logits[0, 0]
+    return not torch.allclose(both, causal)
+
+
 @pytest.mark.parametrize("arch, impl", [("gpt2", "eager"), ("gpt2", "sdpa"), ("llama", "eager"), ("llama", "sdpa")])
 def test_prefix_lm_prompt_both_ways_answer_causal(arch, impl):
     lm = tiny_lm_of_type(arch, attn_implementation=impl) if arch != "gpt2" else tiny_lm("gpt2")
     lm.config._attn_implementation = impl
+    if not takes_4d_mask(lm):  # transformers 5.0's GPT-2 eager attention adds its own causal mask
+        with pytest.raises(ValueError, match="ignores a 4-D attention mask"):
+            tiny_pali(lm)
+        return
     model = tiny_pali(lm)
     full, labels, pix = prefix_batch()
     n = model.config.tokens_per_frame
@@ -136,6 +150,14 @@ def test_prefix_lm_prompt_both_ways_answer_causal(arch, impl):
         e = n - 1 + t  # its expanded position
         torch.testing.assert_close(out[0, :e], base[0, :e], rtol=0, atol=1e-6)
         assert not torch.allclose(out[0, e:], base[0, e:])
+
+
+def test_prefix_lm_refuses_an_lm_that_ignores_its_attention_mask():
+    lm = tiny_lm("gpt2")
+    forward = lm.forward
+    lm.forward = lambda *args, attention_mask=None, **kwargs: forward(*args, **kwargs)  # always causal
+    with pytest.raises(ValueError, match=r"lm: this gpt2 \(.* attention\) ignores a 4-D attention mask"):
+        tiny_pali(lm)
 
 
 def test_prefix_lm_all_answer_is_the_causal_lm_and_block_causal_masks():

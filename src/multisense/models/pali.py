@@ -106,8 +106,31 @@ class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
         self._prefix_mask: torch.Tensor | None = None  # the prompt step's mask, for the pre-hook (prefix-LM)
         self._position_ids = "position_ids" in inspect.signature(lm.forward).parameters
         if not self.is_encoder_decoder:
+            self._check_prefix_attention()
             self._hooks = [lm.register_forward_pre_hook(self._before_lm, with_kwargs=True)]
         self.train(False)
+
+    @torch.no_grad()
+    def _check_prefix_attention(self) -> None:
+        """Refuse a causal LM whose attention ignores a 4-D mask: the prefix-LM would silently be
+        causal (transformers 5.0's GPT-2 eager attention applies its own causal mask on top of the
+        one given). Two tokens, both allowed to see each other: the first must see the second."""
+        lm, dtype = self.lm, self.lm.get_input_embeddings().weight.dtype
+        device = self.lm.get_input_embeddings().weight.device
+        embeds = torch.randn(1, 2, lm.get_input_embeddings().embedding_dim, generator=torch.Generator().manual_seed(0))
+        embeds = embeds.to(device=device, dtype=dtype)
+        real = torch.ones(1, 2, dtype=torch.long, device=device)
+        was_training = lm.training
+        lm.eval()
+        try:
+            first = [lm(inputs_embeds=embeds, attention_mask=self.prefix_mask(real, answer, dtype), use_cache=False)
+                     .logits[0, 0] for answer in (torch.zeros_like(real), torch.ones_like(real))]
+        finally:
+            lm.train(was_training)
+        if torch.equal(first[0], first[1]):
+            raise ValueError(f"lm: this {lm.config.model_type} ({lm.config._attn_implementation} attention) ignores a "
+                             "4-D attention mask, so the prefix-LM's prompt could not attend both ways; build it with "
+                             "attn_implementation='sdpa', or use a transformers release whose attention takes the mask")
 
     @property
     def shift_labels(self) -> bool:
