@@ -19,8 +19,9 @@ experiment pretrains on the same monolingual text as the embedded T5 (`multiling
 the run folder). Every run trains STEPS steps (600; `--steps` to change). With `--probes`, at the
 first seed: a probe of what transfer depends on (PROBES: the transfer data plus text-only
 questions in bb and cc answered from a caption in the prompt; no image still comes with bb or
-cc), and PaLI's decoder-only prefix-LM variant over the same GPT-2 (the LM trained). Evaluation: questions of each kind
-(colour, shape, count, position) in each language about held-out scenes, `--samples` per kind,
+cc), and PaLI's decoder-only prefix-LM variant over the same GPT-2 (the LM trained).
+Evaluation: questions of each kind (colour, shape, count, position) in each language about
+held-out scenes, `--samples` per kind,
 scored closed-set among the asked language's answer words (`multisense eval`'s accuracy) and,
 by concept, among those and the pivot's (`_evaluate`); and greedy translation exact match
 aa -> bb and aa -> cc (did the model learn to translate at all?), `--samples` sentences each.
