@@ -19,6 +19,7 @@ from .registry import ENCODERS, build_encoder, get_encoder, register_encoder
 from .tactile import TactileEncoder
 from .vision import VisionEncoder
 
-__all__ = ["EncoderOutput", "HFEncoder", "MediaStandardization", "ModuleEncoder", "as_encoder", "check_frame_mask", "encode_frames",
-           "load_vision_encoder", "media_statistics", "media_tokens", "ENCODERS", "build_encoder", "get_encoder", "register_encoder",
-           "AudioEncoder", "LogMelSpectrogram", "ForceTorqueEncoder", "TactileEncoder", "VisionEncoder"]
+__all__ = ["EncoderOutput", "HFEncoder", "MediaStandardization", "ModuleEncoder", "as_encoder", "check_frame_mask",
+           "encode_frames", "load_vision_encoder", "media_statistics", "media_tokens", "ENCODERS", "build_encoder",
+           "get_encoder", "register_encoder", "AudioEncoder", "LogMelSpectrogram", "ForceTorqueEncoder",
+           "TactileEncoder", "VisionEncoder"]
