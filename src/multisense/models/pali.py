@@ -198,7 +198,6 @@ class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
         """Vision features [..., Dv] -> the LM's width [..., D], standardised first if configured."""
         return self.projector(self.standardize(feats))
 
-
     @staticmethod
     def prefix_mask(attention_mask: torch.Tensor, answer: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The prefix-LM's 4-D additive mask [B, 1, E, E] for Hugging Face attention (eager adds it,
