@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from multisense.train.loop import fit
+from multisense.train.loop import fit, hf_progress
 from multisense.train.optim import build_optimizer, warmup_cosine
 from tests.conftest import tiny_flamingo
 
@@ -65,3 +65,17 @@ def test_z_loss_adds_the_squared_log_normaliser_of_target_tokens_only():
     picked = logits[:, :-1][keep].gather(-1, labels[:, 1:][keep][:, None])[:, 0]
     torch.testing.assert_close(ce, (lse - picked).sum())
     torch.testing.assert_close(z, 0.1 * (lse ** 2).sum())
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_hf_progress_switches_transformers_bars_for_the_block_only(before):
+    from transformers.utils import logging
+
+    (logging.enable_progress_bar if before else logging.disable_progress_bar)()
+    try:
+        for enabled in (True, False):
+            with hf_progress(enabled):
+                assert logging.is_progress_bar_enabled() == enabled
+            assert logging.is_progress_bar_enabled() == before
+    finally:
+        logging.enable_progress_bar()

@@ -149,8 +149,11 @@ def _job(r, extra: tuple[str, ...], name: str) -> dict:
     """Train one run (unless done) and evaluate it: a worker process's whole job, one thread."""
     import torch
 
+    from ..train.loop import hf_progress
+
     torch.set_num_threads(1)
-    return _evaluate(r.trained("pali", name, *extra), r.samples)
+    with hf_progress(r.progress):
+        return _evaluate(r.trained("pali", name, *extra), r.samples)
 
 
 def crosslingual(r, *, workers: int = 2) -> dict:
@@ -160,7 +163,7 @@ def crosslingual(r, *, workers: int = 2) -> dict:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    import transformers
+    from ..train.loop import hf_progress
 
     def data(task_args: dict, seed: int) -> tuple[str, ...]:
         return (f"train.steps={STEPS}", f"data.task_args={json.dumps(task_args)}", f"train.seed={seed}",
@@ -176,9 +179,8 @@ def crosslingual(r, *, workers: int = 2) -> dict:
         # the other families' causal LM, pretrained here while the pool trains PaLI: 400 steps, or
         # as long as the runs train if --steps says fewer (the tests' 2 steps)
         steps = min(r.steps or 400, 400)
-        if not r.progress:
-            transformers.utils.logging.disable_progress_bar()  # its save's bar
-        lm = multilingual_lm(r.out_dir / "crosslingual" / f"multilingual-gpt2-{steps}steps", steps=steps)
+        with hf_progress(r.progress):
+            lm = multilingual_lm(r.out_dir / "crosslingual" / f"multilingual-gpt2-{steps}steps", steps=steps)
         for label, (family, extra) in {**FAMILIES, **(PROBE_FAMILIES if r.probes else {})}.items():
             futures[label, first] = pool.submit(
                 _job, r, (f"model.family={family}", f"model.lm={lm}", *data(CONDITIONS["transfer"], first), *extra),

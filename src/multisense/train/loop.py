@@ -31,6 +31,20 @@ from ..tokens import IGNORE_INDEX
 from .distributed import no_sync
 
 
+@contextlib.contextmanager
+def hf_progress(enabled: bool):
+    """transformers' own progress bars (loading and writing weights) on or off for a block, then
+    back as they were (its switch is process-wide)."""
+    from transformers.utils import logging
+
+    before = logging.is_progress_bar_enabled()
+    (logging.enable_progress_bar if enabled else logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (logging.enable_progress_bar if before else logging.disable_progress_bar)()
+
+
 def target_count(labels: torch.Tensor, shift: bool = True) -> torch.Tensor:
     """Tokens that carry loss: labels [B, L], shifted by one when the model predicts the next token."""
     return ((labels[:, 1:] if shift else labels) != IGNORE_INDEX).sum()

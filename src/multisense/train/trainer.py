@@ -63,7 +63,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .distill import InWordsDistillation
 from .logs import RunLogger
-from .loop import fit
+from .loop import fit, hf_progress
 from .optim import build_optimizer, warmup_cosine
 
 
@@ -407,10 +407,13 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[nn.Module, object]:
     """Load the frozen backbones through from_pretrained and wrap them in model.family's class
-    (trainable parts seeded)."""
+    (trainable parts seeded); `progress`: transformers' loading bars."""
+    with hf_progress(progress):
+        return _build_model(cfg)
+
+
+def _build_model(cfg: ModelConfig) -> tuple[nn.Module, object]:
     family = get_family(cfg.family)
-    if not progress:  # transformers' own bars (loading weights) too
-        transformers.utils.logging.disable_progress_bar()
     if cfg.family == "fusion":
         return build_fusion(cfg)
     if not hasattr(family.model_class, "from_lm"):  # a family without backbones: built from its config
