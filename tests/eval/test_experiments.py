@@ -46,3 +46,14 @@ def test_every_experiment_runs_end_to_end_and_writes_its_report(tiny, tmp_path, 
 
         kinds = ml.QUESTION_KINDS
         assert result["chance"]["bb"] == pytest.approx(sum(1 / len(ml.ANSWER_SETS["bb"][k]) for k in kinds) / 4)
+
+
+def test_crosslingual_runs_its_probes_only_when_asked(tiny, tmp_path):
+    from multisense.eval import crosslingual
+
+    argv = ["crosslingual", *tiny, "--out-dir", str(tmp_path / "runs"), "--steps", "2", "--samples", "2", "--seeds",
+            "0", "--docs", "", "--no-progress"]
+    assert experiments.main(argv) == 0
+    result = json.loads((tmp_path / "runs" / "crosslingual" / "result.json").read_text())
+    assert set(result["summary"]) == {*crosslingual.CONDITIONS, *crosslingual.FAMILIES}
+    assert result["steps"] == 2
