@@ -778,6 +778,11 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
             model.save_pretrained(out / "model", state_dict=final_weights)
             if tokenizer is not None:
                 tokenizer.save_pretrained(out / "model")
+        # Every rank leaves together, so none tears its process group down while rank 0 still
+        # writes model/ (an FSDP2 test run under heavy load once ended with a gloo rank aborting,
+        # "terminate called without an active exception"). Only on success: after an error the
+        # other ranks may never reach a barrier.
+        distributed.barrier()
     finally:
         logger.close()
         distributed.teardown()
