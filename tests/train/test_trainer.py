@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 
 from multisense.config import load_config
+from multisense.tokens import MEDIA_MARKER
 from multisense.train import checkpoint as ckpt
 from multisense.train.trainer import TrainConfig, resolve_preset, train
 from tests.train.backbones import save_tiny_backbones
@@ -72,6 +74,9 @@ def test_train_writes_checkpoints_logs_and_a_loadable_model(backbones, tmp_path)
     from multisense import FlamingoModel
 
     model = FlamingoModel.from_pretrained(out / "model")
+    # the run's tokenizer, its media marker included, beside the weights (what `multisense eval` reads)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "model")
+    assert tokenizer.convert_tokens_to_ids(MEDIA_MARKER) == model.config.media_token_id
     saved = final_weights(out)
     assert all(torch.equal(model.trainable_state_dict()[k], v) for k, v in saved.items())
     # media statistics were measured on the task's images (not left at the identity) and saved

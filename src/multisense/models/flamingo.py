@@ -303,7 +303,6 @@ class FlamingoModel(MediaStandardization, nn.Module):
         """[B, M, F, C, H, W] -> [B, M, F, S, Dv]; frames that the mask marks missing are not encoded."""
         return encode_frames(self.vision_encoder, pixel_values, frame_mask)
 
-
     # ------------------------------------------------------------------ one call
 
     @contextmanager

@@ -774,10 +774,8 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                                   f"model/ was written (report: {out / 'check.json'}; the last checkpoint is in "
                                   f"{out / 'checkpoints'}). Train again with another train.seed, or see "
                                   "docs/training.md, 'Checked runs'")
-        if env.is_main:
+        if env.is_main:  # with the run's tokenizer, which every family keeps (from_lm) and saves
             model.save_pretrained(out / "model", state_dict=final_weights)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(out / "model")
         # Every rank leaves together, so none tears its process group down while rank 0 still
         # writes model/ (an FSDP2 test run under heavy load once ended with a gloo rank aborting,
         # "terminate called without an active exception"). Only on success: after an error the
