@@ -115,6 +115,47 @@ def test_a_whole_modality_masked_equals_the_modality_absent(balance):
     torch.testing.assert_close(model(inputs, mask=mask, positions=positions), model(without), rtol=1e-5, atol=1e-6)
 
 
+def masked_batch(garbage: float):
+    """A batch with about half of every modality's tokens masked (touch wholly in sample 1), once
+    with zeros and once with `garbage` at the masked tokens and their positions."""
+    inputs, positions = batch()
+    g = torch.Generator().manual_seed(2)
+    mask = {n: torch.rand(x.shape[:2], generator=g) > 0.5 for n, x in inputs.items()}
+    mask["touch"][1] = False
+    clean, dirty = {}, {}
+    for name, values in (("inputs", inputs), ("positions", positions)):
+        clean[name] = {n: x.masked_fill(~mask[n][..., None], 0.0) for n, x in values.items()}
+        dirty[name] = {n: x.masked_fill(~mask[n][..., None], garbage) for n, x in values.items()}
+    return mask, clean, dirty
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf"), float("-inf"), 3e38])
+@pytest.mark.parametrize("balance", [False, True])
+def test_values_at_masked_positions_change_nothing_chunked_or_not(garbage, balance):
+    mask, clean, dirty = masked_batch(garbage)
+    whole = small(balance_modalities=balance)
+    ref, ref_shares = whole(clean["inputs"], mask=mask, positions=clean["positions"], return_attention=True)
+    for chunk in (None, 3):
+        model = small(balance_modalities=balance, chunk_size=chunk)
+        out, shares = model(dirty["inputs"], mask=mask, positions=dirty["positions"], return_attention=True)
+        assert torch.isfinite(out).all()
+        if chunk is None:
+            assert torch.equal(model(dirty["inputs"], mask=mask, positions=dirty["positions"]),
+                               model(clean["inputs"], mask=mask, positions=clean["positions"]))
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+        for name in ref_shares:
+            torch.testing.assert_close(shares[name], ref_shares[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_mask_that_is_not_bool_is_refused_with_what_was_expected():
+    model = small()
+    inputs, positions = batch()
+    keep = torch.rand(2, 5) > 0.5
+    additive = torch.zeros(2, 5).masked_fill(~keep, float("-inf"))  # SDPA's convention: 0 = keep
+    with pytest.raises(ValueError, match=r"mask\['touch'\]: expected a bool mask \(True = a real token\)"):
+        model(inputs, mask={"touch": additive}, positions=positions)
+
+
 def test_a_latent_with_every_key_masked_gets_exactly_zero_from_cross_attention():
     model = small()
     inputs, positions = batch()

@@ -217,6 +217,9 @@ class Perceiver(nn.Module):
             batch = size["B"]
             if mask and name in mask:
                 check_shape(f"mask[{name!r}]", mask[name], "B N", B=batch, N=size["N"])
+                if mask[name].dtype != torch.bool:  # a float mask read as bool would keep exactly the dropped tokens
+                    raise ValueError(f"mask[{name!r}]: expected a bool mask (True = a real token), got "
+                                     f"{mask[name].dtype}")
             if spec.position == "fourier":
                 if not positions or name not in positions:
                     raise ValueError(f"positions: modality {name!r} uses Fourier positions; give "
@@ -229,12 +232,13 @@ class Perceiver(nn.Module):
 
     def _chunks(self, inputs, mask, positions):
         """(tokens [B, Nc, D], mask [B, Nc] or None, modality index) over every modality in turn;
-        with balance_modalities the mask is the float score bias (-inf where masked)."""
+        with balance_modalities the mask is the float score bias (-inf where masked). Masked
+        tokens enter as zeros: a zero weight times a NaN or inf value is still NaN."""
         for g, name in enumerate(self.names):
             if name not in inputs:
                 continue
             x = inputs[name]
-            full = mask[name].bool() if mask and name in mask else None
+            full = mask[name] if mask and name in mask else None
             bias = None
             if self.balance_modalities:  # -log(real tokens of this modality), per sample: [B, 1]
                 real = full.sum(1) if full is not None else torch.full(x.shape[:1], x.shape[1], device=x.device)
@@ -242,11 +246,15 @@ class Perceiver(nn.Module):
             step = self.chunk_size or x.shape[1]
             for start in range(0, x.shape[1], step):
                 part = slice(start, start + step)
+                xs = x[:, part]
                 pos = positions[name][:, part] if positions and name in positions else None
                 m = full[:, part] if full is not None else None
+                if m is not None:
+                    xs = xs.masked_fill(~m[..., None], 0.0)
+                    pos = None if pos is None else pos.masked_fill(~m[..., None], 0.0)
                 if bias is not None:
-                    m = bias.expand(-1, x[:, part].shape[1]) if m is None else bias.masked_fill(~m, float("-inf"))
-                yield self.inputs[name](x[:, part], pos, start), m, g
+                    m = bias.expand(-1, xs.shape[1]) if m is None else bias.masked_fill(~m, float("-inf"))
+                yield self.inputs[name](xs, pos, start), m, g
 
     def forward(self, inputs: dict[str, torch.Tensor], *, mask: dict[str, torch.Tensor] | None = None,
                 positions: dict[str, torch.Tensor] | None = None, return_attention: bool = False):
