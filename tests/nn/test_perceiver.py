@@ -147,6 +147,15 @@ def test_values_at_masked_positions_change_nothing_chunked_or_not(garbage, balan
             torch.testing.assert_close(shares[name], ref_shares[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("balance", [False, True])
+def test_a_nan_at_a_real_token_shows_as_nan_chunked_or_not(balance):
+    inputs, positions = batch()
+    inputs["camera"][0, 2] = float("nan")
+    for chunk in (None, 3):
+        out = small(balance_modalities=balance, chunk_size=chunk)(inputs, positions=positions)
+        assert out[0].isnan().all() and torch.isfinite(out[1]).all()
+
+
 def test_a_mask_that_is_not_bool_is_refused_with_what_was_expected():
     model = small()
     inputs, positions = batch()

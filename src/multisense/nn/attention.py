@@ -54,11 +54,21 @@ def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0) -> tuple[torch.Te
     """
     scale = q.shape[-1] ** -0.5
     top = acc = total = None  # running max [..., N, 1], weighted values, softmax denominator
+    # whether a row had any allowed key ([..., N, 1] once a mask is met), from the masks and not
+    # from total > 0: a NaN score must show as NaN, not as a row that saw nothing
+    seen = torch.zeros((), dtype=torch.bool, device=q.device)
     mass: list[torch.Tensor | float] = [0.0] * groups
     for k, v, mask, group in chunks:
         s = (q @ k.transpose(-1, -2)) * scale  # [..., H, N, Kc]
-        if mask is not None:
-            s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
+        if mask is None:
+            seen = torch.ones((), dtype=torch.bool, device=q.device)
+        else:
+            # a disallowed key's score is -inf whatever it was: NaN + -inf would stay NaN
+            allowed = mask if mask.dtype == torch.bool else mask > float("-inf")
+            s = s.masked_fill(~allowed, float("-inf"))
+            if mask.dtype != torch.bool:
+                s = s + mask.to(s.dtype)
+            seen = seen | allowed.any(-1, keepdim=True)
         new_top = s.amax(-1, keepdim=True)
         if top is not None:
             new_top = torch.maximum(top, new_top)
@@ -78,7 +88,6 @@ def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0) -> tuple[torch.Te
         top = new_top
     if top is None:
         raise ValueError("chunks: expected at least one chunk of keys, got none")
-    seen = total > 0
     denom = torch.where(seen, total, torch.ones_like(total))
     out = torch.where(seen, acc / denom, torch.zeros_like(acc))
     if not groups:
