@@ -39,6 +39,21 @@ def test_attend_chunks_equals_attend_and_gives_each_groups_mass():
     assert torch.equal(mass[:, 1], torch.zeros_like(mass[:, 1]))
 
 
+def test_attend_chunks_keeps_the_weights_of_the_softmax_over_every_chunk():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 10, 8) * 3, torch.randn(2, 3, 10, 8)
+    mask = torch.rand(2, 1, 4, 10) > 0.4
+    mask[0, :, 1, :6] = False  # a row that sees nothing in the first two chunks
+    mask[1, :, 2] = False  # a row that sees nothing at all
+    cuts = [0, 3, 6, 10]
+    chunks = [(k[..., a:b, :], v[..., a:b, :], mask[..., a:b], 0) for a, b in zip(cuts, cuts[1:])]
+    out, mass, weights = attend_chunks(q, iter(chunks), weights=True)
+    assert mass is None and [w.shape[-1] for w in weights] == [3, 3, 4]
+    expected = (q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~mask, float("-inf")).softmax(-1).nan_to_num(0.0)
+    torch.testing.assert_close(torch.cat(weights, -1), expected)
+    torch.testing.assert_close(torch.cat(weights, -1) @ v, out)
+
+
 def test_attend_chunks_has_finite_gradients_where_a_row_sees_nothing_in_a_chunk():
     q = torch.randn(1, 1, 2, 4, requires_grad=True)
     k, v = torch.randn(1, 1, 6, 4), torch.randn(1, 1, 6, 4)
@@ -201,6 +216,50 @@ def test_attention_shares_sum_to_one_over_modalities():
     _, chunked = small(chunk_size=2)(inputs, positions=positions, return_attention=True)
     for name in shares:
         torch.testing.assert_close(chunked[name], shares[name])
+
+
+def reference_weights(model: Perceiver, inputs: dict, mask: dict, positions: dict) -> dict:
+    """The first cross-attention's softmax over every token of every modality, by hand from the
+    model's weights: name -> [B, H, R, N_m]."""
+    cross = model.cross[model.schedule[0][0]].attn
+    block = model.cross[model.schedule[0][0]]
+    inner = cross.to_q.out_features
+    heads, dh = cross.heads, inner // cross.heads
+    q = cross.to_q(block.norm_latents(model.latents)).view(-1, heads, dh)  # [R, H, Dh]
+    names = [n for n in model.names if n in inputs]
+    scores = []
+    for n in names:
+        keep = mask[n] if n in mask else torch.ones(inputs[n].shape[:2], dtype=torch.bool)
+        tokens = model.inputs[n](inputs[n], positions.get(n))
+        k = cross.to_kv(block.norm_inputs(tokens))[..., :inner].unflatten(-1, (heads, dh))  # [B, N, H, Dh]
+        s = torch.einsum("rhd,bnhd->bhrn", q, k) / dh ** 0.5
+        if model.balance_modalities:
+            s = s - keep.sum(1).clamp(min=1).log()[:, None, None, None]
+        scores.append(s.masked_fill(~keep[:, None, None, :], float("-inf")))
+    weights = torch.cat(scores, -1).softmax(-1).nan_to_num(0.0)  # a latent that sees nothing: 0
+    return dict(zip(names, weights.split([inputs[n].shape[1] for n in names], -1)))
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_attention_weights_are_the_softmax_over_every_token_chunked_or_not(balance):
+    inputs, positions = batch(B=3)
+    g = torch.Generator().manual_seed(3)
+    mask = {n: torch.rand(x.shape[:2], generator=g) > 0.3 for n, x in inputs.items()}
+    mask["touch"][1] = False  # sample 1 without touch
+    for m in mask.values():
+        m[2] = False  # sample 2 sees nothing
+    expected = reference_weights(small(balance_modalities=balance), inputs, mask, positions)
+    for chunk in (None, 3):
+        model = small(balance_modalities=balance, chunk_size=chunk)
+        weights = model.attention_weights(inputs, mask=mask, positions=positions)
+        _, shares = model(inputs, mask=mask, positions=positions, return_attention=True)
+        assert set(weights) == set(inputs)
+        for name, w in weights.items():
+            torch.testing.assert_close(w, expected[name])
+            torch.testing.assert_close(w.sum(-1).mean(1), shares[name])
+            assert torch.equal(w.masked_fill(mask[name][:, None, None, :], 0.0), torch.zeros_like(w))
+        total = sum(w.sum(-1) for w in weights.values())
+        torch.testing.assert_close(total, torch.tensor([1.0, 1.0, 0.0])[:, None, None].expand_as(total))
 
 
 def test_errors_name_the_sensor():

@@ -42,15 +42,18 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).masked_fill(~sees_any, 0.0)
 
 
-def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0, weights: bool = False) -> tuple:
     """`attend` over keys that arrive in chunks, never all held at once (Perceiver inputs of
     100k+ tokens): the softmax is accumulated online, rescaled by the running maximum.
 
     q [..., H, N, Dh]; `chunks` yields (k, v, mask, group) with k, v [..., H, Kc, Dh], mask
-    broadcasting to [..., H, N, Kc] (bool, True = may look; or a float bias, -inf = may not) or None, and group an int < `groups`.
+    broadcasting to [..., H, N, Kc] (bool, True = may look; or a float bias, -inf = may not) or
+    None, and group an int < `groups`.
     Returns the output [..., H, N, Dh] (rows with no allowed key: exactly zero, as in `attend`)
     and, with groups > 0, the attention mass on each group's keys [G, ..., H, N] (sums to 1
-    over groups where a row saw any key, else 0).
+    over groups where a row saw any key, else 0), else None. With `weights`, also a list of
+    each chunk's attention weights [..., H, N, Kc], those of the softmax over all chunks' keys
+    (each chunk's terms are kept, so this holds all the weights at once).
     """
     scale = q.shape[-1] ** -0.5
     top = acc = total = None  # running max [..., N, 1], weighted values, softmax denominator
@@ -58,6 +61,7 @@ def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0) -> tuple[torch.Te
     # from total > 0: a NaN score must show as NaN, not as a row that saw nothing
     seen = torch.zeros((), dtype=torch.bool, device=q.device)
     mass: list[torch.Tensor | float] = [0.0] * groups
+    kept = []  # with `weights`: each chunk's exp(s - shift) and its running max
     for k, v, mask, group in chunks:
         s = (q @ k.transpose(-1, -2)) * scale  # [..., H, N, Kc]
         if mask is None:
@@ -85,15 +89,24 @@ def attend_chunks(q: torch.Tensor, chunks, *, groups: int = 0) -> tuple[torch.Te
             mass = [m * rescale for m in mass]
         if groups:
             mass[group] = mass[group] + p.sum(-1, keepdim=True)
+        if weights:
+            kept.append((p, new_top))
         top = new_top
     if top is None:
         raise ValueError("chunks: expected at least one chunk of keys, got none")
     denom = torch.where(seen, total, torch.ones_like(total))
     out = torch.where(seen, acc / denom, torch.zeros_like(acc))
-    if not groups:
-        return out, None
-    shares = [torch.zeros_like(total) + m for m in mass]  # a group that had no chunk: zero
-    return out, torch.stack([torch.where(seen, m / denom, torch.zeros_like(m)) for m in shares]).squeeze(-1)
+    shares = None
+    if groups:
+        shares = [torch.zeros_like(total) + m for m in mass]  # a group that had no chunk: zero
+        shares = torch.stack([torch.where(seen, m / denom, torch.zeros_like(m)) for m in shares]).squeeze(-1)
+    if not weights:
+        return out, shares
+    # each chunk's terms rescaled to the final maximum, as acc and total were chunk by chunk
+    final = shift
+    kept = [torch.where(seen, p * torch.exp(torch.where(torch.isinf(t), final, t) - final) / denom,
+                        torch.zeros_like(p)) for p, t in kept]
+    return out, shares, kept
 
 
 class Attention(nn.Module):

@@ -115,14 +115,29 @@ class CrossAttentionBlock(nn.Module):
             k, v = self.attn.keys_values(self.norm_inputs(tokens))
             out, mass = attend(q, k, v, mask), None
         else:
-            def kv():
-                for tokens, m, group in chunks:
-                    k, v = self.attn.keys_values(self.norm_inputs(tokens))
-                    yield k, v, None if m is None else m[:, None, None, :], group
-
-            out, mass = attend_chunks(q, kv(), groups=groups)
+            out, mass = attend_chunks(q, self._keys(chunks), groups=groups)
         latents = latents + self.attn.to_out(merge_heads(out))
         return latents + self.ff(latents), mass
+
+    def _keys(self, chunks):
+        """attend_chunks' (k, v, mask, group) of each chunk of `forward`'s."""
+        for tokens, m, group in chunks:
+            k, v = self.attn.keys_values(self.norm_inputs(tokens))
+            yield k, v, None if m is None else m[:, None, None, :], group
+
+    def attention_weights(self, latents: torch.Tensor, chunks) -> list[tuple[torch.Tensor, int]]:
+        """The cross-attention's weights, one softmax over every chunk's keys: (weights
+        [B, H, R, Nc], group) per chunk of `forward`'s."""
+        q = self.attn.queries(self.norm_latents(latents))
+        groups = []
+
+        def keys():
+            for k, v, m, group in self._keys(chunks):
+                groups.append(group)
+                yield k, v, m, group
+
+        _, _, weights = attend_chunks(q, keys(), weights=True)
+        return list(zip(weights, groups))
 
 
 class TransformerLayer(nn.Module):
@@ -255,6 +270,18 @@ class Perceiver(nn.Module):
                 if bias is not None:
                     m = bias.expand(-1, xs.shape[1]) if m is None else bias.masked_fill(~m, float("-inf"))
                 yield self.inputs[name](xs, pos, start), m, g
+
+    def attention_weights(self, inputs: dict[str, torch.Tensor], *, mask: dict[str, torch.Tensor] | None = None,
+                          positions: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The first cross-attention's weights on every token, name -> [B, H, R, N_m]: one softmax
+        over the tokens of every modality given (with balance_modalities' bias), as `forward`
+        computes it; 0 at masked tokens. Summed over a modality's tokens and averaged over heads
+        they are `forward`'s `return_attention` shares. Arguments as `forward`'s."""
+        B = self.check_inputs(inputs, mask, positions)
+        cross = self.cross[self.schedule[0][0]]  # the first block always cross-attends
+        kept = cross.attention_weights(self.latents.expand(B, -1, -1), self._chunks(inputs, mask, positions))
+        return {name: torch.cat([w for w, group in kept if group == g], dim=-1)
+                for g, name in enumerate(self.names) if name in inputs}
 
     def forward(self, inputs: dict[str, torch.Tensor], *, mask: dict[str, torch.Tensor] | None = None,
                 positions: dict[str, torch.Tensor] | None = None, return_attention: bool = False):
