@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,9 +94,10 @@ def test_a_checked_run_measures_held_out_episodes_with_the_camera_blocked_and_sa
         assert not json.loads((tmp_path / "b" / "check.json").read_text())["passed"]
 
 
-def test_attention_over_time_in_one_bin_is_the_models_own_share(run):
+def test_attention_over_time_splits_the_models_own_share_over_time(run):
     root, cache, _ = run
     model = FusionModel.from_pretrained(root / "run" / "model").eval()
+    assert model.config.balance_modalities  # the preset's: a slice attended alone would get other biases
     data = TouchEpisodes(generate(4, 0, seconds=1.0, cache_dir=cache, workers=1), occlusion=0.5)
     batch = collate_touch([data[i] for i in range(4)])
     with torch.no_grad():
@@ -104,9 +106,13 @@ def test_attention_over_time_in_one_bin_is_the_models_own_share(run):
         many = model.attention_over_time(batch["sensors"], bins=4)
     expected = torch.stack([whole[n].mean(-1) for n in model.perceiver.names], -1)[:, None]
     torch.testing.assert_close(one, expected)
-    torch.testing.assert_close(many.sum(-1), torch.ones(4, 4))  # every slice holds tokens of some sensor
+    torch.testing.assert_close(many.sum(1, keepdim=True), expected)
     shift = attention_shift(model, data, bins=4)
     assert shift["shares"].shape == (4, 4, 4) and set(shift["before"]) == set(model.perceiver.names)
+    np.testing.assert_allclose(shift["mass"], many.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(shift["shares"] * many.sum(-1, keepdim=True).numpy(), many.numpy(), rtol=1e-5,
+                               atol=1e-7)  # each slice's split between the sensors
+    np.testing.assert_allclose(shift["shares"].sum(-1), np.ones((4, 4)), rtol=1e-5)  # every slice holds tokens
     assert (0 < shift["contact"]).all() and (shift["contact"] < 1.0).all()
 
 

@@ -3,6 +3,7 @@ import torch
 
 from multisense import AutoModel, FusionConfig, FusionModel
 from multisense.encoders import AudioEncoder, ForceTorqueEncoder, TactileEncoder, VisionEncoder
+from tests.nn.test_perceiver import reference_weights
 
 SENSORS = {"camera": {"encoder": "vision", "dim": 16, "depth": 1},
            "touch": {"encoder": "tactile", "dim": 16, "depth": 1, "num_tokens": 2},
@@ -91,3 +92,29 @@ def test_late_fusion_is_a_baseline_over_the_same_sensors_and_survives_a_missing_
         model(inputs, return_attention=True)
     with pytest.raises(ValueError, match="fuse"):
         FusionModel(FusionConfig(sensors=SENSORS, fuse="early"))
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_attention_over_time_is_the_full_attention_summed_over_each_time_slice(balance):
+    m = model(balance_modalities=balance)
+    x = inputs(n=3)
+    x["wrist"]["mask"][1, x["wrist"]["mask"].shape[1] // 3:] = False  # sample 1: the wrist's first third
+    x["microphone"]["mask"][2] = False  # sample 2: no microphone
+    tokens, masks, positions = m.encode(x)
+    weights = reference_weights(m.perceiver, tokens, masks, positions)  # one softmax over the whole window
+    _, shares = m.fuse(x, return_attention=True)
+    names = m.perceiver.names
+    for bins in (1, 3, 5):
+        got = m.attention_over_time(x, bins=bins)
+        assert got.shape == (3, bins, len(names))
+        edges = torch.linspace(-1, 1, bins + 1)
+        expected = torch.zeros(3, bins, len(names))
+        for j, n in enumerate(names):
+            t = positions[n][..., 0]
+            for b in range(bins):
+                inside = (t >= edges[b]) & ((t < edges[b + 1]) | (b == bins - 1))
+                expected[:, b, j] = (weights[n] * inside[:, None, None]).sum(-1).mean((1, 2))
+        torch.testing.assert_close(got, expected)
+        # every slice and sensor together: the whole attention; each sensor over its slices: its share
+        torch.testing.assert_close(got.sum((1, 2)), torch.ones(3))
+        torch.testing.assert_close(got.sum(1), torch.stack([shares[n].mean(-1) for n in names], -1))

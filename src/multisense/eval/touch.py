@@ -124,13 +124,17 @@ def with_occlusion(dataset: TouchEpisodes, occlusion: float) -> TouchEpisodes:
 
 @torch.no_grad()
 def attention_shift(model: FusionModel, dataset: TouchEpisodes, *, bins: int = 12, batch_size: int = 32) -> dict:
-    """Where the first cross-attention's mass goes over an episode's time, per sensor:
-    shares [N, bins, M] (FusionModel.attention_over_time), the sensors' names, each bin's
-    centre in seconds and each episode's first contact in seconds; and the mean share of each
-    sensor in the bins wholly before and wholly after first contact."""
+    """Where the first cross-attention's mass goes over an episode's time, per sensor: mass
+    [N, bins, M] (FusionModel.attention_over_time: one softmax over the whole episode, summed per
+    time slice; 1 over slices and sensors), shares [N, bins, M] (each slice's mass split between
+    the sensors: 1 over sensors), the sensors' names, each bin's centre in seconds and each
+    episode's first contact in seconds; and the mean share of each sensor in the bins wholly
+    before and wholly after first contact."""
     model.eval()
-    shares = [model.attention_over_time(b["sensors"], bins=bins) for b in batches(dataset, batch_size)]
-    shares = torch.cat(shares).numpy()
+    mass = [model.attention_over_time(b["sensors"], bins=bins) for b in batches(dataset, batch_size)]
+    mass = torch.cat(mass).numpy()
+    in_slice = mass.sum(-1, keepdims=True)
+    shares = np.divide(mass, in_slice, out=np.zeros_like(mass), where=in_slice > 0)  # a slice with no token: 0
     seconds = dataset.episodes[0][1]["seconds"]
     edges = np.linspace(0, seconds, bins + 1)
     contact = np.array([np.argmax(a["touching"]) / len(a["touching"]) * seconds for a, _ in dataset.episodes])
@@ -138,8 +142,8 @@ def attention_shift(model: FusionModel, dataset: TouchEpisodes, *, bins: int = 1
     after = edges[:-1][None] >= contact[:, None]
     names = [n for n in model.perceiver.names if n in dataset.sensors]
     mean = lambda sel: {n: float(shares[..., j][sel].mean()) for j, n in enumerate(names)}  # noqa: E731
-    return {"names": names, "shares": shares, "bin_centres": (edges[:-1] + edges[1:]) / 2, "contact": contact,
-            "before": mean(before), "after": mean(after)}
+    return {"names": names, "mass": mass, "shares": shares, "bin_centres": (edges[:-1] + edges[1:]) / 2,
+            "contact": contact, "before": mean(before), "after": mean(after)}
 
 
 def evaluate(model: FusionModel, dataset: TouchEpisodes, *, occlusions=(0.0, 1.0), drop_subsets: bool = False,

@@ -345,25 +345,33 @@ class FusionModel(nn.Module):
 
     @torch.no_grad()
     def attention_over_time(self, sensors: dict[str, dict], bins: int = 12) -> torch.Tensor:
-        """[B, bins, M] share of the first cross-attention's mass on each sensor (sorted names, as
-        `self.perceiver.names`) among the tokens of each of `bins` equal slices of the window.
+        """[B, bins, M] the first cross-attention's mass on each sensor's tokens (sorted names, as
+        `self.perceiver.names`, the sensors given) in each of `bins` equal slices of the window,
+        mean over latents and heads.
 
-        The first cross-attention's queries are the learned latents, the same for every input, so
-        a key's score does not depend on the other keys: masking all but one slice's tokens gives
-        exactly the full attention's mass in that slice, renormalised over it. A slice where a
-        sensor has no tokens counts 0 for it."""
+        One softmax over the whole window (`Perceiver.attention_weights`), its weights summed per
+        slice: together the slices and sensors hold all of a sample's attention (1), and each
+        sensor's slices its share in `forward(return_attention=True)`. A slice's own split between
+        the sensors is its row divided by the row's sum. (Attending to one slice at a time would
+        not measure this: balance_modalities' bias would be recomputed from that slice's token
+        counts.)"""
         if self.late is not None:
             raise ValueError("attention_over_time: the late-fusion baseline has no attention (fuse='late')")
+        if not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins: expected a positive number of time slices, got {bins!r}")
         tokens, masks, positions = self.encode(sensors)
-        edges = torch.linspace(-1, 1, bins + 1)
+        weights = self.perceiver.attention_weights(tokens, mask=masks, positions=positions)
+        inner_edges = torch.linspace(-1, 1, bins + 1)[1:-1]
         out = []
-        for b in range(bins):
-            lo, hi = edges[b], edges[b + 1]
-            inside = {n: masks[n] & (positions[n][..., 0] >= lo) & ((positions[n][..., 0] < hi) | (b == bins - 1))
-                      for n in masks}
-            _, shares = self.perceiver(tokens, mask=inside, positions=positions, return_attention=True)
-            out.append(torch.stack([shares[n].mean(-1) for n in self.perceiver.names if n in shares], -1))
-        return torch.stack(out, 1)
+        for name in self.perceiver.names:
+            if name not in weights:
+                continue
+            t = positions[name][..., 0]  # [B, S]
+            # slice b holds edges[b] <= t < edges[b + 1]; the last one also t = 1
+            slot = torch.bucketize(t, inner_edges.to(t.device, t.dtype), right=True)
+            per_slice = F.one_hot(slot, bins).to(weights[name].dtype)  # [B, S, bins]
+            out.append((weights[name].mean(1) @ per_slice).mean(1))  # [B, R, S] @ [B, S, bins] -> [B, bins]
+        return torch.stack(out, -1)
 
     # ------------------------------------------------------------------------------ save / load
 
