@@ -16,9 +16,10 @@ modality embedding. Modalities are named; inputs are matched by name, never by p
     out = LN(lat)
 
 A latent whose keys are all masked (every token of every modality dropped) gets exactly zero
-from the cross-attention, not a uniform average. With `chunk_size`, the cross-attention reads
-the inputs `chunk_size` tokens at a time with an online softmax (`attend_chunks`), so without
-autograd no [N, D] projection of all tokens is ever held: 115,200 tokens fit in little memory.
+from the cross-attention, not a uniform average; a masked token's values, NaN or inf included,
+change nothing. With `chunk_size`, the cross-attention reads the inputs `chunk_size` tokens at
+a time with an online softmax (`attend_chunks`), so without autograd no [N, D] projection of all
+tokens is ever held: 115,200 tokens fit in little memory.
 
 With `balance_modalities`, each key of modality m gets the score bias -log(n_m), n_m the
 sample's real tokens of m: at equal scores every present modality then gets the same share of
