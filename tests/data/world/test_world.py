@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from multisense.data.world import NAMES, generate, load_episode, simulate
+from multisense.data.world import NAMES, generate, load_episode, material, simulate
 from multisense.data.world import episodes as episodes_module
-from multisense.data.world.sim import AUDIO_RATE, CAMERA_RATE, PHASES, PHYSICS_RATE, TACTILE_RATE, World
+from multisense.data.world.sim import AUDIO_RATE, CAMERA_RATE, PHASES, PHYSICS_RATE, TACTILE_RATE, EpisodeSpec, World
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def test_streams_come_at_their_native_rates(episode):
     assert arrays["tactile"].shape == (int(s * TACTILE_RATE), 32, 32, 3)
     assert arrays["wrench"].shape == (int(s * PHYSICS_RATE), 6)
     assert arrays["audio"].shape == (int(s * AUDIO_RATE),) and np.abs(arrays["audio"]).max() <= 1
-    for key in ("touching", "slipping", "lifted", "phase"):
+    for key in ("touching", "slipping", "lifted", "phase", "normal_force", "tangential_force"):
         assert arrays[key].shape == (int(s * PHYSICS_RATE),)
     assert spec["material"] == NAMES[1]
 
@@ -62,6 +62,89 @@ def test_force_torque_in_free_motion_equals_the_hands_weight(episode):
     assert abs(hold[:, 2].mean() - weight) < 0.05 * weight
     assert np.abs(hold[:, :2].mean(0)).max() < 0.05 and np.abs(hold[:, 3:].mean(0)).max() < 0.005
     assert hold[:, 2].std() < 0.05  # the noise the sensor adds: sd 0.02 N
+
+
+def _world(name):
+    """`simulate`'s world of material `name`: each scene is compiled once per test process."""
+    if name not in episodes_module._WORLDS:
+        episodes_module._WORLDS[name] = World(name)
+    return episodes_module._WORLDS[name]
+
+
+# A 25 mm slide in 0.8 s (about 3 cm/s, an episode's speed), short of a whole episode
+SLIDE = dict(start=(-0.005, -0.003), direction=0.5, distance=0.025, press=0.002, times=(0.25, 0.35, 0.5, 1.3),
+             tint=(1.0, 1.0, 1.0), seconds=1.5)
+
+
+@pytest.fixture(scope="module")
+def slides():
+    return {name: _world(name).run(EpisodeSpec(material=name, **SLIDE), np.random.default_rng(0)) for name in NAMES}
+
+
+def _wrist_load(arrays):
+    """[T] N: how much less the wrist carries than while the hand hangs free (its first 0.05-0.2 s)."""
+    z = arrays["wrench"][:, 2]
+    return z[25:100].mean() - z
+
+
+def _steady(arrays):
+    """[T] bool: the middle half of the slide, where the finger slips (the carriage's lag is taken up)."""
+    slide = np.flatnonzero(arrays["phase"] == PHASES.index("slide"))
+    quarter = len(slide) // 4
+    middle = np.zeros(len(arrays["phase"]), bool)
+    middle[slide[quarter:-quarter]] = True
+    return middle & arrays["slipping"]
+
+
+def _check_friction(ratios: dict[str, float]) -> None:
+    by_mu = sorted(NAMES, key=lambda n: material(n).friction)
+    assert all(ratios[a] < ratios[b] for a, b in zip(by_mu, by_mu[1:])), ratios
+    # the smooth surface's relief is too gentle to climb: friction alone
+    assert ratios["smooth"] == pytest.approx(material("smooth").friction, rel=0.2), ratios
+
+
+def test_a_slide_measures_each_materials_friction(slides):
+    steady = {name: _steady(arrays) for name, arrays in slides.items()}
+    assert all(s.sum() > 100 for s in steady.values()), {n: s.sum() for n, s in steady.items()}
+    wrist = {name: np.linalg.norm(arrays["wrench"][steady[name], :2], axis=1).sum()
+             / _wrist_load(arrays)[steady[name]].sum() for name, arrays in slides.items()}
+    _check_friction(wrist)  # what the wrist feels
+    pads = {name: arrays["tangential_force"][steady[name]].sum() / arrays["normal_force"][steady[name]].sum()
+            for name, arrays in slides.items()}
+    _check_friction(pads)  # what the world reports
+    assert all(pads[n] == pytest.approx(wrist[n], rel=0.1) for n in NAMES), (pads, wrist)
+
+
+def test_the_pads_normal_force_is_the_load_the_wrist_loses(slides):
+    for name, arrays in slides.items():
+        load, normal = _wrist_load(arrays), arrays["normal_force"]
+        pressed = np.isin(arrays["phase"], (PHASES.index("press"), PHASES.index("slide")))
+        assert normal[pressed].mean() == pytest.approx(load[pressed].mean(), rel=0.2), name
+        assert normal.max() == pytest.approx(load.max(), rel=0.2), name
+
+
+def test_pad_forces_are_the_contacts_forces_in_the_world_frame():
+    import mujoco
+
+    world = _world("brick")
+    m, d = world.model, world.data
+    mujoco.mj_resetData(m, d)
+    off = world.pad_body_offset
+    x, y = 0.004, -0.002
+    d.qpos[:3] = [x - off[0], y, max(world.surface_height(x, y), world.surface_height(x - 2 * off[0], y))
+                  - off[2] - 0.06 - 0.0004]  # the pads 0.4 mm into the surface
+    d.qvel[:2] = [0.03, 0.01]  # sliding: friction too
+    mujoco.mj_forward(m, d)
+    expected, force = np.zeros((2, 3)), np.zeros(6)
+    for j in range(d.ncon):
+        contact = d.contact[j]
+        for k, pad in enumerate(("gel_l", "gel_r")):
+            if set(contact.geom.tolist()) == {world.ids["surface"], world.ids[pad]}:
+                mujoco.mj_contactForce(m, d, j, force)
+                on_second = contact.frame.reshape(3, 3).T @ force[:3]  # rows: normal, tangents
+                expected[k] += on_second if contact.geom[1] == world.ids[pad] else -on_second
+    assert (expected[:, 2] > 0.1).all() and np.abs(expected[:, :2]).max() > 0.01
+    assert np.allclose(world.pad_forces(), expected, atol=1e-9)
 
 
 def test_the_camera_is_blocked_from_the_first_contact_on(episode):

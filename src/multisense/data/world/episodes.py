@@ -19,7 +19,7 @@ import numpy as np
 from ...files import atomic_file
 from .materials import NAMES
 
-VERSION = "v2"
+VERSION = "v3"
 
 
 def default_cache_dir() -> Path:

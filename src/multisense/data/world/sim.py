@@ -4,15 +4,18 @@ presses, slides across it and lifts off. Seeded and deterministic.
 The scene: a 10 cm square patch (MuJoCo height field, 64 x 64, the material's coarse map and
 friction), a gripper on an x-y-z carriage (position actuators; the carriage's own weight is
 compensated, the hand's is not, so the wrist sensor feels it), a force-torque site at the wrist
-(MuJoCo's `force` and `torque` sensors), two fingers whose pads touch the surface, a scene camera,
-and an occluder plate on the hand that is drawn only in the "occluded" camera stream: the camera
-is blocked by the gripper from the first contact on. Shadows are off (100x per frame).
+(MuJoCo's `force` and `torque` sensors), two fingers whose pads (square, colliding as flat domes)
+touch the surface, a scene camera, and an occluder plate on the hand that is drawn only in the
+"occluded" camera stream: the camera is blocked by the gripper from the first contact on. Shadows
+are off (100x per frame).
 
 Streams at their native rates (an episode of `seconds`):
   camera, camera_occluded  [30 Hz x s, 32, 32, 3] uint8
   tactile                  [60 Hz x s, 32, 32, 3] uint8 (left fingertip), tactile_reference [32, 32, 3]
   wrench                   [500 Hz x s, 6] float32 (N, N m; sensor noise added)
   audio                    [16 kHz x s] float32
+  normal_force, tangential_force [500 Hz x s] float32: the surface's force on both pads (N) along
+                           the patch's normal and in its plane, summed over the contacts' forces
   touching, slipping, lifted [500 Hz x s] bool; phase [500 Hz x s] int8 (index into PHASES)
 """
 
@@ -40,6 +43,28 @@ IMAGE = 32
 VISUAL = 32
 TILES = 16  # the offscreen buffer holds TILES x TILES frames, read back in one go (TileRenderer)
 HAND_MASS = 0.25  # kg: palm 0.15 and two fingers 0.05 each
+# The surface's contact with a pad: its friction (the material's), condim 3 (sliding friction, no
+# torsional or rolling) and its softness (MuJoCo's solref: time constant s, damping ratio) are the
+# pair's, whatever the pad's own, because the surface has the higher priority (by default MuJoCo
+# takes the larger friction of the two geoms and averages their solref). The contact's damping
+# pushes back harder on the pad's leading edge, where the surface comes into it, than on its
+# trailing edge, and the dome's normals there lean back: a resistance that grows with the slide's
+# speed and adds to friction. At MuJoCo's default (0.02 s, 1) an episode's slide (2-4 cm/s) on the
+# smooth surface (mu 0.3) measured 0.37-0.38 tangential per unit normal force; twice the time constant
+# at a quarter of the damping ratio keeps the stiffness of (0.02 s, 0.5), a penetration of about
+# 0.1-0.4 mm, with half its damping, and measures 0.31.
+CONTACT_SOLREF = (0.04, 0.25)
+# Convex collision's tolerance (m). At MuJoCo's default, 1e-6, the dome's contact points and normals
+# against the height field's prisms are off by enough to measure 0.32-0.33 on that slide (1e-5:
+# 0.51-0.55); 1e-7 and 1e-8 both give 0.31, at the same cost.
+CCD_TOLERANCE = 1e-7
+# The pad collides as a flat dome, an ellipsoid GEL_HALF high under the pad's square. MuJoCo collides
+# a height field prism by prism, and a box pad, against a prism it only partly covers, got a contact
+# normal through its vertical side: in a slide on the smooth surface a third of the contacts' normal
+# force pointed sideways, pressing on the pad from opposite sides (30 N in all against a 4.5 N
+# load) and resisting the slide (0.66 tangential per unit normal force). An ellipsoid's contact
+# normals are its own surface's.
+GEL_HALF = 0.0015
 
 
 # The fingers hang FINGER_Z below the wrist, FINGER_X to either side; each pad's centre sits PAD_Z
@@ -53,15 +78,18 @@ def _finger(side: str, x: float) -> str:
         <body name="finger_{side}" pos="{x} 0 {FINGER_Z}">
           <joint name="spring_{side}" type="slide" axis="0 0 1" stiffness="1500" damping="8" range="-0.003 0.003"/>
           <geom name="finger_{side}" type="box" size="0.003 0.006 0.012" mass="0.04" rgba="0.25 0.25 0.3 1"/>
-          <geom name="pad_{side}" type="box" size="{PAD / 2} {PAD / 2} {PAD_HALF}" pos="0 0 {PAD_Z}" mass="0.01"
-                friction="0.1 0.005 0.0001" rgba="0.8 0.7 0.5 1"/>
+          <geom name="pad_{side}" type="box" size="{PAD / 2} {PAD / 2} {PAD_HALF}" pos="0 0 {PAD_Z}" mass="0"
+                contype="0" conaffinity="0" rgba="0.8 0.7 0.5 1"/>
+          <geom name="gel_{side}" type="ellipsoid" size="{PAD / 2} {PAD / 2} {GEL_HALF}"
+                pos="0 0 {PAD_Z - PAD_HALF + GEL_HALF}" mass="0.01" group="3"/>
         </body>"""
 
 
 def scene_xml(relief: float, friction: float) -> str:
     return f"""
 <mujoco model="touch-world">
-  <option timestep="{1 / PHYSICS_RATE}" gravity="0 0 -9.81" cone="elliptic" noslip_iterations="2"/>
+  <option timestep="{1 / PHYSICS_RATE}" gravity="0 0 -9.81" cone="elliptic" noslip_iterations="2"
+          ccd_tolerance="{CCD_TOLERANCE}"/>
   <visual><quality shadowsize="0"/><global offwidth="{IMAGE * TILES}" offheight="{IMAGE * TILES}"/></visual>
   <asset>
     <hfield name="surface" nrow="{COARSE}" ncol="{COARSE}" size="{HALF} {HALF} {relief} 0.005"/>
@@ -72,7 +100,8 @@ def scene_xml(relief: float, friction: float) -> str:
   <worldbody>
     <light pos="0 -0.1 0.4" dir="0 0.2 -1" castshadow="false" diffuse="0.8 0.8 0.8"/>
     <geom name="table" type="plane" size="0.3 0.3 0.01" pos="0 0 -0.0051" rgba="0.3 0.25 0.2 1"/>
-    <geom name="surface" type="hfield" hfield="surface" group="3" friction="{friction} 0.005 0.0001"/>
+    <geom name="surface" type="hfield" hfield="surface" group="3" priority="1" condim="3"
+          friction="{friction} 0.005 0.0001" solref="{CONTACT_SOLREF[0]} {CONTACT_SOLREF[1]}"/>
     <geom name="look" type="hfield" hfield="look" material="look" contype="0" conaffinity="0"/>
     <camera name="scene" pos="0 -0.16 0.13" xyaxes="1 0 0 0 0.63 0.78" fovy="45"/>
     <body name="carriage" pos="0 0 0.06" gravcomp="1">
@@ -209,7 +238,7 @@ class World:
                                f"{os.environ.get('MUJOCO_GL')!r})") from err
         m = self.model
         self.ids = {n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, n)
-                    for n in ("surface", "pad_l", "pad_r", "occluder")}
+                    for n in ("surface", "pad_l", "pad_r", "gel_l", "gel_r", "occluder")}
         self.pad_body_offset = np.array([-FINGER_X, 0.0, FINGER_Z + PAD_Z - PAD_HALF])  # the left pad's face, from the wrist
         self.hand = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "hand")
         self.hand_mass = float(m.body_subtreemass[self.hand])
@@ -219,14 +248,24 @@ class World:
         win = tactile_render.surface_window(self.coarse, self.material.relief, HALF, (x, y), PAD, 8)
         return float(win.max())
 
-    def _pad_force(self) -> tuple[float, float]:
-        """Normal force (N) of the surface on the left and on the right pad: with elliptic cones a
-        contact's first constraint force is its normal force (what mj_contactForce reports)."""
+    def pad_forces(self) -> np.ndarray:
+        """[2, 3]: the force (N, world x y z) of the surface on the left and on the right pad now.
+        Each contact's force is in its contact frame (with elliptic cones and condim 3 its three
+        constraint forces: normal, then the two tangential ones, what mj_contactForce reports),
+        rotated to the world by the contact's frame (rows: the normal, then the tangents)."""
         d = self.data
+        out = np.zeros((2, 3))
+        if not d.ncon:
+            return out
         geoms, rows = d.contact.geom, d.contact.efc_address  # [ncon, 2], [ncon] (-1: excluded)
         on_surface = (geoms == self.ids["surface"]).any(1) & (rows >= 0)
-        return tuple(float(np.abs(d.efc_force[rows[on_surface & (geoms == self.ids[pad]).any(1)]]).sum())
-                     for pad in ("pad_l", "pad_r"))
+        local = d.efc_force[rows[on_surface, None] + np.arange(3)]  # [n, 3] in the contact frame
+        world = np.einsum("nk,nkj->nj", local, d.contact.frame[on_surface].reshape(-1, 3, 3))
+        # the frame's normal points from geom 1 to geom 2: the force on geom 2
+        world *= np.where(geoms[on_surface, 0] == self.ids["surface"], 1.0, -1.0)[:, None]
+        for k, pad in enumerate(("gel_l", "gel_r")):
+            out[k] = world[(geoms[on_surface] == self.ids[pad]).any(1)].sum(0)
+        return out
 
     def _render(self, occluded: bool) -> None:
         self.model.geom_rgba[self.ids["occluder"], 3] = 1.0 if occluded else 0.0  # read by the scene update
@@ -270,8 +309,9 @@ class World:
         wrench = np.zeros((steps, 6), np.float32)
         pad_xy = np.zeros((steps, 2))
         pad_z = np.zeros(steps)
-        force = np.zeros(steps)  # on the left pad (the tactile sensor's)
-        force_both = np.zeros(steps)
+        force = np.zeros(steps)  # normal force on the left pad (the tactile sensor's)
+        force_both = np.zeros(steps)  # normal force on both pads
+        tangential = np.zeros(steps)  # tangential force on both pads
         vel = np.zeros(steps)
         phase = np.zeros(steps, np.int8)
         # frame k of a stream at rate r is taken at the physics step nearest k / r seconds
@@ -295,8 +335,11 @@ class World:
             pad = d.geom_xpos[self.ids["pad_l"]]
             pad_xy[i] = pad[:2]
             pad_z[i] = pad[2] - PAD_HALF  # its face
-            fl, fr = self._pad_force()
+            # normal: along the patch's normal (world z); tangential: in the patch's plane
+            pads = self.pad_forces()
+            fl, fr = pads[:, 2]
             force[i], force_both[i] = fl, fl + fr
+            tangential[i] = np.hypot(*pads[:, :2].sum(0))
             vel[i] = float(np.hypot(d.qvel[0], d.qvel[1]))
             contact_seen = contact_seen or fl + fr > 0
             if i in cam_steps:
@@ -330,5 +373,5 @@ class World:
             "tactile": to8(tactile), "tactile_reference": to8([reference])[0],
             "wrench": (wrench + noise).astype(np.float32), "audio": wave,
             "touching": touching, "slipping": slipping, "lifted": lifted, "phase": phase,
-            "normal_force": force_both.astype(np.float32),
+            "normal_force": force_both.astype(np.float32), "tangential_force": tangential.astype(np.float32),
         }
