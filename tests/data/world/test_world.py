@@ -1,9 +1,16 @@
+import dataclasses
+import os
+import warnings
+
 import numpy as np
 import pytest
 
-from multisense.data.world import NAMES, generate, load_episode, material, simulate
+from multisense.data.world import NAMES, cache_key, episode_dir, generate, load_episode, material, simulate
 from multisense.data.world import episodes as episodes_module
-from multisense.data.world.sim import AUDIO_RATE, CAMERA_RATE, PHASES, PHYSICS_RATE, TACTILE_RATE, EpisodeSpec, World
+from multisense.data.world import materials as materials_module
+from multisense.data.world import sim as sim_module
+from multisense.data.world.sim import (AUDIO_RATE, CAMERA_RATE, PHASES, PHYSICS_RATE, TACTILE_RATE, EpisodeSpec, World,
+                                       stream_layout)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +29,7 @@ def test_streams_come_at_their_native_rates(episode):
     for key in ("touching", "slipping", "lifted", "phase", "normal_force", "tangential_force"):
         assert arrays[key].shape == (int(s * PHYSICS_RATE),)
     assert spec["material"] == NAMES[1]
+    assert {k: (v.shape, v.dtype.type) for k, v in arrays.items()} == stream_layout(s)  # what the cache checks
 
 
 def test_the_episode_has_every_event_in_order(episode):
@@ -159,6 +167,7 @@ def test_the_camera_is_blocked_from_the_first_contact_on(episode):
 
 def test_episodes_are_cached_by_seed_and_version(tmp_path, monkeypatch):
     paths = generate(2, seed=5, seconds=1.0, cache_dir=tmp_path, workers=1)
+    assert paths[0].parent.parent.name == cache_key()
     stamp = [p.stat().st_mtime_ns for p in paths]
     arrays, spec = load_episode(paths[1])
     direct, _ = simulate(seed=5, index=1, seconds=1.0)
@@ -166,11 +175,76 @@ def test_episodes_are_cached_by_seed_and_version(tmp_path, monkeypatch):
     assert [p.stat().st_mtime_ns for p in generate(2, seed=5, seconds=1.0, cache_dir=tmp_path)] == stamp  # a hit
     longer = generate(1, seed=5, seconds=2.0, cache_dir=tmp_path, workers=1)[0]  # not the 1 s episode
     assert load_episode(longer)[1]["seconds"] == 2.0 and longer.parent != paths[0].parent
-    written = episodes_module.VERSION
+    written = cache_key()
     monkeypatch.setattr(episodes_module, "VERSION", "v-test")
     assert generate(1, seed=5, seconds=1.0, cache_dir=tmp_path, workers=1)[0].parent != paths[0].parent
     with pytest.raises(ValueError, match=f"touch-world '{written}'"):
         load_episode(paths[0])
+    with pytest.raises(ValueError, match="seconds"):
+        episode_dir(5, tmp_path, seconds=1.0000001)  # the folder's name would round it
+
+
+def test_the_cache_key_changes_with_what_changes_an_episode(tmp_path, monkeypatch):
+    import mujoco
+
+    before = episode_dir(5, tmp_path)
+    changed = [dataclasses.replace(m, friction=m.friction + 0.1) if m.name == "grass" else m
+               for m in materials_module.MATERIALS]
+    with monkeypatch.context() as patch:
+        patch.setattr(materials_module, "MATERIALS", tuple(changed))
+        assert material("grass").friction == pytest.approx(0.7)  # the simulation reads it too
+        assert episode_dir(5, tmp_path) != before
+    with monkeypatch.context() as patch:
+        patch.setattr(mujoco, "__version__", "0.0.0")
+        assert episode_dir(5, tmp_path) != before
+    with monkeypatch.context() as patch:
+        patch.setattr(sim_module, "CONTACT_SOLREF", (0.02, 1.0))
+        assert episode_dir(5, tmp_path) != before
+    with monkeypatch.context() as patch:
+        patch.setattr(sim_module, "TACTILE_RATE", 30.0)
+        assert episode_dir(5, tmp_path) != before
+    assert episode_dir(5, tmp_path) == before  # and nothing else moves it
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_truncated_cached_episode_is_named_and_simulated_again(tmp_path):
+    paths = generate(2, seed=5, seconds=1.0, cache_dir=tmp_path, workers=1)
+    fresh, fresh_spec = simulate(seed=5, index=1, seconds=1.0)
+    with open(paths[1], "r+b") as f:
+        f.truncate(os.path.getsize(paths[1]) // 2)
+    with pytest.warns(UserWarning, match=str(paths[1])):
+        arrays, spec = load_episode(paths[1])
+    assert spec == fresh_spec and set(arrays) == set(fresh)
+    assert all(np.array_equal(arrays[k], fresh[k]) for k in fresh)
+    assert _names(paths[1].parent) == ["000000.safetensors", "000001.safetensors"]  # no temporary file left
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rewritten whole: no warning now
+        again, _ = load_episode(paths[1])
+    assert all(np.array_equal(again[k], fresh[k]) for k in fresh)
+
+    with open(paths[0], "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(UserWarning, match=str(paths[0])):
+        generate(2, seed=5, seconds=1.0, cache_dir=tmp_path, workers=1)
+    first, _ = simulate(seed=5, index=0, seconds=1.0)
+    assert all(np.array_equal(load_episode(paths[0])[0][k], first[k]) for k in first)
+
+
+def test_a_cached_episode_with_wrong_arrays_is_simulated_again(tmp_path):
+    path = generate(1, seed=5, seconds=1.0, cache_dir=tmp_path, workers=1)[0]
+    arrays, spec = load_episode(path)
+    short = dict(arrays, wrench=arrays["wrench"][:100])
+    episodes_module._write(path, short, spec, cache_key())
+    with pytest.warns(UserWarning, match=f"{path}.*'wrench'"):
+        again, _ = load_episode(path)
+    assert again["wrench"].shape == arrays["wrench"].shape and np.array_equal(again["wrench"], arrays["wrench"])
+    elsewhere = tmp_path / "copy.safetensors"  # outside the cache's layout: it cannot know which episode it was
+    episodes_module._write(elsewhere, short, spec, cache_key())
+    with pytest.raises(ValueError, match=str(elsewhere)):
+        load_episode(elsewhere)
 
 
 def test_tiled_frames_equal_mujocos_own_renderer():

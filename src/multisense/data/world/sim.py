@@ -129,6 +129,32 @@ def scene_xml(relief: float, friction: float) -> str:
 </mujoco>"""
 
 
+def stream_layout(seconds: float) -> dict[str, tuple[tuple[int, ...], type]]:
+    """(shape, dtype) of every array `World.run` returns for an episode of `seconds`."""
+    steps, frames = int(round(seconds * PHYSICS_RATE)), int(round(seconds * CAMERA_RATE))
+    image = (IMAGE, IMAGE, 3)
+    return {"camera": ((frames, *image), np.uint8), "camera_occluded": ((frames, *image), np.uint8),
+            "tactile": ((int(round(seconds * TACTILE_RATE)), *image), np.uint8), "tactile_reference": (image, np.uint8),
+            "wrench": ((steps, 6), np.float32), "audio": ((int(round(steps / PHYSICS_RATE * AUDIO_RATE)),), np.float32),
+            "touching": ((steps,), np.bool_), "slipping": ((steps,), np.bool_), "lifted": ((steps,), np.bool_),
+            "phase": ((steps,), np.int8), "normal_force": ((steps,), np.float32),
+            "tangential_force": ((steps,), np.float32)}
+
+
+def constants() -> dict:
+    """The numbers an episode depends on that are neither a material's nor in `scene_xml`'s text,
+    JSON-able: the episode cache's key hashes them with the scenes."""
+    import inspect
+
+    def defaults(fn) -> dict:
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)}
+
+    return {"rates": [PHYSICS_RATE, CAMERA_RATE, TACTILE_RATE, AUDIO_RATE], "patch_half": HALF, "pad": PAD,
+            "image": IMAGE, "visual": VISUAL, "coarse": COARSE, "fingers": [FINGER_X, FINGER_Z, PAD_Z, PAD_HALF],
+            "tactile": defaults(tactile_render.render_frame), "audio": defaults(audio_synth.synthesize)}
+
+
 @dataclass(frozen=True)
 class EpisodeSpec:
     """What a seed decides about one episode."""
