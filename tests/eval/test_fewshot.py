@@ -121,3 +121,26 @@ def test_eval_command_in_words_takes_a_flamingo_checkpoint_or_a_plain_lm(trained
         results.append(json.loads(out.with_suffix(".json").read_text()))
     assert results[0]["task"] == "fewshot_mapped (in words)"
     assert results[0]["shots"] == results[1]["shots"]  # the checkpoint's frozen LM is that LM
+
+
+def test_episodes_over_the_context_are_marked_overflow_not_scored_as_wrong(tmp_path):
+    """A LLaVA whose budget holds one 4-frame clip (64 tokens) but not two: 0-shot episodes are
+    scored, 1-shot ones are overflow, and a set where none fits is refused."""
+    import transformers
+
+    from multisense import LlavaModel
+
+    lm_dir, vision_dir = save_tiny_backbones(tmp_path)
+    tok = transformers.AutoTokenizer.from_pretrained(lm_dir)
+    lm = transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
+    model = LlavaModel.from_lm(lm, transformers.CLIPVisionModel.from_pretrained(vision_dir), tokenizer=tok,
+                               max_length=100).eval()
+    task = get_task("video", frames=4)
+    zero = [task.episode(np.random.default_rng(i), 0, "eval") for i in range(3)]
+    one = [task.episode(np.random.default_rng(i), 1, "eval") for i in range(3)]
+    assert fewshot.score_episodes(model, tok, zero, task.answers)["overflow"] == 0.0
+    mixed = fewshot.score_episodes(model, tok, zero + one, task.answers)
+    assert mixed["overflow"] == 0.5
+    assert mixed["nll"] == pytest.approx(fewshot.score_episodes(model, tok, zero, task.answers)["nll"])
+    with pytest.raises(ValueError, match="none of the 3 fits the LM's context of 100"):
+        fewshot.score_episodes(model, tok, one, task.answers)

@@ -3,7 +3,7 @@ import torch
 
 from multisense.train.loop import fit, hf_progress
 from multisense.train.optim import build_optimizer, warmup_cosine
-from tests.conftest import tiny_flamingo
+from tests.conftest import interleaved_ids, tiny_flamingo
 
 
 def test_gates_norms_and_latents_get_no_weight_decay_and_gates_their_own_lr():
@@ -79,3 +79,14 @@ def test_hf_progress_switches_transformers_bars_for_the_block_only(before):
             assert logging.is_progress_bar_enabled() == before
     finally:
         logging.enable_progress_bar()
+
+
+def test_a_batch_whose_targets_the_budget_dropped_stops_the_step_with_what_was_lost():
+    from tests.models.test_llava import pixels, tiny_llava
+
+    model = tiny_llava(max_length=20)  # 16 image tokens + 4: the text's end does not fit
+    ids = interleaved_ids(2, 10, [[0], [0]])
+    batch = {"input_ids": ids, "pixel_values": pixels(2, 1), "labels": ids.clone()}
+    optimizer = torch.optim.SGD(model.projector.parameters(), lr=0.0)
+    with pytest.warns(UserWarning, match="dropped"), pytest.raises(ValueError, match=r"step 1: the model scored"):
+        fit(model, iter([batch]), steps=1, optimizer=optimizer, progress=False)

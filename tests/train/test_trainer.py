@@ -453,3 +453,13 @@ def test_the_video_preset_trains_and_is_checked_on_the_task_proper():
     cfg = load_config(TrainConfig, resolve_preset("video"), [])
     assert cfg.data.task_args["lead"] == 0.0 and cfg.train.distill_words == 1.0  # no position hint; in words
     assert cfg.check.shots == [0] and cfg.check.min_accuracy == 0.9 and cfg.check.task_args == {"lead": 0.0}
+
+
+def test_samples_that_do_not_fit_the_lm_are_refused_before_a_step(backbones, tmp_path):
+    """LLaVA over 5 clips of 8 frames of 16 tokens (640 > the LM's 512 positions): the budget would
+    drop the media and with them the labels; the run says what does not fit, by how much."""
+    cfg = config(backbones, tmp_path / "run", **{"model.family": "llava", "data.task_args": "{frames: 8}",
+                                                  "data.max_shots": 4, "model.flamingo.standardize_media": False})
+    with pytest.raises(ValueError, match=r"do not fit the LM's context of 512 tokens.*over"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

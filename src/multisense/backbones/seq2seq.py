@@ -88,6 +88,5 @@ def pretrain_t5(out_dir: str | Path, *, steps: int = T5_STEPS, batch_size: int =
                       decoder_start_token_id=tokenizer.pad_token_id)
     model = T5ForConditionalGeneration(config)
     batches = denoising_batches(tokenizer, text_corpus(corpus_lines, seed), batch_size=batch_size, seed=seed)
-    summary = pretrain(model, batches, steps=steps, lr=lr, desc="pretraining T5", progress=progress,
-                       shift_labels=False)
+    summary = pretrain(model, batches, steps=steps, lr=lr, desc="pretraining T5", progress=progress)
     return save(model, tokenizer, out_dir, summary)

@@ -19,16 +19,16 @@ _LOSS_WINDOW = 50  # steps averaged into the reported final loss, which is noisy
 _WARMUP_FRACTION = 0.05
 
 
-def pretrain(model: torch.nn.Module, batches, *, steps: int, lr: float, desc: str, progress: bool,
-             shift_labels: bool = True) -> dict:
-    """Minimise the token loss (or `model(**batch).loss`) over `steps` batches; `shift_labels`
-    False for an encoder-decoder, whose logits line up with its labels. Returns a small summary."""
+def pretrain(model: torch.nn.Module, batches, *, steps: int, lr: float, desc: str, progress: bool) -> dict:
+    """Minimise the token loss (or `model(**batch).loss`) over `steps` batches (an encoder-decoder's
+    logits line up with its labels, a causal LM's predict the next one: `models.scoring`).
+    Returns a small summary."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = get_cosine_schedule_with_warmup(optimiser, num_warmup_steps=max(1, int(_WARMUP_FRACTION * steps)),
                                                num_training_steps=steps)
     start = time.perf_counter()
     history = fit(model, batches, steps=steps, optimizer=optimiser, scheduler=schedule, max_grad_norm=1.0,
-                  progress=progress, desc=desc, shift_labels=shift_labels)
+                  progress=progress, desc=desc)
     model.eval()
     return {"steps": steps, "final_loss": float(np.mean([r["loss"] for r in history[-_LOSS_WINDOW:]])),
             "seconds": time.perf_counter() - start}

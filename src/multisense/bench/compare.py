@@ -239,8 +239,7 @@ def scene_accuracy(cfg: CompareConfig, family: str, lm, vision, tokenizer, optio
     optimizer = build_optimizer(model, lr=2e-3, gate_lr=0.1)
     scheduler = warmup_cosine(optimizer, warmup_steps=min(30, cfg.scene_steps), total_steps=cfg.scene_steps)
     start = time.perf_counter()
-    fit(model, batches, steps=cfg.scene_steps, optimizer=optimizer, scheduler=scheduler, progress=False,
-        align_labels=type(model).align_labels, shift_labels=type(model).shift_labels)
+    fit(model, batches, steps=cfg.scene_steps, optimizer=optimizer, scheduler=scheduler, progress=False)
     seconds = time.perf_counter() - start
     model.eval()
     results = {}
@@ -452,6 +451,11 @@ def main(argv: list[str] | None = None, prog: str = "multisense compare") -> int
     parser.add_argument("--out", default="runs/compare", help="where compare.json, compare.png and the tables go")
     parser.add_argument("--docs", help="also write the measured section of this page (docs/compare.md) and its plot")
     args = parser.parse_args(argv)
+    for name in args.families:
+        get_family(name, where="--families")
+        if name not in over_lm:
+            parser.error(f"--families: {name!r} is not built over a language model and an image encoder, so it has no "
+                         f"row here (compare measures {', '.join(over_lm)}); its own figures: multisense experiment")
     base = {"lm": args.lm, "vision": args.vision, "families": tuple(args.families), "seed": args.seed}
     cfg = CompareConfig.quick_config(**base) if args.quick else CompareConfig(**base)
     cfg.accuracy = not args.cost_only

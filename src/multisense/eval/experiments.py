@@ -35,6 +35,7 @@ import torch
 from ..config import load_config
 from ..data.tasks import get_task, text_corpus
 from ..tokens import IGNORE_INDEX
+from ..models.scoring import scored_forward
 from ..train.loop import token_loss_sum
 from ..train.trainer import TrainConfig, resolve_preset, train
 from . import crosslingual, fewshot, touch_experiments
@@ -122,7 +123,8 @@ def text_loss(model, batch: dict) -> float:
     was = model.training
     model.eval()
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    ce, _ = token_loss_sum(model(**inputs).logits, batch["labels"])
+    out, labels = scored_forward(model, inputs, batch["labels"])
+    ce, _ = token_loss_sum(out.logits, labels)
     model.train(was)
     return (ce / (batch["labels"][:, 1:] != IGNORE_INDEX).sum()).item()
 

@@ -22,7 +22,9 @@ import torch
 from ..data.collate import Sample, collate
 from ..data.tasks import SEPARATOR, Task
 from ..tokens import IGNORE_INDEX
-from .generation import generate_answers, is_encoder_decoder
+from ..models.conventions import context_limit
+from ..models.scoring import is_encoder_decoder, label_layout, scored_forward
+from .generation import generate_answers
 
 EVAL_SEED = 10_000  # episode seeds are (EVAL_SEED, seed, i): disjoint from training's (seed, i)
 
@@ -43,12 +45,10 @@ def _target_scores(model, tokenizer, prompts: list[Sample], targets: list[str],
     if media is not None:  # precomputed vision features: skip the encoder for every candidate
         batch.pop("pixel_values", None)
         batch.update(media)
-    out = model(**batch, labels=labels) if seq2seq else model(**batch)  # a decoder reads its labels
-    # the family's layout of the loss (a plain LM, for --in-words: next token, as given)
-    if hasattr(model, "align_labels"):
-        labels = model.align_labels(out, labels)
+    layout = label_layout(model)  # as training runs the model (a plain LM, for --in-words: its kind's)
+    out, labels = scored_forward(model, batch, labels, layout)
     logits = out.logits.float()
-    if not seq2seq:
+    if layout.shift_labels:
         logits, labels = logits[:, :-1], labels[:, 1:]
     keep = labels != IGNORE_INDEX
     logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -91,10 +91,31 @@ def best_answers(model, tokenizer, episodes: list[Sample], candidates: tuple[str
     return [candidates[j] for j in scores.argmax(-1).tolist()]
 
 
+def fitting(model, tokenizer, episodes: list[Sample]) -> list[bool]:
+    """Whether each episode, its answer included, fits the LM's context (media tokens counted)."""
+    limit = context_limit(model) if hasattr(model, "context_tokens") else None
+    if limit is None:
+        return [True] * len(episodes)
+    fits = []
+    for i in range(0, len(episodes), 64):
+        batch = collate(episodes[i:i + 64], tokenizer, seq2seq=is_encoder_decoder(model))
+        fits += (model.context_tokens(batch["input_ids"], batch["attention_mask"], batch.get("frame_mask"))
+                 <= limit).tolist()
+    return fits
+
+
 @torch.no_grad()
 def score_episodes(model, tokenizer, episodes: list[Sample], answers: tuple[str, ...] | None, *,
                    batch_size: int = 16) -> dict[str, float]:
-    """Exact match, closed-set accuracy, token accuracy and NLL over a list of episodes."""
+    """Exact match, closed-set accuracy, token accuracy and NLL over a list of episodes. Episodes
+    that do not fit the LM's context are not scored (a budget would have dropped their media):
+    `overflow` is their share, as `compare` marks such cells."""
+    fits = fitting(model, tokenizer, episodes)
+    if not any(fits):
+        raise ValueError(f"episodes: none of the {len(episodes)} fits the LM's context of {context_limit(model)} "
+                         "tokens (media tokens included); use fewer shots or frames, or an LM with more positions")
+    overflow = 1 - sum(fits) / len(episodes)
+    episodes = [e for e, ok in zip(episodes, fits) if ok]
     was_training = model.training
     model.eval()
     preds = [cut_answer(p) for p in generate_answers(model, tokenizer, episodes, batch_size=batch_size)]
@@ -104,7 +125,8 @@ def score_episodes(model, tokenizer, episodes: list[Sample], answers: tuple[str,
         chunk = episodes[i:i + batch_size]
         ll, ok, n = _target_scores(model, tokenizer, chunk, [e.target for e in chunk], _media(model, tokenizer, chunk))
         loglik_sum, correct, tokens = loglik_sum + ll.sum().item(), correct + ok.sum().item(), tokens + n.sum().item()
-    out = {"exact_match": em, "token_accuracy": correct / max(1, tokens), "nll": -loglik_sum / max(1, tokens)}
+    out = {"exact_match": em, "token_accuracy": correct / max(1, tokens), "nll": -loglik_sum / max(1, tokens),
+           "overflow": overflow}
     if answers:
         best = best_answers(model, tokenizer, episodes, answers, batch_size=batch_size)
         out["accuracy"] = sum(b == e.target for b, e in zip(best, episodes)) / len(episodes)

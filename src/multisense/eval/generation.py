@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..data.collate import Sample, collate
+from ..models.scoring import is_encoder_decoder
 from ..tokens import MEDIA_MARKER as MARKER
 
 
@@ -34,13 +35,6 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, text_only: bool
         answers += tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)
     model.train(was_training)
     return [" ".join(a.split()) for a in answers]
-
-
-def is_encoder_decoder(model) -> bool:
-    """Whether `model` (a family's model or a Hugging Face LM) takes prompt and target apart
-    (`collate(..., seq2seq=True)`): PaLI over an encoder-decoder, or the encoder-decoder itself."""
-    flag = getattr(model, "is_encoder_decoder", None)
-    return bool(flag if flag is not None else getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
 def exact_match(predictions: list[str], targets: list[str]) -> float:

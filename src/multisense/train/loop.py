@@ -4,11 +4,12 @@
 language model), the loss is computed here from the logits [B, E, V], summed over target
 tokens and divided by the number of target tokens in the whole optimiser step: all
 `grad_accum` micro-batches, on every process. So accumulating 4 micro-batches of 8, or 2 processes of 16, gives the
-gradient of one batch of 32, whatever the padding. What the family needs is given, not branched
-on: `align_labels(out, labels)` lays the labels out like the logits (LLaVA's sequence holds each
-image's tokens where the batch held one marker), and `shift_labels` says whether the logits at t
-predict the label at t + 1 (causal LMs) or at t (an encoder-decoder's decoder). An optional z-loss (PaLM, Chowdhery et
-al. 2022) adds z_loss * log(Z)^2 per target token to keep the softmax normaliser near 1.
+gradient of one batch of 32, whatever the padding. The model runs as evaluation runs it
+(`models.scoring.scored_forward`): the family's `LabelLayout` says whether its forward reads the
+labels (a decoder's input, a prefix-LM's causal answer), how they line up with the logits and
+whether the logits predict the next token; nothing here branches on a family. An optional z-loss
+(PaLM, Chowdhery et al. 2022) adds z_loss * log(Z)^2 per target token to keep the softmax
+normaliser near 1.
 Without labels the model's own `.loss` is used (e.g. the vision tower's patch losses), averaged over
 the micro-batches.
 
@@ -19,6 +20,7 @@ into the weights.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..models.scoring import LabelLayout, label_layout, scored_forward
 from ..tokens import IGNORE_INDEX
 from .distributed import no_sync
 
@@ -87,12 +90,11 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
         scheduler=None, max_grad_norm: float | None = 1.0, grad_accum: int = 1, precision: str = "fp32",
         z_loss: float = 0.0, start_step: int = 0, progress: bool = True, desc: str = "train",
         on_step: Callable[[int], dict | None] | None = None,
-        on_record: Callable[[dict], None] | None = None,
-        align_labels: Callable | None = None, shift_labels: bool = True) -> list[dict]:
+        on_record: Callable[[dict], None] | None = None, layout: LabelLayout | None = None) -> list[dict]:
     """Train from `start_step` to `steps` optimiser steps; one record per step (loss, lr, grad_norm, ...).
 
-    `align_labels(out, labels)` (default: as they are) and `shift_labels`: the model family's
-    layout of the loss (module docstring). `on_step(step)` runs after each optimiser step and may return extra fields for the record
+    `layout`: the labels' layout of the model's family (default: the one `model` declares; pass
+    the family's own when `model` wraps it, as DDP or a distillation objective do). `on_step(step)` runs after each optimiser step and may return extra fields for the record
     (e.g. gate values); `on_record(record)` then sees the complete record (e.g. to log it).
 
     `model` may be wrapped in DistributedDataParallel or sharded with FSDP2 (`distributed.wrap`);
@@ -101,14 +103,17 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
     """
     if grad_accum < 1:
         raise ValueError(f"grad_accum: expected a positive integer, got {grad_accum}")
+    layout = layout or label_layout(model)
+    shift_labels = layout.shift_labels
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     history: list[dict] = []
     smooth = None
+    # into a log that is no terminal (`make demo > log`) a bar would write a line per refresh: a few a minute
     bar = tqdm(range(start_step + 1, steps + 1), desc=desc, disable=not progress, dynamic_ncols=True,
-               initial=start_step, total=steps)
+               initial=start_step, total=steps, mininterval=0.1 if sys.stderr.isatty() else 20.0)
     for step in bar:
         micro = [next(batches) for _ in range(grad_accum)]
         # token labels: the loop computes the token loss; a model that sets token_labels = False (a
@@ -129,11 +134,17 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
             # gradients are synchronised across processes once per optimiser step: on the last micro-batch
             with contextlib.nullcontext() if i == grad_accum - 1 else no_sync(model):
                 with _autocast(precision, device):
-                    # an encoder-decoder's decoder reads the labels, shifted right (teacher forcing)
-                    out = model(**batch, labels=labels) if labels is not None and not shift_labels else model(**batch)
+                    if labels is not None:
+                        out, labels = scored_forward(model, batch, labels, layout)
+                    else:
+                        out = model(**batch)
                 if labels is not None:
-                    if align_labels is not None:
-                        labels = align_labels(out, labels)
+                    scored = target_count(labels, shift_labels)
+                    if scored != target_count(micro[i]["labels"], shift_labels):
+                        # the step's normaliser counted them: a budget that dropped some would skew it
+                        raise ValueError(f"step {step}: the model scored {int(scored)} of the batch's "
+                                         f"{int(target_count(micro[i]['labels'], shift_labels))} target tokens "
+                                         "(a sample over the LM's context lost its end); shorten the samples")
                     ce, z = token_loss_sum(out.logits, labels, z_loss, shift_labels)
                 else:
                     ce, z = out.loss.float(), out.loss.new_zeros((), dtype=torch.float32)

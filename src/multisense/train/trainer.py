@@ -27,6 +27,7 @@ the batches carry the questions as input_ids / attention_mask / labels (loss on 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -48,15 +49,16 @@ from ..data.world.tasks import LM_TASKS, WorldData, answer_words, question_words
 from ..data.world.tasks import SENSORS as WORLD_SENSORS
 from ..data.world.tasks import TASKS as WORLD_TASKS
 from ..encoders import load_vision_encoder
-from ..eval.generation import is_encoder_decoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.flamingo import FlamingoConfig, FlamingoModel
 from ..models.fusion import FUSE, FusionConfig, FusionModel
+from ..models.conventions import check_context
 from ..models.io import check_fits
 from ..models.llava import SELECT_STRATEGIES, LlavaConfig
 from ..models.pali import PaLIConfig
 from ..models.registry import FAMILIES, get_family
+from ..models.scoring import is_encoder_decoder, label_layout
 from ..nn.masks import parse_mode
 from ..nn.projector import PROJECTORS
 from . import checkpoint as ckpt
@@ -724,6 +726,9 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
         batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
                                 words=words, loader=loader, seq2seq=is_encoder_decoder(model),
                                 samples=getattr(model, "trains_on_samples", False))
+        first = next(batches)  # what does not fit the LM is refused before a step is taken
+        check_context(model, first, where=f"data ({cfg.data.task or 'data.paths'})")
+        batches = itertools.chain([first], batches)
 
     final_weights: dict = {}
 
@@ -762,8 +767,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
                       max_grad_norm=cfg.optim.max_grad_norm, grad_accum=run.grad_accum,
                       precision=_precision(run.precision, env.device), z_loss=run.z_loss,
                       start_step=start_step, progress=run.progress and env.is_main, desc="train",
-                      on_step=on_step, on_record=on_record, align_labels=getattr(type(model), "align_labels", None),
-                      shift_labels=getattr(model, "shift_labels", True))
+                      on_step=on_step, on_record=on_record, layout=label_layout(model))
         report = None
         if checked:  # on every process (the same episodes): a sharded model evaluates together
             report = check(model, tokenizer, cfg)
