@@ -120,6 +120,10 @@ class FamilyConfig:
         check_keys(type(self), values)
         return dataclasses.replace(self, **values)
 
+    def to_dict(self) -> dict:
+        """Every field as plain values (what config.json holds, less the family's name)."""
+        return dataclasses.asdict(self)
+
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)

@@ -232,3 +232,34 @@ def test_a_wrong_cache_type_is_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation of the cache keyword reaches the user
         model(interleaved_ids(1, 4, [[1]]), pixel_values=pixels(1, 1))
+
+
+def test_lora_dropout_applies_in_training_only():
+    model = tiny_llava("llama", lora_rank=4, lora_dropout=0.5)
+    for m in model.modules():  # adapters that change the output (peft starts lora_B at zero)
+        if hasattr(m, "lora_B"):
+            torch.nn.init.normal_(m.lora_B["default"].weight)
+    ids = interleaved_ids(2, 6, [[0], [0]])
+    model.train()
+    torch.manual_seed(0)
+    a = model(ids, pixel_values=pixels(2, 1)).logits
+    b = model(ids, pixel_values=pixels(2, 1)).logits
+    assert not torch.equal(a, b)
+    model.eval()
+    assert torch.equal(model(ids, pixel_values=pixels(2, 1)).logits, model(ids, pixel_values=pixels(2, 1)).logits)
+
+
+def test_a_model_imported_from_a_directory_saves_and_reloads_with_its_tokenizer(tmp_path):
+    from multisense.data.tokenizer import train_word_tokenizer
+
+    hf = tiny_hf_llava()
+    tok = train_word_tokenizer(["a b c"], vocabulary=[f"w{i}" for i in range(VOCAB - 8)])
+    hf.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    ours = ms.LlavaModel.from_hf_llava(tmp_path / "hf").eval()
+    assert ours.tokenizer is not None
+    ours.save_pretrained(tmp_path / "ckpt")
+    again = ms.AutoModel.from_pretrained(tmp_path / "ckpt").eval()
+    ids, pix = interleaved_ids(2, 6, [[1], [2]]), pixels(2, 1)
+    assert torch.equal(again(ids, pixel_values=pix).logits, ours(ids, pixel_values=pix).logits)
+    assert again.tokenizer is not None and len(again.tokenizer) == len(ours.tokenizer)

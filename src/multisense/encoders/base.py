@@ -10,6 +10,8 @@ token dropped, as LLaVA reads CLIP), or any module that returns a [N, S, D] tens
 
 from __future__ import annotations
 
+import warnings
+
 from typing import NamedTuple
 
 import torch
@@ -74,6 +76,9 @@ def as_encoder(module: nn.Module, dim: int | None = None, **hf_options) -> nn.Mo
             raise ValueError(f"vision_encoder: {sorted(hf_options)} choose a Hugging Face model's hidden states; "
                              f"this encoder is a {type(module.module).__name__}")
         return module
+    if hasattr(module, "vision_model") and hasattr(module, "text_model"):  # CLIPModel, SiglipModel: both towers
+        raise ValueError(f"vision_encoder: a dual-tower {type(module).__name__}; pass its vision tower (its "
+                         "`.vision_model`, or e.g. CLIPVisionModel.from_pretrained(directory))")
     if hasattr(module, "config") and hasattr(module, "base_model_prefix"):  # a transformers PreTrainedModel
         return HFEncoder(module, **hf_options)
     dim = dim or getattr(module, "dim", None)
@@ -87,10 +92,10 @@ def as_encoder(module: nn.Module, dim: int | None = None, **hf_options) -> nn.Mo
 _VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
 
 
-def load_vision_encoder(path, cls=None) -> nn.Module:
-    """A Hugging Face vision encoder from a local directory, as `cls.from_pretrained` (default:
-    the image tower of a CLIP/SigLIP checkpoint of both towers, as `CLIPVisionModel` loads it,
-    else `AutoModel`)."""
+def load_vision_encoder(path, cls=None, **options) -> nn.Module:
+    """A Hugging Face vision encoder from a local directory, as `cls.from_pretrained(path,
+    **options)` (default: the image tower of a CLIP/SigLIP checkpoint of both towers, as
+    `CLIPVisionModel` loads it, else `AutoModel`)."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(path)
@@ -98,12 +103,12 @@ def load_vision_encoder(path, cls=None) -> nn.Module:
     if cls is None:
         cls = getattr(transformers, tower) if tower else transformers.AutoModel
     if tower is None:
-        return cls.from_pretrained(path)
+        return cls.from_pretrained(path, **options)
     # The text tower's weights are left out on purpose: silence the load report listing them.
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        return cls.from_pretrained(path)
+        return cls.from_pretrained(path, **options)
     finally:
         transformers.logging.set_verbosity(verbosity)
 
@@ -140,6 +145,29 @@ def encode_frames(encoder: nn.Module, pixel_values: torch.Tensor, frame_mask: to
     return tokens.view(B, M, F, *tokens.shape[1:])
 
 
+def check_pixels(encoder: nn.Module | None, pixel_values: torch.Tensor) -> None:
+    """What a vision tower would fail on deep inside, or take silently, named at the door: the
+    shape, an empty batch of frames, integer pixels, a size the tower was not built for, and
+    values in [0, 255] where it expects normalised ones (its image processor's output)."""
+    check_shape("pixel_values", pixel_values, "B M F C H W")
+    if encoder is None:
+        raise ValueError("pixel_values: this model has no vision_encoder; pass media_features instead")
+    if pixel_values.numel() == 0:
+        raise ValueError(f"pixel_values: no frames to encode (shape {list(pixel_values.shape)}); for a text-only "
+                         "batch pass no pixel_values")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values: {pixel_values.dtype} pixels; the encoder takes float pixels normalised as "
+                         "its image processor makes them (e.g. x.float() / 255, then its mean and std)")
+    config = getattr(getattr(encoder, "model", None), "config", None)
+    size = getattr(config, "image_size", None)
+    if isinstance(size, int) and tuple(pixel_values.shape[-2:]) != (size, size):
+        raise ValueError(f"pixel_values: frames of {list(pixel_values.shape[-2:])} pixels; this vision encoder was "
+                         f"built for {size}x{size} (resize them, as its image processor does)")
+    if pixel_values.abs().amax() > 32:  # normalised pixels sit within a few units of zero
+        warnings.warn(f"pixel_values: values up to {float(pixel_values.abs().amax()):g}; the encoder expects "
+                      "normalised pixels (its image processor's output), not [0, 255]", stacklevel=3)
+
+
 def media_tokens(encoder: nn.Module | None, pixel_values: torch.Tensor | None, media_features: torch.Tensor | None,
                  frame_mask: torch.Tensor | None, dim: int) -> torch.Tensor:
     """The frozen encoder's tokens [B, M, F, S, Dv] of either input (pixels, or features already
@@ -147,9 +175,7 @@ def media_tokens(encoder: nn.Module | None, pixel_values: torch.Tensor | None, m
     if (pixel_values is None) == (media_features is None):
         raise ValueError("pass exactly one of pixel_values and media_features")
     if pixel_values is not None:
-        check_shape("pixel_values", pixel_values, "B M F C H W")
-        if encoder is None:
-            raise ValueError("pixel_values: this model has no vision_encoder; pass media_features instead")
+        check_pixels(encoder, pixel_values)
         feats = encode_frames(encoder, pixel_values, frame_mask)
     else:
         check_shape("media_features", media_features, "B M F S Dv", Dv=dim)

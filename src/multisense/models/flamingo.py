@@ -48,6 +48,7 @@ from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
 from ..nn.checks import check_shape
 from ..tokens import IGNORE_INDEX
+from .conventions import ModelConventions, check_text_inputs, generation_options
 from .io import (attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint,
                  saved_tokenizer)
 
@@ -157,10 +158,11 @@ def _pop_cache(kwargs: dict):
     return cache
 
 
-class FlamingoModel(MediaStandardization, nn.Module):
+class FlamingoModel(ModelConventions, MediaStandardization, nn.Module):
     """A frozen HF causal LM and vision encoder, joined by a trainable resampler and gated blocks."""
 
     shift_labels = True  # a causal LM: the logits at t predict the label at t + 1
+    reads_labels = False  # the loss is the loop's, from the logits (models.scoring)
 
     @staticmethod
     def align_labels(out, labels: torch.Tensor) -> torch.Tensor:
@@ -409,7 +411,7 @@ class FlamingoModel(MediaStandardization, nn.Module):
 
     # ------------------------------------------------------------------ public API
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
                 frame_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_media_latents: bool = False, media_latents: torch.Tensor | None = None,
@@ -425,6 +427,7 @@ class FlamingoModel(MediaStandardization, nn.Module):
         cache would only cost memory (and activation checkpointing would fill it twice).
         Marker tokens never carry loss: the frozen LM head has no logit for a new marker.
         """
+        check_text_inputs(input_ids, attention_mask, labels, return_dict=lm_kwargs.get("return_dict"))
         cache = _pop_cache(lm_kwargs)
         use_cache = lm_kwargs.pop("use_cache", None)
         if use_cache is None:
@@ -445,7 +448,7 @@ class FlamingoModel(MediaStandardization, nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def generate(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
                  frame_mask: torch.Tensor | None = None, media_latents: torch.Tensor | None = None,
                  media_mask: torch.Tensor | None = None, **kwargs):
@@ -453,9 +456,9 @@ class FlamingoModel(MediaStandardization, nn.Module):
         (or given as media_latents with media_mask, as in `forward`).
 
         To continue a conversation, pass `return_dict_in_generate=True`, then the next call gets
-        the whole token history as input_ids, `past_key_values=out.past_key_values` and only the
-        new media (one row per sequence, or per sample when num_return_sequences repeated the
-        rows); the cache keeps the earlier media's K/V.
+        the whole token history as input_ids, `cache=out.cache` (`past_key_values=out.past_key_values`
+        before transformers 5.24) and only the new media (one row per sequence, or per sample when
+        num_return_sequences repeated the rows); the cache keeps the earlier media's K/V.
         """
         cache = _pop_cache(kwargs)
         config = kwargs.get("generation_config") or self.lm.generation_config
@@ -464,8 +467,8 @@ class FlamingoModel(MediaStandardization, nn.Module):
         if cache is not None:
             kwargs[self._cache_argument] = cache
         latents, present = self.media_inputs(pixel_values, media_features, frame_mask, media_latents, media_mask)
-        if self.config.media_token_id < self.lm.get_input_embeddings().num_embeddings:
-            kwargs["suppress_tokens"] = list(kwargs.get("suppress_tokens") or []) + [self.config.media_token_id]
+        kwargs = generation_options(self, kwargs, written=input_ids.shape[1], expanded=input_ids.shape[1],
+                                    marker=self.config.media_token_id)
         with self._media_call(input_ids, latents, present, cache, generating=True):
             return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -498,10 +501,11 @@ class FlamingoModel(MediaStandardization, nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,
                         vision_encoder: nn.Module | None = None, check_backbones: bool = True,
-                        **overrides) -> "FlamingoModel":
+                        dtype: torch.dtype | None = None, **overrides) -> "FlamingoModel":
         """Rebuild from save_pretrained's directory; backbones load from their recorded local paths
-        unless given. A backbone whose weights differ from the recorded ones is an error (the
-        same weights in another precision, e.g. loaded with dtype=torch.bfloat16, are not).
+        unless given, as they ran (precision, attention implementation), or all of the model in
+        `dtype`. A backbone whose weights differ from the recorded ones is an error (the same
+        weights in another precision, e.g. loaded with dtype=torch.bfloat16, are not).
 
         `overrides` may change how the trained weights are used, not their shapes: `mode`
         (media masking) and `interpolate_frames`.
@@ -509,13 +513,13 @@ class FlamingoModel(MediaStandardization, nn.Module):
         config, tensors = read_checkpoint(directory, "flamingo", FlamingoConfig, overrides,
                                           may_change=("mode", "interpolate_frames"))
         lm, vision_encoder = load_backbones(config.lm, config.vision, lm=lm, vision_encoder=vision_encoder,
-                                            check=check_backbones)
+                                            check=check_backbones, dtype=dtype)
         if vision_encoder is not None:
             vision_encoder = as_encoder(vision_encoder, config.dim_media)
         model = cls(lm, vision_encoder, config)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
         model.tokenizer = saved_tokenizer(directory)
-        return model
+        return model.to(dtype) if dtype is not None else model
 
 
 def _real_first(present: torch.Tensor, name: str) -> torch.Tensor:

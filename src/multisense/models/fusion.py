@@ -40,6 +40,7 @@ from ..config import FamilyConfig
 from ..encoders import build_encoder
 from ..nn import Modality, Perceiver, PerceiverDecoder
 from ..tokens import MEDIA_MARKER
+from .conventions import ModelConventions
 from .flamingo import FlamingoConfig, FlamingoModel
 from .io import load_backbones, load_into, read_checkpoint, save_checkpoint, saved_tokenizer
 
@@ -111,7 +112,7 @@ def relative_times(mask: torch.Tensor) -> torch.Tensor:
     return (index.clamp(min=0) / count * 2 - 1).unsqueeze(-1).float()
 
 
-class FusionModel(nn.Module):
+class FusionModel(ModelConventions, nn.Module):
     """Sensors -> Perceiver latents -> a class (the head), or an answer in words (`lm`).
 
     `lm` / `tokenizer`: the frozen LM as objects (e.g. a tiny one built from a config); without
@@ -388,14 +389,19 @@ class FusionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,
-                        check_backbones: bool = True, **overrides) -> "FusionModel":
+                        check_backbones: bool = True, dtype: torch.dtype | None = None,
+                        **overrides) -> "FusionModel":
         """Rebuild from save_pretrained's directory; an LM loads from its recorded local path
-        unless given (weights that differ from the recorded ones are an error)."""
+        unless given (weights that differ from the recorded ones are an error), as it ran, or
+        all of the model in `dtype`."""
         config, tensors = read_checkpoint(directory, cls.family, FusionConfig, overrides, may_change=("chunk_size",))
         tokenizer = None
         if config.lm_identity:
-            lm, _ = load_backbones(config.lm_identity, {}, lm=lm, check=check_backbones)
+            lm, _ = load_backbones(config.lm_identity, {}, lm=lm, check=check_backbones, dtype=dtype)
             tokenizer = saved_tokenizer(directory)
         model = cls(config, lm=lm, tokenizer=tokenizer)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
-        return model
+        return model.to(dtype) if dtype is not None else model
+
+    def language_model(self) -> nn.Module | None:
+        return self.flamingo.lm if self.flamingo is not None else None

@@ -148,17 +148,36 @@ def local_path(name_or_path: str) -> str:
     return str(Path(name_or_path).resolve()) if name_or_path and Path(name_or_path).is_dir() else name_or_path or ""
 
 
+def _dtype_name(module: nn.Module) -> str | None:
+    floating = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    return str(floating).removeprefix("torch.") if floating is not None else None
+
+
 def lm_identity(lm: nn.Module) -> dict:
-    """What a checkpoint records of its frozen language model."""
+    """What a checkpoint records of its frozen language model: where it loads from, and how it
+    ran (precision, attention implementation), so a reload computes what was trained."""
     return {"name_or_path": local_path(getattr(lm.config, "_name_or_path", "")), "model_type": lm.config.model_type,
-            "class": type(lm).__name__, "fingerprint": fingerprints(lm)}
+            "class": type(lm).__name__, "fingerprint": fingerprints(lm), "dtype": _dtype_name(lm),
+            "attn_implementation": getattr(lm.config, "_attn_implementation", None)}
 
 
 def vision_identity(encoder: nn.Module) -> dict:
     """What a checkpoint records of its frozen vision encoder (wrapped by `encoders.as_encoder`)."""
     hf = getattr(encoder, "model", None)
-    return {"name_or_path": local_path(getattr(getattr(hf, "config", None), "_name_or_path", "")),
-            "class": type(hf if hf is not None else encoder).__name__, "fingerprint": fingerprints(encoder)}
+    config = getattr(hf, "config", None)
+    return {"name_or_path": local_path(getattr(config, "_name_or_path", "")),
+            "class": type(hf if hf is not None else encoder).__name__, "fingerprint": fingerprints(encoder),
+            "dtype": _dtype_name(encoder), "attn_implementation": getattr(config, "_attn_implementation", None)}
+
+
+def loading_options(identity: dict, dtype: torch.dtype | None) -> dict:
+    """`from_pretrained` keywords that rebuild a recorded backbone as it ran: `dtype` if given,
+    else its recorded precision, and its attention implementation."""
+    dtype = dtype if dtype is not None else FINGERPRINT_DTYPES.get(identity.get("dtype") or "")
+    options = {"dtype": dtype} if dtype is not None else {}
+    if identity.get("attn_implementation"):
+        options["attn_implementation"] = identity["attn_implementation"]
+    return options
 
 
 def backbone_class(identity: dict, name: str, auto=None) -> type:
@@ -177,18 +196,21 @@ def backbone_class(identity: dict, name: str, auto=None) -> type:
 
 
 def load_backbones(lm_ident: dict, vision_ident: dict, *, lm: nn.Module | None = None,
-                   vision_encoder: nn.Module | None = None, check: bool = True):
+                   vision_encoder: nn.Module | None = None, check: bool = True, dtype: torch.dtype | None = None):
     """The frozen backbones a checkpoint records, loaded from their local directories unless
-    given; (lm, vision encoder wrapped by as_encoder or None). A backbone whose weights differ
-    from the recorded ones is an error (the same weights in another precision are not)."""
+    given, in `dtype` or the precision they ran in; (lm, vision encoder wrapped by as_encoder or
+    None). A backbone whose weights differ from the recorded ones is an error (the same weights
+    in another precision are not)."""
     import transformers
 
     from ..encoders import as_encoder, load_vision_encoder
 
     if lm is None:
-        lm = backbone_class(lm_ident, "lm", transformers.AutoModelForCausalLM).from_pretrained(lm_ident["name_or_path"])
+        lm = backbone_class(lm_ident, "lm", transformers.AutoModelForCausalLM).from_pretrained(
+            lm_ident["name_or_path"], **loading_options(lm_ident, dtype))
     if vision_encoder is None and vision_ident:
-        vision_encoder = load_vision_encoder(vision_ident["name_or_path"], backbone_class(vision_ident, "vision_encoder"))
+        vision_encoder = load_vision_encoder(vision_ident["name_or_path"], backbone_class(vision_ident, "vision_encoder"),
+                                             **loading_options(vision_ident, dtype))
     if vision_encoder is not None:
         vision_encoder = as_encoder(vision_encoder)
     if check:

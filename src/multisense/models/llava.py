@@ -37,7 +37,8 @@ from transformers import DynamicCache
 from ..config import FamilyConfig
 from ..lm.adapters import cache_argument
 from ..nn import Projector
-from .io import (attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint,
+from .conventions import ModelConventions, check_text_inputs, generation_options
+from .io import (attach_identities, load_backbones, local_path, load_into, read_checkpoint, save_checkpoint,
                  saved_tokenizer)
 from .splicing import SplicedMedia, measure_tokens
 
@@ -106,10 +107,11 @@ def _pop_cache(kwargs: dict) -> LlavaCache | None:
     return cache
 
 
-class LlavaModel(SplicedMedia, nn.Module):
+class LlavaModel(ModelConventions, SplicedMedia, nn.Module):
     """A frozen HF causal LM and vision encoder, joined by a trainable projector (and LoRA)."""
 
     shift_labels = True  # a causal LM: the logits at t predict the label at t + 1
+    reads_labels = False  # the loss is the loop's, from the logits (models.scoring)
 
     def __init__(self, lm: nn.Module, vision_encoder: nn.Module | None, config: LlavaConfig):
         super().__init__()
@@ -187,6 +189,12 @@ class LlavaModel(SplicedMedia, nn.Module):
                              vision_feature_select_strategy=c.vision_feature_select_strategy).replace(**overrides)
         model = cls.from_lm(lm, hf.model.vision_tower, config=config)
         _copy_projector(hf.model.multi_modal_projector, model.projector, to_hf=False)
+        source = getattr(hf.config, "_name_or_path", "")
+        if source and Path(source).is_dir():  # both backbones live in that directory: record it for both
+            for identity in (model.config.lm, model.config.vision):
+                identity.update(name_or_path=local_path(source), hf_llava=True)
+            if any((Path(source) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+                model.tokenizer = transformers.AutoTokenizer.from_pretrained(source)
         return model
 
     def to_hf_llava(self) -> "transformers.LlavaForConditionalGeneration":
@@ -218,7 +226,7 @@ class LlavaModel(SplicedMedia, nn.Module):
 
     # ------------------------------------------------------------------ public API
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
                 frame_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **lm_kwargs):
         """The LM's usual output on the expanded sequence (loss when labels are given, logits
@@ -229,6 +237,7 @@ class LlavaModel(SplicedMedia, nn.Module):
         With a cache (`past_key_values=`, a LlavaCache), `input_ids` are the new tokens only and
         `attention_mask`, if given, covers the cached tokens and the new ones, as for the LM.
         """
+        check_text_inputs(input_ids, attention_mask, labels, return_dict=lm_kwargs.get("return_dict"))
         cache = _pop_cache(lm_kwargs)
         use_cache = lm_kwargs.pop("use_cache", None)
         if use_cache is None:
@@ -261,7 +270,7 @@ class LlavaModel(SplicedMedia, nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def generate(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
                  frame_mask: torch.Tensor | None = None, **kwargs):
         """transformers' `generate` plus media; returns `input_ids` followed by the new tokens (as
@@ -269,8 +278,8 @@ class LlavaModel(SplicedMedia, nn.Module):
         are that, with `return_dict_in_generate=True`.
 
         To continue a conversation, the next call gets the whole token history as input_ids,
-        `past_key_values=out.past_key_values` and only the new media; the cache holds the
-        earlier media's tokens. A cache after beam search cannot be continued (its rows are the
+        `cache=out.cache` (`past_key_values=out.past_key_values` before transformers 5.24) and
+        only the new media; the cache holds the earlier media's tokens. A cache after beam search cannot be continued (its rows are the
         beams, not the sequences returned).
         """
         cache = _pop_cache(kwargs)
@@ -297,8 +306,8 @@ class LlavaModel(SplicedMedia, nn.Module):
         mask = exp.attention_mask if layout is None else torch.cat((layout[1], exp.attention_mask), 1)
         if cache is not None:
             kwargs[self._cache_argument] = cache
-        if self.config.media_token_id < self.lm.get_input_embeddings().num_embeddings:
-            kwargs["suppress_tokens"] = list(kwargs.get("suppress_tokens") or []) + [self.config.media_token_id]
+        kwargs = generation_options(self, kwargs, written=input_ids.shape[1], expanded=ids.shape[1],
+                                    marker=self.config.media_token_id)
         features = self.kept_features(projected, frame_mask, exp.kept)
         with self._splicing(features, exp.input_ids):
             out = self.lm.generate(input_ids=ids, attention_mask=mask, **kwargs)
@@ -345,11 +354,15 @@ class LlavaModel(SplicedMedia, nn.Module):
         return (args[1:] if args else args), {**kwargs, "input_ids": None, "inputs_embeds": embeds}
 
     def train(self, mode: bool = True):
-        """Frozen backbones stay in eval mode (no dropout), whatever the mode of the new parts."""
+        """Frozen backbones stay in eval mode (no dropout), whatever the mode of the new parts;
+        the LoRA adapters inside the LM follow `mode` (their `lora_dropout` is trained with)."""
         super().train(mode)
         self.lm.eval()
         if self.vision_encoder is not None:
             self.vision_encoder.eval()
+        for name, module in self.lm.named_modules():
+            if name.rsplit(".", 1)[-1] == "lora_dropout":
+                module.train(mode)
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -366,16 +379,21 @@ class LlavaModel(SplicedMedia, nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,
                         vision_encoder: nn.Module | None = None, check_backbones: bool = True,
-                        **overrides) -> "LlavaModel":
+                        dtype: torch.dtype | None = None, **overrides) -> "LlavaModel":
         """Rebuild from save_pretrained's directory; backbones load from their recorded local paths
-        unless given (checked against their recorded fingerprints). `overrides`: `max_length`."""
+        unless given (checked against their recorded fingerprints), as they ran, or all of the
+        model in `dtype`. `overrides`: `max_length`."""
         config, tensors = read_checkpoint(directory, "llava", LlavaConfig, overrides, may_change=("max_length",))
+        if config.lm.get("hf_llava") and (lm is None or vision_encoder is None):  # imported by from_hf_llava
+            imported = cls.from_hf_llava(config.lm["name_or_path"])
+            lm = lm if lm is not None else imported.lm
+            vision_encoder = vision_encoder if vision_encoder is not None else imported.vision_encoder.model
         lm, vision_encoder = load_backbones(config.lm, config.vision, lm=lm, vision_encoder=vision_encoder,
-                                            check=check_backbones)
+                                            check=check_backbones, dtype=dtype)
         model = cls(lm, vision_encoder, config)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
         model.tokenizer = saved_tokenizer(directory)
-        return model
+        return model.to(dtype) if dtype is not None else model
 
 
 @torch.no_grad()

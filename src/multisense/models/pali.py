@@ -45,6 +45,7 @@ from ..encoders import MediaStandardization
 from ..nn import Projector
 from ..nn.masks import prefix_lm_mask
 from ..tokens import IGNORE_INDEX
+from .conventions import ModelConventions, check_text_inputs, generation_options
 from .io import (attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint,
                  saved_tokenizer)
 from .splicing import SplicedMedia, measure_tokens
@@ -73,11 +74,12 @@ class PaLIConfig(FamilyConfig):
     vision: dict = field(default_factory=dict)  # identity of the vision encoder, with its config
 
 
-class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
+class PaLIModel(ModelConventions, SplicedMedia, MediaStandardization, nn.Module):
     """A vision encoder, a linear projector and a Hugging Face LM (encoder-decoder, or a causal LM
     used as a prefix-LM), trained together."""
 
     trains_on_samples = True  # a prompt -> answer model: the trainer gives it task episodes, not documents
+    reads_labels = True  # the decoder's input, or the prefix-LM's causal answer (models.scoring)
 
     def __init__(self, lm: nn.Module, vision_encoder: nn.Module | None, config: PaLIConfig):
         super().__init__()
@@ -166,7 +168,7 @@ class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
         exp = self.expand(input_ids, attention_mask, labels, frame_mask, align=align)
         return exp, self.embed(exp.input_ids, self.kept_features(projected, frame_mask, exp.kept))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
                 frame_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None, **lm_kwargs):
         """The LM's usual output (loss when labels are given, logits, past_key_values).
@@ -175,6 +177,8 @@ class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
         (or `decoder_input_ids`), and the logits [B, T, V] line up with them. Prefix-LM: the
         output of the expanded sequence [B, E, V], with `label_positions` [B, L] and `labels`
         [B, E] as LLaVA gives them (`align_labels`)."""
+        check_text_inputs(input_ids, attention_mask, labels, labels_apart=self.is_encoder_decoder,
+                          return_dict=lm_kwargs.get("return_dict"))
         lm_kwargs.setdefault("use_cache", False)  # a training or scoring pass builds no cache
         if self.is_encoder_decoder:
             exp, embeds = self._inputs(input_ids, attention_mask, None, pixel_values, media_features, frame_mask,
@@ -220,7 +224,7 @@ class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def generate(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, media_features: torch.Tensor | None = None,
                  frame_mask: torch.Tensor | None = None, **kwargs):
         """transformers' `generate` (the same keywords) plus media; returns `input_ids` followed by
@@ -230,8 +234,10 @@ class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
                              "cache is not supported (pass the whole prompt)")
         exp, embeds = self._inputs(input_ids, attention_mask, None, pixel_values, media_features, frame_mask,
                                    align="left" if self.is_encoder_decoder else "right")
-        if self.config.media_token_id < self.lm.get_input_embeddings().num_embeddings:
-            kwargs["suppress_tokens"] = list(kwargs.get("suppress_tokens") or []) + [self.config.media_token_id]
+        # an encoder-decoder's max_length and positions are its decoder's (T5's are relative: no limit)
+        kwargs = generation_options(self, kwargs, written=None if self.is_encoder_decoder else input_ids.shape[1],
+                                    expanded=0 if self.is_encoder_decoder else embeds.shape[1],
+                                    marker=self.config.media_token_id)
         if self.is_encoder_decoder:
             out = self.lm.generate(inputs_embeds=embeds, attention_mask=exp.attention_mask, **kwargs)
             skip = 1  # the decoder's start token
@@ -321,10 +327,11 @@ class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, lm: nn.Module | None = None,
                         vision_encoder: nn.Module | None = None, check_backbones: bool = True,
-                        **overrides) -> "PaLIModel":
+                        dtype: torch.dtype | None = None, **overrides) -> "PaLIModel":
         """Rebuild from save_pretrained's directory: trained backbones from their recorded configs
         and the saved weights, frozen ones from their recorded local paths (checked against
-        their fingerprints) unless given. `overrides`: `max_length`."""
+        their fingerprints) unless given, as they ran, or all of the model in `dtype`.
+        `overrides`: `max_length`."""
         config, tensors = read_checkpoint(directory, "pali", PaLIConfig, overrides, may_change=("max_length",))
         if lm is None and "config" in config.lm:
             lm = _from_recorded_config(config.lm, "lm")
@@ -334,11 +341,11 @@ class PaLIModel(SplicedMedia, MediaStandardization, nn.Module):
         lm, vision_encoder = load_backbones(
             {**config.lm, "fingerprint": None} if "config" in config.lm else config.lm,
             {**config.vision, "fingerprint": None} if "config" in config.vision else config.vision,
-            lm=lm, vision_encoder=vision_encoder, check=check_backbones)
+            lm=lm, vision_encoder=vision_encoder, check=check_backbones, dtype=dtype)
         model = cls(lm, vision_encoder, config)
         load_into(model, tensors, list(model.trainable_state_dict()), str(directory))
         model.tokenizer = saved_tokenizer(directory)
-        return model
+        return model.to(dtype) if dtype is not None else model
 
 
 def _freeze_unreached(encoder: nn.Module) -> None:
@@ -368,4 +375,7 @@ def _from_recorded_config(identity: dict, name: str) -> nn.Module:
                          f"{transformers.__version__} does not have; pass {name}= explicitly")
     values = dict(identity["config"])
     config = transformers.AutoConfig.for_model(values.pop("model_type"), **values)
-    return cls(config)
+    if identity.get("attn_implementation"):
+        config._attn_implementation = identity["attn_implementation"]
+    dtype = getattr(torch, identity.get("dtype") or "float32")
+    return cls(config).to(dtype)  # as it trained: the saved weights load into it unchanged

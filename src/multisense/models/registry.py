@@ -6,8 +6,10 @@ training, evaluation and save/load need and nothing family-specific leaks into t
 
     Model.from_lm(lm, vision_encoder, tokenizer=..., config=Config)   build over frozen backbones
     model(input_ids, attention_mask, pixel_values, frame_mask, ...)   HF-style output with logits
+    model.reads_labels                 its forward takes the labels (a decoder's input, a prefix-LM's mask)
     model.shift_labels                 causal LMs predict the next token (an encoder-decoder: False)
     Model.align_labels(out, labels)    the batch's labels laid out like out.logits
+                                       (all three: models.scoring, the one path of training and eval)
     model.context_tokens(input_ids, attention_mask, frame_mask)   [B] LM context each sample takes
     Model.trains_on_samples            optional: True for prompt -> answer families (PaLI), which
                                        train on a task's episodes, not interleaved documents
@@ -23,7 +25,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .flamingo import FlamingoConfig, FlamingoModel
@@ -38,15 +40,18 @@ class Family:
     name: str
     model_class: type
     config_class: type
+    # what the family cannot do of the common contract (tests/models/test_conformance.py), each
+    # with the reason its error gives: the suite checks that it refuses cleanly
+    limits: dict[str, str] = field(default_factory=dict)
 
 
 FAMILIES: dict[str, Family] = {}
 
 
-def register_family(name: str, model_class: type, config_class: type) -> Family:
+def register_family(name: str, model_class: type, config_class: type, *, limits: dict[str, str] | None = None) -> Family:
     if name in FAMILIES and FAMILIES[name].model_class is not model_class:
         raise ValueError(f"family {name!r}: already registered to {FAMILIES[name].model_class.__name__}")
-    FAMILIES[name] = Family(name, model_class, config_class)
+    FAMILIES[name] = Family(name, model_class, config_class, dict(limits or {}))
     return FAMILIES[name]
 
 
@@ -87,4 +92,5 @@ class AutoModel:
 register_family("flamingo", FlamingoModel, FlamingoConfig)
 register_family("llava", LlavaModel, LlavaConfig)
 register_family("fusion", FusionModel, FusionConfig)
-register_family("pali", PaLIModel, PaLIConfig)
+register_family("pali", PaLIModel, PaLIConfig, limits={
+    "continue_cache": "generate encodes the prompt anew each call; pass the whole history"})
