@@ -38,5 +38,13 @@ def test_the_attention_formulas_are_what_flop_counter_mode_counts():
 
 
 def test_a_non_positive_size_is_named():
-    with pytest.raises(ValueError, match="--latents: expected a positive number, got 0"):
+    with pytest.raises(ValueError, match="--latents: expected a positive finite number, got 0"):
         attention_cost(cameras=1, fps=1, seconds=1, patches=4, latents=0, dim=8)
+
+
+def test_sizes_that_rounding_makes_uneven_still_count_and_bad_sizes_are_named():
+    assert attention_cost(cameras=3, fps=0.1, seconds=10, patches=256, latents=64, dim=64)["input_tokens"] == 768
+    for name, kw in (("bytes", dict(bytes_per_score=-2)), ("fps", dict(fps=float("inf"))),
+                     ("seconds", dict(seconds=float("nan")))):
+        with pytest.raises(ValueError, match=f"--{name}"):
+            attention_cost(**{**dict(cameras=1, fps=1, seconds=1, patches=4, latents=2, dim=8), **kw})

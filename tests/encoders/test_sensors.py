@@ -132,3 +132,17 @@ def test_frames_marked_missing_are_not_encoded(cls):
     out = enc(**x)
     assert torch.isfinite(out.tokens).all()
     torch.testing.assert_close(out.tokens, ref.tokens)
+
+
+def test_audio_refuses_integer_and_int16_scaled_samples():
+    loud = torch.randn(1, 4000) * 3000
+    with pytest.raises(ValueError, match=r"waveform: samples up to .* in \[-1, 1\]"):
+        AudioEncoder(dim=16)(loud)
+    with pytest.raises(ValueError, match="waveform: torch.int16 samples"):
+        AudioEncoder(dim=16)(loud.to(torch.int16))
+
+
+def test_a_tactile_stream_longer_than_its_table_names_what_to_change():
+    encoder = TactileEncoder(dim=16, depth=1, max_frames=8)
+    with pytest.raises(ValueError, match=r"frames: 9 frames .* max_frames=8; build it with a larger max_frames"):
+        encoder(**TactileEncoder.example(1, 9 / 60))

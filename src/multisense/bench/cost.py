@@ -23,19 +23,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def attention_cost(*, cameras: int, fps: float, seconds: float, patches: int, latents: int, dim: int,
                    heads: int = 8, bytes_per_score: int = 4, context: int = 2048) -> dict:
     """Every figure `multisense cost` prints, as a dict."""
     for name, value in (("cameras", cameras), ("fps", fps), ("seconds", seconds), ("patches", patches),
-                        ("latents", latents), ("dim", dim), ("heads", heads), ("context", context)):
-        if not value > 0:
-            raise ValueError(f"--{name}: expected a positive number, got {value}")
+                        ("latents", latents), ("dim", dim), ("heads", heads), ("bytes", bytes_per_score),
+                        ("context", context)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"--{name}: expected a positive finite number, got {value}")
+    # fps x seconds in floating point: 0.1 x 10 is 1.0000000000000002; a whole number within
+    # rounding counts as whole
     n = cameras * fps * seconds * patches
-    if n != int(n):
-        raise ValueError(f"cameras x fps x seconds x patches = {n}: expected a whole number of tokens")
-    n, r, d = int(n), latents, dim
+    if abs(n - round(n)) > 1e-9 * max(1.0, n) or round(n) < 1:
+        raise ValueError(f"cameras x fps x seconds x patches = {n:g}: expected a whole number of tokens")
+    n, r, d = round(n), latents, dim
     cross = {"attention_flops": 4 * r * n * d, "projection_flops": 4 * n * d * d + 4 * r * d * d,
              "score_elements": heads * r * n}
     full = {"attention_flops": 4 * n * n * d, "projection_flops": 8 * n * d * d, "score_elements": heads * n * n}

@@ -20,7 +20,8 @@ from .registry import register_encoder
 
 
 class LogMelSpectrogram(nn.Module):
-    """[N, T] -> [N, K, Fr]: 10 log10(max(mel power, amin)) (librosa's `power_to_db` with ref 1).
+    """[N, T] -> [N, K, Fr]: 10 log10(max(mel power, amin)): librosa's `power_to_db` with ref 1 and
+    top_db=None (its default top_db=80 also clips every value to 80 dB below the peak).
 
     The defaults of librosa's melspectrogram where it has them (hann window, centred frames with
     zero padding, power 2, Slaney mel scale and norm); `log=False` returns the mel power itself."""
@@ -62,6 +63,9 @@ class AudioEncoder(nn.Module):
 
     def forward(self, waveform: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
         check_shape("waveform", waveform, "N T")
+        if not waveform.is_floating_point():
+            raise ValueError(f"waveform: {waveform.dtype} samples; the encoder takes float samples in [-1, 1] "
+                             "(int16 audio: x.float() / 32768)")
         if mask is not None:
             check_shape("mask", mask, "N T", N=waveform.shape[0], T=waveform.shape[1])
             mask = mask.bool()
@@ -69,6 +73,10 @@ class AudioEncoder(nn.Module):
         if waveform.shape[1] < self.hop_length * self.patch:
             raise ValueError(f"waveform: {waveform.shape[1]} samples, fewer than one token's "
                              f"{self.hop_length * self.patch} (hop_length x patch)")
+        peak = float(waveform.abs().amax()) if waveform.numel() else 0.0
+        if peak > 1.0 + 1e-3:
+            raise ValueError(f"waveform: samples up to {peak:g}; the encoder takes samples in [-1, 1] (int16-scaled "
+                             "audio: divide by 32768)")
         spec = self.spectrogram(waveform)  # [N, K, Fr]
         x = self.norm_in(spec.transpose(1, 2)).transpose(1, 2)
         tokens = self.embed(x).transpose(1, 2)  # [N, Fr // patch, D]

@@ -32,6 +32,7 @@ class TactileEncoder(nn.Module):
                  resampler_depth: int = 1, max_frames: int = 256, background_subtract: bool = True):
         super().__init__()
         self.dim, self.num_tokens, self.background_subtract = dim, num_tokens, background_subtract
+        self.max_frames = max_frames
         self.vit = PatchViT(image_size=image_size, patch_size=patch_size, channels=channels, dim=dim, depth=depth,
                             heads=heads, dim_head=dim_head, ff_mult=ff_mult)
         self.resampler = PerceiverResampler(dim=dim, depth=resampler_depth, num_latents=num_tokens, heads=heads,
@@ -44,6 +45,10 @@ class TactileEncoder(nn.Module):
         s = check_shape("frames", frames, "N T C H W", C=self.vit.channels, H=self.vit.image_size,
                         W=self.vit.image_size)
         N, T = s["N"], s["T"]
+        if T > self.max_frames:
+            raise ValueError(f"frames: {T} frames ({T / self.sample_rate:g} s at {self.sample_rate:g} Hz), more than "
+                             f"this encoder's max_frames={self.max_frames}; build it with a larger "
+                             "max_frames or give a shorter window")
         if mask is not None:
             check_shape("mask", mask, "N T", N=N, T=T)
             mask = mask.bool()
