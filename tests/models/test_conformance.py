@@ -449,6 +449,8 @@ def test_bad_inputs_get_a_value_error_naming_the_argument(built):
         call(return_dict=False)
     if case.sensors:
         return
+    with pytest.raises(TypeError, match="positional"):  # transformers' own orders differ: keywords after input_ids
+        model(good["input_ids"], good["pixel_values"])
     with pytest.raises(ValueError, match="pixel_values|media|samples|rows"):
         call(pixel_values=good["pixel_values"][:1], frame_mask=good["frame_mask"][:1])  # media for 1 of 2 rows
     with pytest.raises(ValueError, match="pixel_values"):
