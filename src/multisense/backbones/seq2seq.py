@@ -1,5 +1,7 @@
-"""The embedded encoder-decoder: a tiny T5 (mT5's layout: gated-GELU, untied output layer) that
-PaLI's demo and experiments start from, pretrained as mT5 is, on monolingual text only.
+"""The embedded encoder-decoder: a tiny T5 (mT5's gated-GELU layout; its output layer shares the
+embeddings, which transformers 5 ties for every T5, with mT5's unscaled decoder output, what
+`tie_word_embeddings=False` still selects there) that PaLI's demo and experiments start from,
+pretrained as mT5 is, on monolingual text only.
 
 Its text is `data.multilingual.text_corpus`: captions and questions with answers in the three
 invented languages, each line in one language; no line pairs two languages, so whatever it knows
