@@ -1,8 +1,7 @@
-import re
-
 """Few-shot tasks: shapes and markers, determinism, held-out digits, in-context labels, video order."""
 
 import functools
+import re
 import time
 
 import numpy as np

@@ -67,9 +67,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import scenes
-from .tasks.base import VOCABULARY as TASKS_VOCABULARY
 from .collate import Sample
 from .images import to_pixel_values
+from .tasks.base import VOCABULARY as TASKS_VOCABULARY
 from .tokenizer import train_word_tokenizer
 
 LANGUAGES = ("aa", "bb", "cc")

@@ -11,7 +11,6 @@ token dropped, as LLaVA reads CLIP), or any module that returns a [N, S, D] tens
 from __future__ import annotations
 
 import warnings
-
 from typing import NamedTuple
 
 import torch

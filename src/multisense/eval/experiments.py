@@ -34,8 +34,8 @@ import torch
 
 from ..config import load_config
 from ..data.tasks import get_task, text_corpus
-from ..tokens import IGNORE_INDEX
 from ..models.scoring import scored_forward
+from ..tokens import IGNORE_INDEX
 from ..train.loop import token_loss_sum
 from ..train.trainer import TrainConfig, resolve_preset, train
 from . import crosslingual, fewshot, touch_experiments

@@ -21,9 +21,9 @@ import torch
 
 from ..data.collate import Sample, collate
 from ..data.tasks import SEPARATOR, Task
-from ..tokens import IGNORE_INDEX
 from ..models.conventions import context_limit
 from ..models.scoring import is_encoder_decoder, label_layout, scored_forward
+from ..tokens import IGNORE_INDEX
 from .generation import generate_answers
 
 EVAL_SEED = 10_000  # episode seeds are (EVAL_SEED, seed, i): disjoint from training's (seed, i)

@@ -49,8 +49,7 @@ from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, che
 from ..nn.checks import check_shape
 from ..tokens import IGNORE_INDEX
 from .conventions import ModelConventions, check_text_inputs, generation_options
-from .io import (attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint,
-                 saved_tokenizer)
+from .io import attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint, saved_tokenizer
 
 
 @dataclass

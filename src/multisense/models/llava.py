@@ -38,8 +38,15 @@ from ..config import FamilyConfig
 from ..lm.adapters import cache_argument
 from ..nn import Projector
 from .conventions import ModelConventions, check_text_inputs, generation_options
-from .io import (attach_identities, load_backbones, local_path, load_into, read_checkpoint, save_checkpoint,
-                 saved_tokenizer)
+from .io import (
+    attach_identities,
+    load_backbones,
+    load_into,
+    local_path,
+    read_checkpoint,
+    save_checkpoint,
+    saved_tokenizer,
+)
 from .splicing import SplicedMedia, measure_tokens
 
 SELECT_STRATEGIES = ("default", "full")  # Hugging Face's names: "default" drops the class token

@@ -46,8 +46,7 @@ from ..nn import Projector
 from ..nn.masks import prefix_lm_mask
 from ..tokens import IGNORE_INDEX
 from .conventions import ModelConventions, check_text_inputs, generation_options
-from .io import (attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint,
-                 saved_tokenizer)
+from .io import attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint, saved_tokenizer
 from .splicing import SplicedMedia, measure_tokens
 
 

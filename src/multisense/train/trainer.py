@@ -51,9 +51,9 @@ from ..data.world.tasks import TASKS as WORLD_TASKS
 from ..encoders import load_vision_encoder
 from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
+from ..models.conventions import check_context
 from ..models.flamingo import FlamingoConfig, FlamingoModel
 from ..models.fusion import FUSE, FusionConfig, FusionModel
-from ..models.conventions import check_context
 from ..models.io import check_fits
 from ..models.llava import SELECT_STRATEGIES, LlavaConfig
 from ..models.pali import PaLIConfig

@@ -9,8 +9,16 @@ from multisense.data.world import NAMES, cache_key, episode_dir, generate, load_
 from multisense.data.world import episodes as episodes_module
 from multisense.data.world import materials as materials_module
 from multisense.data.world import sim as sim_module
-from multisense.data.world.sim import (AUDIO_RATE, CAMERA_RATE, PHASES, PHYSICS_RATE, TACTILE_RATE, EpisodeSpec, World,
-                                       stream_layout)
+from multisense.data.world.sim import (
+    AUDIO_RATE,
+    CAMERA_RATE,
+    PHASES,
+    PHYSICS_RATE,
+    TACTILE_RATE,
+    EpisodeSpec,
+    World,
+    stream_layout,
+)
 
 
 @pytest.fixture(scope="module")
