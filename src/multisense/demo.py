@@ -48,17 +48,17 @@ class DemoConfig:
     # after 600 steps; at 0.1 they open within the first hundred.
     gate_lr: float = option(0.1, "learning rate of the tanh gates' alphas")
     warmup_steps: int = option(30, "steps of linear learning-rate warmup")
-    # Scenes hold at most 3 objects. With 16 latents, training on ideal per-object features
-    # reached caption EM 0.09 and shape 0.33 in 300 steps; with 4 latents 0.30 and 0.72, as
-    # good as feeding the features to the gated blocks directly (docs/results.md).
+    # Scenes hold at most 3 objects: on ideal per-object features, 4 latents learned captions and
+    # shapes as well as feeding the features to the gated blocks directly, 16 far more slowly
+    # (measured: docs/results.md).
     num_latents: int = option(4, "Perceiver Resampler latents per image")
     resampler_depth: int = option(2, "Perceiver Resampler layers")
     cross_attn_every: int = option(1, "a gated cross-attention block before every n-th LM layer")
     heads: int = option(4, "attention heads of the resampler and of the cross-attention")
     dim_head: int = option(32, "width of each attention head")
     # LayerNorm on the cross-attention's queries and keys per head. Without it the attention at a
-    # question's last token saturates on one latent early and stays there (entropy 0.1-0.3 nats);
-    # with it, "what colour is the triangle" rose from 0.85 to 0.99 (docs/results.md, session 8).
+    # question's last token saturates on one latent early and stays there, and questions that
+    # name an object are answered less reliably (measured: docs/results.md).
     qk_norm: bool = option(True, "LayerNorm on the cross-attention's queries and keys, per head")
     # Weight of the object-slot loss (train/slots.py): latent k names the colour, shape and place
     # of the k-th object from the left. Without it, questions that name an object are answered

@@ -20,8 +20,7 @@ from ..data.scenes import COLOURS, MAX_OBJECTS, SHAPES, SceneObject, object_mask
 from .training import pretrain, save
 
 # Shape is what the tower learns last; for the same compute, more and smaller steps learn it
-# sooner (object shape probe 0.59 after 600 x 64 scenes, 0.91 after 4000 x 16, 0.987 after
-# 4600 x 16 with the two heads below; docs/results.md, issue 2, sessions 7-9).
+# sooner (measured: docs/results.md).
 VISION_STEPS = 4600
 VISION_BATCH = 16
 VISION_LR = 1e-3
@@ -68,14 +67,12 @@ class _PatchHeads(nn.Module):
     as one (colour, shape, left-to-right rank) class, and separately its shape (or background).
 
     Why dense labels and no contrastive loss against captions: contrastive training alone gave a
-    tiny tower whose patch tokens hardly say the shape (a linear probe read it at 0.41 per patch,
-    chance 0.25) nor which object they belong to. The Flamingo resampler starts by averaging
-    tokens, which keeps the binding of colour, shape and order only if each token holds the
-    *conjunction*: hence one class per (colour, shape, rank). Shape is what the tower learns
-    last and what the demo's captions failed on: the shape head raised the object-level shape
-    probe from 0.88 to 0.97, and dropping the contrastive loss (and its text tower, 15% of a
-    step) bought the steps that took it to 0.987 in the same time (docs/results.md, sessions 8
-    and 9). Only the tower is saved; the heads are thrown away.
+    tiny tower whose patch tokens hardly say the shape nor which object they belong to. The
+    Flamingo resampler starts by averaging tokens, which keeps the binding of colour, shape and
+    order only if each token holds the *conjunction*: hence one class per (colour, shape, rank).
+    Shape is what the tower learns last and what the demo's captions failed on: hence its own
+    head, and no contrastive loss (nor its text tower) to spend steps on in the same time
+    (measured: docs/results.md). Only the tower is saved; the heads are thrown away.
     """
 
     def __init__(self, tower: CLIPVisionModel):

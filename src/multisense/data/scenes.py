@@ -227,10 +227,9 @@ def order_line(rng: np.random.Generator) -> str:
     "colours : blue purple red green ...".
 
     In every other line colours are interchangeable, and a tiny LM trained on those alone gives
-    the six colour words nearly the same hidden states after its first layer (between-colour
-    variance 0.1% of the state's, 9-14% with these lines; docs/results.md, session 8), so no
+    the six colour words nearly the same hidden states after its first layer, so no
     cross-attention query can tell "the red one" from "the blue one". Here the next word
-    depends on which colour (or shape) came before.
+    depends on which colour (or shape) came before (measured: docs/results.md).
     """
     words, name = (tuple(COLOURS), "colours") if rng.random() < 0.5 else (SHAPES, "shapes")
     start = int(rng.integers(len(words)))
@@ -256,9 +255,9 @@ def qa_prompt(question: str, subject: str = "") -> str:
     """"question : {question} answer : {subject}": the prompt ends with the object the question
     names, so that the answer is predicted at that word. The gated cross-attention looks up with
     one query per token, and the frozen tiny LM carries little of a word to the tokens after it:
-    its hidden state at "answer :" varies with the named shape by 0.1% of its variance, at the
-    shape word itself by 5% (docs/results.md, session 8). Ending with "answer :", the demo's
-    colour and shape questions stayed at 0.6 (naming a random object present)."""
+    its hidden state at "answer :" hardly varies with the named shape, at the shape word itself
+    far more. Ending with "answer :", the demo's colour and shape questions were answered by
+    naming a random object present (measured: docs/results.md)."""
     return f"question : {question} answer :" + (f" {subject}" if subject else "")
 
 

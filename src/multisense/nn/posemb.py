@@ -22,8 +22,8 @@ class FrameEmbedding(nn.Module):
         if max_frames < 1:
             raise ValueError(f"max_frames: expected a positive number of frames, got {max_frames}")
         # unit scale, as OpenFlamingo initialises its frame table: the frames differ from step 0 by
-        # as much as (standardised) features do. At 0.02 the video preset sat at chance for
-        # 1000+ steps on some seeds while the table grew (docs/results.md, issue 14).
+        # as much as (standardised) features do. At 0.02 they barely differed at the first steps,
+        # and video training sat at chance while the table grew (measured: docs/results.md).
         self.weight = nn.Parameter(torch.randn(max_frames, dim))
 
     @property

@@ -7,12 +7,12 @@ states at the media markers, at every layer input and the output, relative to th
 squared norm, averaged over layers. It needs no labels, and it teaches the gated blocks what to
 write at a marker, which the next-token loss alone does not.
 
-Why the markers only (docs/results.md, session 7): compared at every token, the loss also
-punishes whatever the opening gates change in the text after an image, and training closed the
-gates instead (tanh(alpha) 0.004) and left the marker states no closer to the right word than
-chance. At the markers only, the marker states name the class (nearest word right 0.92 of the
-time) and few-shot accuracy rises with shots. The text after a marker is the LM's business: it
-reads the marker like the word, and the next-token loss still covers it.
+Why the markers only: compared at every token, the loss also punishes whatever the opening
+gates change in the text after an image, and training closed the gates instead and left the
+marker states no closer to the right word than chance. At the markers only, the marker states
+name the class and few-shot accuracy rises with shots (measured: docs/results.md). The text
+after a marker is the LM's business: it reads the marker like the word, and the next-token loss
+still covers it.
 
 Shape letters: B batch, L tokens, D LM width.
 """

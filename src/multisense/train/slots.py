@@ -5,10 +5,10 @@ One linear head per attribute (colour, shape, ...) reads, from each of the first
 of every media item, that attribute of the item's k-th object, or "no object" where the item
 has fewer; the mean cross-entropy, times `weight`, is added to the LM loss as `aux_loss`.
 
-Why (docs/results.md, session 8): trained on captions and questions alone, the resampler's
-latents do not hold one object each, and "what colour is the triangle" is answered with some
-colour present in the scene (0.6 on colour questions). With one object per latent, and a query
-that names the object, the lookup forms (0.995).
+Why: trained on captions and questions alone, the resampler's latents do not hold one object
+each, and "what colour is the triangle" is answered with some colour present in the scene. With
+one object per latent, and a query that names the object, the lookup forms (measured:
+docs/results.md).
 
 Shape letters: B batch, M media items, R latents per item, K supervised latents (K <= R),
 A attributes, D latent width.

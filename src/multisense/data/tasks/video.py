@@ -33,11 +33,11 @@ class Video(ClassificationTask):
 
     `lead` is a training aid, 0 (the task proper) by default: each clip's path is pushed forward
     along its direction by a uniform fraction in [0, lead] of half its travel, so that where the
-    shape is, on average, hints the direction. With frame embeddings at 0.02 and no other help,
-    the demo-size model stayed at chance on the order-only task, and lead 1.0 got it going, but
-    some seeds then leaned on the hint and missed 0.9 at lead 0. The `video` preset now trains on
-    the task proper, with in-words distillation and unit-scale frame embeddings (docs/results.md,
-    issue 14).
+    shape is, on average, hints the direction. With small frame embeddings and no other help, the
+    demo-size model stayed at chance on the order-only task, and a lead got it going, but some
+    seeds then leaned on the hint and failed at lead 0. The `video` preset therefore trains on the
+    task proper, with in-words distillation and unit-scale frame embeddings (measured:
+    docs/results.md).
     """
 
     name = "video"
