@@ -178,5 +178,5 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
             on_record(record)
         history.append(record)
         smooth = record["loss"] if smooth is None else 0.95 * smooth + 0.05 * record["loss"]
-        bar.set_postfix(loss=f"{smooth:.3f}")
+        bar.set_postfix(loss=f"{smooth:.3f}", refresh=False)  # drawn at the bar's own interval
     return history
