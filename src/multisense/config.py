@@ -120,6 +120,15 @@ class FamilyConfig:
         check_keys(type(self), values)
         return dataclasses.replace(self, **values)
 
+    def validate(self, where: str = "") -> None:
+        """Check the values, errors naming `where` and the field (`model.flamingo.num_latents: ...`),
+        as transformers' configs check theirs: the trainer calls it before anything loads. Each
+        family's config adds its own rules."""
+
+    def check_positive(self, where: str, *names: str) -> None:
+        for name in names:
+            check_number(getattr(self, name), f"{where}{name}", at_least=1)
+
     def to_dict(self) -> dict:
         """Every field as plain values (what config.json holds, less the family's name)."""
         return dataclasses.asdict(self)

@@ -56,7 +56,7 @@ def test_eval_command_writes_json_and_markdown_with_every_cell(trained, tmp_path
     result = json.loads(out.with_suffix(".json").read_text())
     assert set(result["shots"]) == {"0", "2"} and result["chance"] == 0.25
     for cell in result["shots"].values():
-        assert set(cell) == {"exact_match", "accuracy", "token_accuracy", "nll"}
+        assert set(cell) == {"exact_match", "accuracy", "token_accuracy", "nll", "overflow"}
         assert all(0 <= v <= 1 for m in ("exact_match", "accuracy", "token_accuracy") for v in cell[m]["seeds"])
         assert len(cell["nll"]["seeds"]) == 2
     assert "| 2 |" in out.with_suffix(".md").read_text()

@@ -19,6 +19,7 @@ import torch
 import transformers as tf
 
 import multisense as ms
+from multisense.config import FamilyConfig
 from multisense.data.collate import Sample, collate
 from multisense.data.tokenizer import train_word_tokenizer
 from multisense.encoders import ForceTorqueEncoder, TactileEncoder
@@ -503,3 +504,15 @@ def test_generate_follows_transformers_length_and_suppression(built):
     if limit is not None:
         with pytest.raises(ValueError, match="max_new_tokens"):
             _generate(case, model, tok, rows, seeds=[0, 1], max_new_tokens=limit)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_family_config_validates_itself_naming_the_dotted_key(name):
+    family = FAMILIES[name]
+    assert family.config_class.validate is not FamilyConfig.validate, \
+        f"{family.config_class.__name__}: needs its own validate()"
+    config = family.config_class()
+    config.validate(where=f"model.{name}.")  # the defaults pass
+    field = next(f for f in ("num_latents", "lora_rank", "max_length", "dim") if hasattr(config, f))
+    with pytest.raises(ValueError, match=f"model.{name}.{field}"):
+        config.replace(**{field: -1}).validate(where=f"model.{name}.")

@@ -95,7 +95,7 @@ def load_backbones(lm: str, vision: str):
 
     lm_dir, vision_dir = backbones.resolve(lm, vision)
     tokenizer = transformers.AutoTokenizer.from_pretrained(lm_dir)
-    return load_lm(lm_dir, "pali").eval(), load_vision_encoder(vision_dir).eval(), tokenizer
+    return load_lm(lm_dir, get_family("pali")).eval(), load_vision_encoder(vision_dir).eval(), tokenizer  # either kind
 
 
 def build(family: str, lm, vision, tokenizer, seed: int = 0, options: dict | None = None):

@@ -26,7 +26,7 @@ def held_out_check(model, tokenizer, cfg) -> dict:
     """{"passed", "accuracy" per shot count, "chance", "reasons"} of a trained model against
     cfg.check (a TrainConfig). A fusion model is checked on held-out touch-world episodes
     (`touch_check`)."""
-    if cfg.model.family == "fusion":
+    if getattr(model, "trains_on_world", False):
         return touch_check(model, cfg)
     check, data = cfg.check, cfg.data
     task = get_task(data.task, image_size=data.image_size, **{**data.task_args, **check.task_args})

@@ -41,12 +41,14 @@ import torch
 from torch import nn
 from transformers import Cache, DynamicCache
 
-from ..config import FamilyConfig
+from ..config import FamilyConfig, check_choice, check_number
 from ..encoders import MediaStandardization, as_encoder, check_frame_mask, encode_frames, media_tokens
 from ..lm.adapters import cache_argument, find_decoder_layers
 from ..lm.inject import cross_attn_layer_ids, hook_before_layers
 from ..nn import GatedCrossAttentionBlock, MediaRouting, PerceiverResampler, check_media_counts, media_index
 from ..nn.checks import check_shape
+from ..nn.gated_xattn import GATES
+from ..nn.masks import parse_mode
 from ..tokens import IGNORE_INDEX
 from .conventions import ModelConventions, check_text_inputs, generation_options
 from .io import attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint, saved_tokenizer
@@ -84,6 +86,18 @@ class FlamingoConfig(FamilyConfig):
     added_token_ids: list[int] = field(default_factory=list)
     lm: dict = field(default_factory=dict)  # identity of the frozen LM (filled by from_lm)
     vision: dict = field(default_factory=dict)  # identity of the frozen vision encoder
+
+    def validate(self, where: str = "") -> None:
+        try:
+            parse_mode(self.mode)  # the masking's own rule; its error names `mode`
+        except ValueError as err:
+            raise ValueError(f"{where}{err}") from None
+        self.check_positive(where, "cross_attn_every", "num_latents", "resampler_heads", "resampler_dim_head",
+                            "xattn_heads", "xattn_dim_head", "ff_mult")
+        check_number(self.resampler_depth, f"{where}resampler_depth", at_least=0)
+        if self.max_frames is not None:
+            self.check_positive(where, "max_frames")
+        check_choice(self.gate, GATES, f"{where}gate")
 
 
 class FlamingoCache(DynamicCache):
@@ -162,6 +176,7 @@ class FlamingoModel(ModelConventions, MediaStandardization, nn.Module):
 
     shift_labels = True  # a causal LM: the logits at t predict the label at t + 1
     reads_labels = False  # the loss is the loop's, from the logits (models.scoring)
+    distills_in_words = True  # train.distill_words: its hidden states at a marker can be compared with a word's
 
     @staticmethod
     def align_labels(out, labels: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import FamilyConfig
+from ..config import FamilyConfig, check_choice, check_number
 from ..encoders import build_encoder
 from ..nn import Modality, Perceiver, PerceiverDecoder
+from ..nn.gated_xattn import GATES
 from ..tokens import MEDIA_MARKER
 from .conventions import ModelConventions
 from .flamingo import FlamingoConfig, FlamingoModel
@@ -86,6 +87,23 @@ class FusionConfig(FamilyConfig):
     added_token_ids: list[int] = field(default_factory=list)
     lm_identity: dict = field(default_factory=dict)
 
+    def validate(self, where: str = "") -> None:
+        self.check_positive(where, "dim", "num_latents", "depth", "heads", "dim_head", "cross_heads", "cross_dim_head",
+                            "ff_mult", "num_blocks")
+        check_number(self.modality_dropout, f"{where}modality_dropout", at_least=0, below=1)
+        check_choice(self.fuse, FUSE, f"{where}fuse")
+        for name, spec in self.sensors.items():
+            if not isinstance(spec, dict) or "encoder" not in spec:
+                raise ValueError(f"{where}sensors.{name}: expected a mapping naming its encoder, e.g. "
+                                 f"{{encoder: tactile}}, got {spec!r}")
+        if self.lm is not None:
+            if self.class_names:
+                raise ValueError(f"{where}class_names: with {where}lm the LM answers in words; leave it unset")
+            if self.fuse == "late":
+                raise ValueError(f"{where}fuse: 'late' has no latents for an LM to read; use perceiver")
+            self.check_positive(where, "cross_attn_every", "xattn_heads", "xattn_dim_head")
+            check_choice(self.gate, GATES, f"{where}gate")
+
     def flamingo_config(self) -> FlamingoConfig:
         """The FlamingoModel that reads the latents: no resampler (the latents are resampled
         media already), media width `dim`."""
@@ -122,6 +140,7 @@ class FusionModel(ModelConventions, nn.Module):
     """
 
     family = "fusion"
+    trains_on_world = True  # the trainer gives it touch-world episodes (data.world), not text and images
 
     def __init__(self, config: FusionConfig, *, lm: nn.Module | None = None, tokenizer=None):
         super().__init__()

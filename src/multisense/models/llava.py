@@ -34,9 +34,10 @@ import transformers
 from torch import nn
 from transformers import DynamicCache
 
-from ..config import FamilyConfig
+from ..config import FamilyConfig, check_choice, check_number
 from ..lm.adapters import cache_argument
 from ..nn import Projector
+from ..nn.projector import PROJECTORS
 from .conventions import ModelConventions, check_text_inputs, generation_options
 from .io import (
     attach_identities,
@@ -47,9 +48,7 @@ from .io import (
     save_checkpoint,
     saved_tokenizer,
 )
-from .splicing import SplicedMedia, measure_tokens
-
-SELECT_STRATEGIES = ("default", "full")  # Hugging Face's names: "default" drops the class token
+from .splicing import SELECT_STRATEGIES, SplicedMedia, measure_tokens
 
 
 @dataclass
@@ -72,6 +71,14 @@ class LlavaConfig(FamilyConfig):
     dim_media: int | None = None
     lm: dict = field(default_factory=dict)  # identity of the frozen LM (filled by from_lm)
     vision: dict = field(default_factory=dict)  # identity of the frozen vision encoder
+
+    def validate(self, where: str = "") -> None:
+        check_choice(self.projector, PROJECTORS, f"{where}projector")
+        check_choice(self.vision_feature_select_strategy, SELECT_STRATEGIES, f"{where}vision_feature_select_strategy")
+        check_number(self.lora_rank, f"{where}lora_rank", at_least=0)
+        check_number(self.lora_dropout, f"{where}lora_dropout", at_least=0, below=1)
+        if self.max_length is not None:
+            self.check_positive(where, "max_length")
 
 
 class LlavaCache(DynamicCache):

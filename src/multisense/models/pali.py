@@ -40,14 +40,15 @@ import torch
 import transformers
 from torch import nn
 
-from ..config import FamilyConfig
+from ..config import FamilyConfig, check_choice
 from ..encoders import MediaStandardization
 from ..nn import Projector
 from ..nn.masks import prefix_lm_mask
+from ..nn.projector import PROJECTORS
 from ..tokens import IGNORE_INDEX
 from .conventions import ModelConventions, check_text_inputs, generation_options
 from .io import attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint, saved_tokenizer
-from .splicing import SplicedMedia, measure_tokens
+from .splicing import SELECT_STRATEGIES, SplicedMedia, measure_tokens
 
 
 @dataclass
@@ -72,6 +73,12 @@ class PaLIConfig(FamilyConfig):
     lm: dict = field(default_factory=dict)  # identity of the LM (filled by from_lm), with its config
     vision: dict = field(default_factory=dict)  # identity of the vision encoder, with its config
 
+    def validate(self, where: str = "") -> None:
+        check_choice(self.projector, PROJECTORS, f"{where}projector")
+        check_choice(self.vision_feature_select_strategy, SELECT_STRATEGIES, f"{where}vision_feature_select_strategy")
+        if self.max_length is not None:
+            self.check_positive(where, "max_length")
+
 
 class PaLIModel(ModelConventions, SplicedMedia, MediaStandardization, nn.Module):
     """A vision encoder, a linear projector and a Hugging Face LM (encoder-decoder, or a causal LM
@@ -79,14 +86,13 @@ class PaLIModel(ModelConventions, SplicedMedia, MediaStandardization, nn.Module)
 
     trains_on_samples = True  # a prompt -> answer model: the trainer gives it task episodes, not documents
     reads_labels = True  # the decoder's input, or the prefix-LM's causal answer (models.scoring)
+    accepts_encoder_decoder = True  # its LM may be T5 / mT5 as well as a causal LM
 
     def __init__(self, lm: nn.Module, vision_encoder: nn.Module | None, config: PaLIConfig):
         super().__init__()
         if config.media_token_id is None:
             raise ValueError("media_token_id: required (or pass tokenizer= to from_lm to add an <image> token)")
-        if config.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(f"vision_feature_select_strategy: expected 'default' or 'full', got "
-                             f"{config.vision_feature_select_strategy!r}")
+        check_choice(config.vision_feature_select_strategy, SELECT_STRATEGIES, "vision_feature_select_strategy")
         self.config = config
         self.lm = lm
         self.tokenizer = None

@@ -22,6 +22,8 @@ from ..encoders import as_encoder, check_frame_mask, media_tokens
 from ..nn.splice import Expansion, expand_markers
 from ..tokens import IGNORE_INDEX
 
+SELECT_STRATEGIES = ("default", "full")  # Hugging Face's names: "default" drops the class token
+
 
 class SplicedMedia:
     """Encode, project and splice media into the LM's input embeddings (mixin)."""

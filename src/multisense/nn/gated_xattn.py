@@ -24,6 +24,8 @@ from .feedforward import FeedForward
 from .gates import TanhGate
 from .masks import MediaRouting
 
+GATES = ("scalar", "vector")  # one alpha per branch, or one per channel
+
 
 class GatedCrossAttentionBlock(nn.Module):
     """Text tokens [B, L, D] attend to media latents [B, M, R, Dm], behind tanh gates.
@@ -41,7 +43,7 @@ class GatedCrossAttentionBlock(nn.Module):
                  gate: str = "scalar", ff_on_media_tokens_only: bool = False, qk_norm: bool = False,
                  mode: str = "immediate"):
         super().__init__()
-        if gate not in ("scalar", "vector"):
+        if gate not in GATES:
             raise ValueError(f"gate: expected 'scalar' or 'vector', got {gate!r}")
         self.dim, self.dim_media, self.mode = dim, dim_media, mode
         self.ff_on_media_tokens_only = ff_on_media_tokens_only

@@ -53,14 +53,12 @@ from ..lm.adapters import find_decoder_layers
 from ..lm.inject import checkpoint_layers
 from ..models.conventions import check_context
 from ..models.flamingo import FlamingoConfig, FlamingoModel
-from ..models.fusion import FUSE, FusionConfig, FusionModel
+from ..models.fusion import FusionConfig, FusionModel
 from ..models.io import check_fits
-from ..models.llava import SELECT_STRATEGIES, LlavaConfig
+from ..models.llava import LlavaConfig
 from ..models.pali import PaLIConfig
 from ..models.registry import FAMILIES, get_family
 from ..models.scoring import is_encoder_decoder, label_layout
-from ..nn.masks import parse_mode
-from ..nn.projector import PROJECTORS
 from . import checkpoint as ckpt
 from . import distributed
 from .distill import InWordsDistillation
@@ -91,6 +89,11 @@ class ModelConfig:
     def family_config(self):
         """The section of the chosen family (model.flamingo, model.llava, ...)."""
         return getattr(self, get_family(self.family).name)
+
+    def on_world(self) -> bool:
+        """Whether the family trains on the touch world's episodes (its class says so), not on
+        text with images."""
+        return bool(getattr(get_family(self.family).model_class, "trains_on_world", False))
 
 
 @dataclass
@@ -205,38 +208,13 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.model.tokenizer is not None and not os.path.isdir(cfg.model.tokenizer):
         raise FileNotFoundError(f"model.tokenizer: expected a local directory, or null for model.lm's, got "
                                 f"{cfg.model.tokenizer!r} (no such directory)")
-    if cfg.model.family == "flamingo":
-        model = cfg.model.flamingo
-        try:
-            parse_mode(model.mode)  # the model's own rule; its error names `mode`
-        except ValueError as err:
-            raise ValueError(f"model.flamingo.{err}") from None
-        for key in ("cross_attn_every", "num_latents", "resampler_depth", "resampler_heads", "resampler_dim_head",
-                    "xattn_heads", "xattn_dim_head", "ff_mult"):
-            check_number(getattr(model, key), f"model.flamingo.{key}", at_least=1)
-        if model.max_frames is not None:
-            check_number(model.max_frames, "model.flamingo.max_frames", at_least=1)
-    if cfg.model.family == "fusion":
-        return validate_fusion(cfg)
-    if cfg.model.family == "llava":
-        model = cfg.model.llava
-        check_choice(model.projector, PROJECTORS, "model.llava.projector")
-        check_choice(model.vision_feature_select_strategy, SELECT_STRATEGIES, "model.llava.vision_feature_select_strategy")
-        check_number(model.lora_rank, "model.llava.lora_rank", at_least=0)
-        if model.max_length is not None:
-            check_number(model.max_length, "model.llava.max_length", at_least=1)
-        if run.distill_words > 0:
-            raise ValueError("train.distill_words: the flamingo family's objective (it compares hidden states at the "
-                             "markers, which LLaVA replaces by image tokens); set it to 0 for model.family=llava")
-    if cfg.model.family == "pali":
-        model = cfg.model.pali
-        check_choice(model.projector, PROJECTORS, "model.pali.projector")
-        check_choice(model.vision_feature_select_strategy, SELECT_STRATEGIES, "model.pali.vision_feature_select_strategy")
-        if model.max_length is not None:
-            check_number(model.max_length, "model.pali.max_length", at_least=1)
-        if run.distill_words > 0:
-            raise ValueError("train.distill_words: the flamingo family's objective (it compares a frozen LM's hidden "
-                             "states); set it to 0 for model.family=pali")
+    family = get_family(cfg.model.family)
+    cfg.model.family_config().validate(where=f"model.{family.name}.")
+    if getattr(family.model_class, "trains_on_world", False):
+        return validate_world(cfg)
+    if run.distill_words > 0 and not getattr(family.model_class, "distills_in_words", False):
+        raise ValueError(f"train.distill_words: in-words distillation compares a frozen LM's hidden states at the "
+                         f"media markers, which model.family={family.name} does not keep; set it to 0")
     standardize = getattr(cfg.model.family_config(), "standardize_media", False)
 
     if bool(data.task) == bool(data.paths):
@@ -307,9 +285,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("train.out_dir: expected a directory, got an empty string")
 
 
-def validate_fusion(cfg: TrainConfig) -> None:
-    """The fusion family's part of `validate`: the touch world's data, sensors and what a model
-    without a language model cannot use."""
+def validate_world(cfg: TrainConfig) -> None:
+    """`validate` for a family that trains on the touch world (fusion): its data, the world's
+    sensors, and what a model without a language model cannot use."""
     data, model, run = cfg.data, cfg.model.fusion, cfg.train
     check_choice(data.task, WORLD_TASKS, "data.task")
     if data.paths:
@@ -317,13 +295,10 @@ def validate_fusion(cfg: TrainConfig) -> None:
     if not model.sensors:
         raise ValueError("model.fusion.sensors: name at least one sensor, e.g. {touch: {encoder: tactile}} "
                          f"(the touch world has {list(WORLD_SENSORS)})")
-    for name, spec in model.sensors.items():
+    for name in model.sensors:  # each one's encoder: FusionConfig.validate
         if name not in WORLD_SENSORS:
             raise ValueError(f"model.fusion.sensors: no sensor named {name!r} in the touch world "
                              f"(it has {list(WORLD_SENSORS)})")
-        if not isinstance(spec, dict) or "encoder" not in spec:
-            raise ValueError(f"model.fusion.sensors.{name}: expected a mapping naming its encoder, e.g. "
-                             f"{{encoder: {WORLD_SENSORS[name]}}}, got {spec!r}")
     if model.lm is None:
         if data.task in LM_TASKS:
             raise ValueError(f"data.task: {data.task!r} asks about one of several events, named in the question; a "
@@ -335,17 +310,6 @@ def validate_fusion(cfg: TrainConfig) -> None:
             backbones.resolve(model.lm)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"model.fusion.{err}") from None
-        if model.class_names:
-            raise ValueError("model.fusion.class_names: with model.fusion.lm the LM answers in words; leave it unset")
-        if model.fuse == "late":
-            raise ValueError("model.fusion.fuse: 'late' has no latents for an LM to read; use perceiver")
-        for key in ("cross_attn_every", "xattn_heads", "xattn_dim_head"):
-            check_number(getattr(model, key), f"model.fusion.{key}", at_least=1)
-        check_choice(model.gate, ("scalar", "vector"), "model.fusion.gate")
-    for key in ("dim", "num_latents", "depth", "heads", "dim_head", "cross_heads", "cross_dim_head", "ff_mult"):
-        check_number(getattr(model, key), f"model.fusion.{key}", at_least=1)
-    check_number(model.modality_dropout, "model.fusion.modality_dropout", at_least=0, below=1)
-    check_choice(model.fuse, FUSE, "model.fusion.fuse")
     world = data.world
     check_number(world.episodes, "data.world.episodes", at_least=1)
     check_number(world.seconds, "data.world.seconds", above=0)
@@ -386,7 +350,7 @@ def with_class_names(cfg: TrainConfig) -> TrainConfig:
     from ..data.world.tasks import class_names
 
     fusion = cfg.model.fusion
-    if cfg.model.family != "fusion" or fusion.class_names or fusion.lm or cfg.data.task not in WORLD_TASKS:
+    if not cfg.model.on_world() or fusion.class_names or fusion.lm or cfg.data.task not in WORLD_TASKS:
         return cfg
     fusion = dataclasses.replace(cfg.model.fusion, class_names=class_names(cfg.data.task))
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fusion=fusion))
@@ -416,24 +380,26 @@ def build_model(cfg: ModelConfig, *, progress: bool = True) -> tuple[nn.Module, 
 
 def _build_model(cfg: ModelConfig) -> tuple[nn.Module, object]:
     family = get_family(cfg.family)
-    if cfg.family == "fusion":
+    if cfg.on_world():
         return build_fusion(cfg)
     if not hasattr(family.model_class, "from_lm"):  # a family without backbones: built from its config
         return family.model_class(cfg.family_config()), None
     lm_dir, vision_dir = backbones.resolve(cfg.lm, cfg.vision)
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer or lm_dir)
-    lm = load_lm(lm_dir, cfg.family)
+    lm = load_lm(lm_dir, family)
     vision = load_vision_encoder(vision_dir)
     return family.model_class.from_lm(lm, vision, tokenizer=tokenizer, config=cfg.family_config()), tokenizer
 
 
-def load_lm(lm_dir: str, family: str) -> nn.Module:
-    """The LM of `lm_dir` through from_pretrained: a causal LM, or for PaLI also an encoder-decoder."""
+def load_lm(lm_dir: str, family) -> nn.Module:
+    """The LM of `lm_dir` through from_pretrained: a causal LM, or an encoder-decoder for a
+    family (registry entry) whose class takes one (PaLI)."""
     config = transformers.AutoConfig.from_pretrained(lm_dir)
     if getattr(config, "is_encoder_decoder", False):
-        if family != "pali":
-            raise ValueError(f"model.lm: {lm_dir} is an encoder-decoder ({config.model_type}); model.family={family} "
-                             "needs a causal LM (model.family=pali takes either)")
+        if not getattr(family.model_class, "accepts_encoder_decoder", False):
+            takers = [f.name for f in FAMILIES.values() if getattr(f.model_class, "accepts_encoder_decoder", False)]
+            raise ValueError(f"model.lm: {lm_dir} is an encoder-decoder ({config.model_type}); model.family="
+                             f"{family.name} needs a causal LM ({', '.join(takers)} take either)")
         return transformers.AutoModelForSeq2SeqLM.from_pretrained(lm_dir)
     return transformers.AutoModelForCausalLM.from_pretrained(lm_dir)
 
@@ -662,7 +628,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     """
     cfg = with_class_names(cfg)
     validate(cfg)
-    checked = bool(cfg.check.shots) or (cfg.model.family == "fusion" and cfg.check.min_accuracy is not None)
+    checked = bool(cfg.check.shots) or (cfg.model.on_world() and cfg.check.min_accuracy is not None)
     if checked and check is None:
         raise ValueError("check.shots: set, but train() was given no check function; pass "
                          "check=multisense.eval.checks.held_out_check (as `multisense train` does) or set check.shots=[]")
@@ -674,7 +640,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     np.random.seed(run.seed)
     model, tokenizer = build_model(cfg.model, progress=run.progress and env.is_main)
     check_image_size(cfg.data, model, cfg.model.vision)
-    if cfg.model.family == "fusion" and model.flamingo is not None:
+    if cfg.model.on_world() and model.flamingo is not None:
         for word in answer_words(cfg.data.task):  # a frozen LM says only its own words (model.fusion.answers)
             model.lm_tokens(word)
     model.to(env.device)
@@ -720,7 +686,7 @@ def train(cfg: TrainConfig, *, setup: Callable[[FlamingoModel], None] | None = N
     logger = RunLogger(out / "logs", enabled=env.is_main, resume=start_step > 0 or (out / "logs").exists(),
                        resume_step=start_step)
     loader = None if cfg.data.task else file_loader(cfg.data, env, position)
-    if cfg.model.family == "fusion":
+    if cfg.model.on_world():
         batches = world_batches(cfg, env, start_step, tokenizer)
     else:
         batches = micro_batches(cfg.data, tokenizer, env=env, grad_accum=run.grad_accum, start_step=start_step,
