@@ -62,6 +62,14 @@ def test_eval_measures_the_saved_model_on_held_out_episodes(run, tmp_path, capsy
     assert row["accuracy"] == pytest.approx(float((predicted == batch["labels"]).float().mean()))
 
 
+def test_eval_refuses_a_task_whose_answers_are_not_the_models(run, capsys):
+    """A 4-class material head scored on slipping's labels compared class ids of one task with
+    labels of another (0.042, no complaint)."""
+    root, _, _ = run
+    assert cli(["eval", "--model", str(root / "run" / "model"), "--task", "slipping", "--episodes", "2"]) == 2
+    assert "answers ['smooth', 'brick', 'grass', 'gravel'], not slipping's" in capsys.readouterr().err
+
+
 def test_fusion_runs_refuse_what_they_cannot_use(tmp_path, capsys):
     base = ["train", "--config", "touch", *TINY, f"train.out_dir={tmp_path / 'r'}"]
     assert cli(base + ["model.fusion.sensors.sonar={encoder: audio}"]) == 2

@@ -28,6 +28,7 @@ from ..data.world.tasks import (
     TouchEpisodes,
     WorldData,
     answer_words,
+    class_names,
     collate_touch,
     question_tokens,
     world_dataset,
@@ -201,8 +202,11 @@ def main(argv: list[str]) -> int:
         if not 0 <= p <= 1:
             raise ValueError(f"--occlusion: expected probabilities in [0, 1], got {p}")
     model = FusionModel.from_pretrained(args.model)
-    if model.config.class_names and args.task == "material" and len(model.config.class_names) == 2:
-        raise ValueError(f"--task: {args.model} answers {model.config.class_names}; evaluate it with --task slipping")
+    if model.config.class_names and model.config.class_names != class_names(args.task):
+        # a head's class ids mean its own task's answers: another task's labels would be compared with them
+        fits = [t for t in TASKS if t not in LM_TASKS and class_names(t) == model.config.class_names]
+        raise ValueError(f"--task: {args.model} answers {model.config.class_names}, not {args.task}'s "
+                         f"{class_names(args.task)}" + (f"; evaluate it with --task {fits[0]}" if fits else ""))
     if model.flamingo is None and args.task in LM_TASKS:
         raise ValueError(f"--task: {args.task} asks about several events, named in the question; {args.model} has a "
                          "classification head and no LM to read it")
