@@ -146,3 +146,67 @@ def test_a_tactile_stream_longer_than_its_table_names_what_to_change():
     encoder = TactileEncoder(dim=16, depth=1, max_frames=8)
     with pytest.raises(ValueError, match=r"frames: 9 frames .* max_frames=8; build it with a larger max_frames"):
         encoder(**TactileEncoder.example(1, 9 / 60))
+
+
+# ---------------------------------------------------------------------------------- token times
+
+
+def test_every_token_has_a_time_in_seconds_within_its_stream(encoder):
+    inputs = type(encoder).example(n=2, seconds=0.5)
+    out = encoder(**inputs)
+    assert out.times is not None and out.times.shape == out.mask.shape and out.times.is_floating_point()
+    assert out.duration == pytest.approx(0.5)
+    assert (out.times >= 0).all() and (out.times < out.duration).all()
+    assert (out.times[:, 1:] >= out.times[:, :-1]).all()  # tokens in time order
+    torch.testing.assert_close(out.times[0], out.times[1])  # from the rate, not the sample
+
+
+def test_token_times_do_not_depend_on_which_samples_are_real(encoder):
+    inputs = type(encoder).example(n=2, seconds=0.5)
+    full = encoder(**inputs).times
+    inputs["mask"] = inputs["mask"].clone()
+    inputs["mask"][0, 1] = False  # one frame or sample dropped
+    inputs["mask"][1, inputs["mask"].shape[1] // 2:] = False  # the stream ends half way
+    assert torch.equal(encoder(**inputs).times, full)
+
+
+def test_token_times_follow_each_streams_rate_and_grouping():
+    torch.manual_seed(0)
+    vision = VisionEncoder(dim=16, depth=1).eval()
+    out = vision(**VisionEncoder.example(1, 0.2))  # 6 frames at 30 Hz, 16 patches each
+    torch.testing.assert_close(out.times[0], (torch.arange(6) / 30.0).repeat_interleave(16))
+    wrist = ForceTorqueEncoder(dim=16).eval()  # token j: the state after sample j * 25 at 500 Hz
+    torch.testing.assert_close(wrist(**ForceTorqueEncoder.example(1, 0.2)).times[0], torch.arange(4) * 25 / 500.0)
+    audio = AudioEncoder(dim=16).eval()  # token j: frames 4j .. 4j + 3, one per 160 samples at 16 kHz
+    times = audio(**AudioEncoder.example(1, 0.2)).times[0]
+    torch.testing.assert_close(times[1:] - times[:-1], torch.full((times.numel() - 1,), 4 * 160 / 16000.0))
+    torch.testing.assert_close(times[0], torch.tensor(1.5 * 160 / 16000.0))
+    touch = TactileEncoder(dim=16, depth=1).eval()  # every token summarises the whole stream: its middle
+    torch.testing.assert_close(touch(**TactileEncoder.example(1, 0.2)).times[0], torch.full((4,), 5.5 / 60.0))
+
+
+def test_a_camera_with_irregular_frames_gives_their_own_times():
+    torch.manual_seed(0)
+    vision = VisionEncoder(dim=16, depth=1).eval()
+    x = VisionEncoder.example(2, 0.1)
+    own = torch.tensor([[0.0, 0.05, 0.2], [0.01, 0.02, 0.09]])
+    out = vision(**x, times=own)
+    torch.testing.assert_close(out.times, own.repeat_interleave(16, dim=1))
+    torch.testing.assert_close(out.tokens, vision(**x).tokens)  # times change positions only
+    for bad in (own[:, :2], own.masked_fill(own > 0.1, float("nan")), -own, own.long()):
+        with pytest.raises(ValueError, match="times"):
+            vision(**x, times=bad)
+
+
+@pytest.mark.parametrize("cls, given", [(ForceTorqueEncoder, 1000), (AudioEncoder, 44100), (TactileEncoder, 30),
+                                        (VisionEncoder, 60)])
+def test_a_stream_declared_at_another_rate_is_refused_naming_both(cls, given):
+    encoder = cls(dim=16).eval()
+    x = cls.example(1, 0.2)
+    declared = f"{cls.sample_rate:g} Hz"
+    with pytest.raises(ValueError, match=rf"sample_rate: a {given} Hz stream, but the {cls.name} encoder takes "
+                                         rf"{declared}"):
+        encoder(**x, sample_rate=given)
+    torch.testing.assert_close(encoder(**x, sample_rate=cls.sample_rate).tokens, encoder(**x).tokens)
+    with pytest.raises(ValueError, match="sample_rate: expected the stream's rate in Hz"):
+        encoder(**x, sample_rate="fast")

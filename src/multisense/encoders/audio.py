@@ -4,7 +4,10 @@ with librosa's own mel filterbank, `librosa.filters.mel`, so it equals
 
 Input layout: waveform [N, T] (mono, in [-1, 1]) at `sample_rate` (16 kHz), mask [N, T] (True =
 a real sample). Spectrogram frame t is centred on sample t * hop_length; token j covers frames
-j * patch .. (j + 1) * patch - 1, and is real if its first frame's centre is a real sample.
+j * patch .. (j + 1) * patch - 1, and is real if its first frame's centre is a real sample; its
+time is the mean of its frames' centres, (j * patch + (patch - 1) / 2) * hop_length /
+sample_rate. A stream declared at another rate (`sample_rate=`, e.g. 44.1 kHz) is refused (the
+mel filterbank and hop are built for 16 kHz); a waveform without one is taken to be at 16 kHz.
 Shape letters: N streams, T samples, K mel bands, Fr frames, D width.
 """
 
@@ -15,7 +18,7 @@ from torch import nn
 
 from ..nn.checks import check_shape
 from ..nn.perceiver import TransformerLayer
-from .base import EncoderOutput
+from .base import EncoderOutput, check_rate, sample_times
 from .registry import register_encoder
 
 
@@ -61,7 +64,10 @@ class AudioEncoder(nn.Module):
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, waveform: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(self, waveform: torch.Tensor, mask: torch.Tensor | None = None,
+                sample_rate: float | None = None) -> EncoderOutput:
+        """-> tokens [N, S, D], mask and times [N, S], S = Fr // patch."""
+        check_rate(self, sample_rate)
         check_shape("waveform", waveform, "N T")
         if not waveform.is_floating_point():
             raise ValueError(f"waveform: {waveform.dtype} samples; the encoder takes float samples in [-1, 1] "
@@ -86,7 +92,10 @@ class AudioEncoder(nn.Module):
             token_mask = mask[:, first.clamp(max=mask.shape[1] - 1)]
         for layer in self.layers:
             tokens = layer(tokens, token_mask)
-        return EncoderOutput(self.norm(tokens), token_mask)
+        N, S = tokens.shape[:2]
+        times = sample_times(S, self.sample_rate / self.hop_length, step=self.patch, offset=(self.patch - 1) / 2,
+                             device=tokens.device).expand(N, S)
+        return EncoderOutput(self.norm(tokens), token_mask, times, waveform.shape[1] / self.sample_rate)
 
     @classmethod
     def example(cls, n: int = 2, seconds: float = 0.5, *, seed: int = 0):

@@ -1,7 +1,15 @@
-"""The one encoder protocol: every sensor encoder maps its input to tokens plus a mask.
+"""The one encoder protocol: every sensor encoder maps its input to tokens plus a mask, and a
+sensor encoder also to each token's time.
 
-    encoder(x) -> EncoderOutput(tokens [N, S, D], mask [N, S] or None)
+    encoder(x) -> EncoderOutput(tokens [N, S, D], mask [N, S] or None, times [N, S] or None,
+                                duration or None)
     encoder.dim -> D
+
+`times` are seconds from the start of the window, from the stream's own rate and how the encoder
+groups samples into tokens, never from which samples are real: a dropped frame moves no other
+token, and a window cut short keeps the times of the tokens it keeps. `duration` is the seconds
+the input covers (T / sample_rate). `check_rate` refuses a stream declared at a rate other than
+the encoder's; a plain tensor declares none and is taken to be at the encoder's rate.
 
 `as_encoder` adapts what users bring: a multisense encoder, a Hugging Face vision model
 (its `last_hidden_state` are the tokens, or the hidden states of a chosen layer with the class
@@ -22,6 +30,30 @@ from ..nn.checks import check_shape
 class EncoderOutput(NamedTuple):
     tokens: torch.Tensor  # [N, S, D]
     mask: torch.Tensor | None = None  # [N, S] bool, True = real token
+    times: torch.Tensor | None = None  # [N, S] float seconds from the window's start
+    duration: float | None = None  # seconds the input stream covers
+
+
+def check_rate(encoder: nn.Module, sample_rate: float | None) -> None:
+    """Refuse a stream declared at `sample_rate` (Hz) other than the encoder's own: its filters,
+    strides and token times are built for that rate, and would read a faster stream as a slower,
+    longer one without complaint. None: the stream is taken to be at the encoder's rate."""
+    if sample_rate is None:
+        return
+    declared = float(encoder.sample_rate)
+    try:
+        given = float(sample_rate)
+    except (TypeError, ValueError):
+        raise ValueError(f"sample_rate: expected the stream's rate in Hz, got {sample_rate!r}") from None
+    if abs(given - declared) > 1e-6 * declared:
+        raise ValueError(f"sample_rate: a {given:g} Hz stream, but the {encoder.name} encoder takes {declared:g} Hz; "
+                         f"resample it to {declared:g} Hz first")
+
+
+def sample_times(count: int, rate: float, *, step: int = 1, offset: float = 0.0,
+                 device: torch.device | None = None) -> torch.Tensor:
+    """[count] seconds of token j = sample (j * step + offset) of a stream at `rate` Hz."""
+    return (torch.arange(count, device=device, dtype=torch.float32) * step + offset) / rate
 
 
 class HFEncoder(nn.Module):

@@ -4,7 +4,10 @@ sees only the past, so a stream can be encoded as it arrives) or, as an alternat
 
 Input layout: wrench [N, T, 6] in newtons and newton-metres, standardised by `mean` / `std`
 (per channel), mask [N, T] (True = a real sample). Output token j summarises the samples up to
-j * stride (stride = the product of the layers' strides): [N, ceil(T / stride), D].
+j * stride (stride = the product of the layers' strides): [N, ceil(T / stride), D], and its time
+is that sample's, j * stride / sample_rate. A stream declared at another rate (`sample_rate=`)
+is refused (the strides and kernels span a fixed number of samples); a wrench without one is
+taken to be at 500 Hz.
 Shape letters: N streams, T samples, D width.
 """
 
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.checks import check_shape
-from .base import EncoderOutput
+from .base import EncoderOutput, check_rate, sample_times
 from .registry import register_encoder
 
 
@@ -56,7 +59,10 @@ class ForceTorqueEncoder(nn.Module):
             self.body = nn.LSTM(channels, hidden, batch_first=True)
         self.out = nn.Linear(hidden, dim)
 
-    def forward(self, wrench: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(self, wrench: torch.Tensor, mask: torch.Tensor | None = None,
+                sample_rate: float | None = None) -> EncoderOutput:
+        """-> tokens [N, S, D], mask and times [N, S], S = ceil(T / stride)."""
+        check_rate(self, sample_rate)
         check_shape("wrench", wrench, "N T C", C=self.channels)
         x = (wrench - self.mean) / self.std
         if mask is not None:
@@ -68,7 +74,9 @@ class ForceTorqueEncoder(nn.Module):
         else:
             h = self.body(x)[0][:, :: self.stride]  # the state after sample j * stride
         tokens = self.out(h)
-        return EncoderOutput(tokens, None if mask is None else mask[:, :: self.stride])
+        N, T, S = wrench.shape[0], wrench.shape[1], tokens.shape[1]
+        times = sample_times(S, self.sample_rate, step=self.stride, device=tokens.device).expand(N, S)
+        return EncoderOutput(tokens, None if mask is None else mask[:, :: self.stride], times, T / self.sample_rate)
 
     @classmethod
     def example(cls, n: int = 2, seconds: float = 0.5, *, seed: int = 0):

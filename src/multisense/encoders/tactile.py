@@ -5,7 +5,11 @@ goes through a small ViT; a Perceiver Resampler (Flamingo's) compresses the stre
 tactile tokens.
 
 Input layout: frames [N, T, C, H, W] in [0, 1] at `sample_rate` (60 Hz), mask [N, T] (True = the
-frame exists), reference [N, C, H, W]: the sensor's frame without contact.
+frame exists), reference [N, C, H, W]: the sensor's frame without contact. Every tactile token
+summarises the whole stream (the resampler's latents attend to all of its frames), so each sits
+at the middle of the stream's frame times, (T - 1) / 2 / sample_rate, whichever frames are
+masked. A stream declared at another rate (`sample_rate=`) is refused: the resampler's frame
+embeddings are per frame at 60 Hz; frames without one are taken to be at that rate.
 Shape letters: N streams, T frames, P = (H / patch)^2 patches per frame, D width, R tactile tokens.
 """
 
@@ -17,7 +21,7 @@ from torch import nn
 from ..nn.checks import check_shape
 from ..nn.resampler import PerceiverResampler
 from ..nn.vit import PatchViT
-from .base import EncoderOutput, encode_frames
+from .base import EncoderOutput, check_rate, encode_frames
 from .registry import register_encoder
 
 
@@ -40,8 +44,9 @@ class TactileEncoder(nn.Module):
                                             interpolate_frames=False)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None,
-                reference: torch.Tensor | None = None) -> EncoderOutput:
-        """-> tokens [N, R, D]; mask [N, R]: False for a stream with no frame at all."""
+                reference: torch.Tensor | None = None, sample_rate: float | None = None) -> EncoderOutput:
+        """-> tokens [N, R, D]; mask [N, R]: False for a stream with no frame at all; times [N, R]."""
+        check_rate(self, sample_rate)
         s = check_shape("frames", frames, "N T C H W", C=self.vit.channels, H=self.vit.image_size,
                         W=self.vit.image_size)
         N, T = s["N"], s["T"]
@@ -62,7 +67,8 @@ class TactileEncoder(nn.Module):
         tokens = encode_frames(self.vit, frames.unsqueeze(1), item_mask)  # [N, 1, T, P, D], missing frames skipped
         out = self.resampler(tokens, item_mask)[:, 0]  # [N, R, D]
         present = None if mask is None else mask.any(-1, keepdim=True).expand(N, self.num_tokens)
-        return EncoderOutput(out, present)
+        middle = out.new_full((N, self.num_tokens), (T - 1) / 2 / self.sample_rate, dtype=torch.float32)
+        return EncoderOutput(out, present, middle, T / self.sample_rate)
 
     @classmethod
     def example(cls, n: int = 2, seconds: float = 0.5, *, image_size: int = 32, channels: int = 3, seed: int = 0):

@@ -3,7 +3,11 @@
 frames' patch tokens are kept, so a fusion model sees the whole stream: [N, T * P, D].
 
 Input layout: frames [N, T, C, H, W] (or one image per stream, [N, C, H, W]) at `sample_rate`
-(30 Hz), normalised as the model expects; mask [N, T] (True = the frame exists).
+(30 Hz), normalised as the model expects; mask [N, T] (True = the frame exists). A frame's
+patch tokens share its time, k / sample_rate for frame k, whichever frames are masked; a camera
+with irregular frames gives its frames' own times [N, T] (seconds from the window's start)
+instead. A stream declared at another rate (`sample_rate=`) is refused; frames without one are
+taken to be at 30 Hz.
 Shape letters: N streams, T frames, P patch tokens per frame, D width.
 """
 
@@ -14,7 +18,7 @@ from torch import nn
 
 from ..nn.checks import check_shape
 from ..nn.vit import PatchViT
-from .base import EncoderOutput, as_encoder, encode_frames
+from .base import EncoderOutput, as_encoder, check_rate, encode_frames, sample_times
 from .registry import register_encoder
 
 
@@ -22,7 +26,7 @@ from .registry import register_encoder
 class VisionEncoder(nn.Module):
     name = "vision"
     sample_rate = 30.0
-    layout = "frames [N, T, C, H, W] or [N, C, H, W]; mask [N, T]"
+    layout = "frames [N, T, C, H, W] or [N, C, H, W]; mask [N, T]; times [N, T] seconds (optional)"
 
     def __init__(self, *, model: nn.Module | None = None, dim: int = 64, image_size: int = 32, patch_size: int = 8,
                  channels: int = 3, depth: int = 2, heads: int = 4, dim_head: int = 16, ff_mult: int = 2,
@@ -36,7 +40,11 @@ class VisionEncoder(nn.Module):
                                      depth=depth, heads=heads, dim_head=dim_head, ff_mult=ff_mult)
             self.dim = dim
 
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None, times: torch.Tensor | None = None,
+                sample_rate: float | None = None) -> EncoderOutput:
+        """-> tokens [N, T * P, D], mask and times [N, T * P]; duration T / sample_rate (None
+        with explicit `times`)."""
+        check_rate(self, sample_rate)
         if frames.ndim == 4:
             frames = frames.unsqueeze(1)
         s = check_shape("frames", frames, "N T C H W")
@@ -44,10 +52,20 @@ class VisionEncoder(nn.Module):
         if mask is not None:
             check_shape("mask", mask, "N T", N=N, T=T)
             mask = mask.bool()
+        duration = None
+        if times is None:
+            times = sample_times(T, self.sample_rate, device=frames.device).expand(N, T)
+            duration = T / self.sample_rate
+        else:
+            check_shape("times", times, "N T", N=N, T=T)
+            if not times.is_floating_point() or not torch.isfinite(times).all() or (times < 0).any():
+                raise ValueError("times: expected each frame's finite time in seconds from the window's start "
+                                 "(>= 0, float)")
         tokens = encode_frames(self.backbone, frames.unsqueeze(1), None if mask is None else mask.unsqueeze(1))
         P = tokens.shape[-2]  # [N, 1, T, P, D]: missing frames were not encoded
         tokens = tokens.reshape(N, T * P, tokens.shape[-1])
-        return EncoderOutput(tokens, None if mask is None else mask.repeat_interleave(P, dim=1))
+        return EncoderOutput(tokens, None if mask is None else mask.repeat_interleave(P, dim=1),
+                             times.float().repeat_interleave(P, dim=1), duration)
 
     @classmethod
     def example(cls, n: int = 2, seconds: float = 0.2, *, image_size: int = 32, channels: int = 3, seed: int = 0):
