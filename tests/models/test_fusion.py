@@ -104,13 +104,16 @@ def test_attention_over_time_is_the_full_attention_summed_over_each_time_slice(b
     weights = reference_weights(m.perceiver, tokens, masks, positions)  # one softmax over the whole window
     _, shares = m.fuse(x, return_attention=True)
     names = m.perceiver.names
+    # the default window: the longest stream's, 0.2 s
+    torch.testing.assert_close(m.attention_over_time(x, bins=3), m.attention_over_time(x, bins=3, seconds=0.2))
+    window = 0.21  # slice edges away from every token's time
     for bins in (1, 3, 5):
-        got = m.attention_over_time(x, bins=bins)
+        got = m.attention_over_time(x, bins=bins, seconds=window)
         assert got.shape == (3, bins, len(names))
-        edges = torch.linspace(-1, 1, bins + 1)
+        edges = torch.linspace(0, window, bins + 1)
         expected = torch.zeros(3, bins, len(names))
         for j, n in enumerate(names):
-            t = positions[n][..., 0]
+            t = (positions[n][..., 0] + 1) / 2 * m.config.max_seconds  # back to seconds
             for b in range(bins):
                 inside = (t >= edges[b]) & ((t < edges[b + 1]) | (b == bins - 1))
                 expected[:, b, j] = (weights[n] * inside[:, None, None]).sum(-1).mean((1, 2))
@@ -118,3 +121,64 @@ def test_attention_over_time_is_the_full_attention_summed_over_each_time_slice(b
         # every slice and sensor together: the whole attention; each sensor over its slices: its share
         torch.testing.assert_close(got.sum((1, 2)), torch.ones(3))
         torch.testing.assert_close(got.sum(1), torch.stack([shares[n].mean(-1) for n in names], -1))
+
+
+# ---------------------------------------------------------------------------------- positions are times
+
+
+def episode(seconds=3.0, seed=0):
+    return {"camera": VisionEncoder.example(1, seconds, seed=seed), "touch": TactileEncoder.example(1, seconds, seed=seed),
+            "wrist": ForceTorqueEncoder.example(1, seconds, seed=seed),
+            "microphone": AudioEncoder.example(1, seconds, seed=seed)}
+
+
+def test_dropping_a_camera_frame_leaves_every_other_frames_position():
+    m = model()
+    x = inputs()
+    _, _, before = m.encode(x)
+    x["camera"]["mask"] = x["camera"]["mask"].clone()
+    x["camera"]["mask"][0, 0] = False  # sample 0 loses its first frame
+    _, masks, after = m.encode(x)
+    for name in SENSORS:
+        assert torch.equal(after[name], before[name]), name
+    assert not masks["camera"][0].all() and masks["camera"][1].all()
+
+
+def test_a_window_cut_from_an_episode_keeps_its_tokens_positions():
+    m = model()
+    full = episode(3.0)
+    cut = {"camera": {k: v[:, :45] for k, v in full["camera"].items()},  # the first 1.5 s
+           "touch": {**{k: full["touch"][k][:, :90] for k in ("frames", "mask")}, "reference": full["touch"]["reference"]},
+           "wrist": {k: v[:, :750] for k, v in full["wrist"].items()},
+           "microphone": {k: v[:, :24000] for k, v in full["microphone"].items()}}
+    _, _, whole = m.encode(full)
+    _, _, part = m.encode(cut)
+    for name in ("camera", "wrist", "microphone"):
+        kept = part[name].shape[1]
+        assert kept < whole[name].shape[1]
+        torch.testing.assert_close(part[name], whole[name][:, :kept], rtol=0, atol=1e-6)
+    # a tactile token summarises its whole stream: the middle of the first 1.5 s, not of the 3 s
+    assert float(part["touch"].max()) < float(whole["touch"].min())
+    # one fixed window: 0 s at -1, max_seconds at +1, the same scale for every sample and window
+    torch.testing.assert_close(whole["camera"][0, ::16, 0], torch.arange(90) / 30.0 * (2 / 3.0) - 1)
+
+
+def test_a_stream_at_another_rate_is_refused_naming_the_sensor_and_both_rates():
+    m = model()
+    x = inputs()
+    with pytest.raises(ValueError, match=r"sensors\['wrist'\]: sample_rate: a 1000 Hz stream, but the force_torque "
+                                         r"encoder takes 500 Hz"):
+        m({**x, "wrist": {**x["wrist"], "sample_rate": 1000}})
+    with pytest.raises(ValueError, match=r"sensors\['microphone'\]: sample_rate: a 44100 Hz stream, but the audio "
+                                         r"encoder takes 16000 Hz"):
+        m({**x, "microphone": {**x["microphone"], "sample_rate": 44100.0}})
+    declared = {**x, "wrist": {**x["wrist"], "sample_rate": 500}, "microphone": {**x["microphone"], "sample_rate": 16000}}
+    torch.testing.assert_close(m(declared).logits, m(x).logits)
+
+
+def test_a_token_past_the_window_is_refused():
+    m = model(max_seconds=0.15)
+    with pytest.raises(ValueError, match=r"sensors\['microphone'\]: tokens at up to 0.175 s, past max_seconds=0.15"):
+        m(inputs())  # 0.2 s of audio: its last token at 0.175 s (the wrist's last, at 0.15 s, fits)
+    with pytest.raises(ValueError, match="max_seconds"):
+        model(max_seconds=0)

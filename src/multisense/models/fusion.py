@@ -18,8 +18,11 @@ an MLP, with no attention across sensors or time.
 Sensors are matched by name. During training, `modality_dropout` drops each optional sensor of a
 sample with that probability (all its tokens masked), so the model learns to answer with any
 subset; a missing optional sensor at inference is the same as a dropped one.
-Each sensor's tokens get Fourier features of their time within the sample's window, from its
-own real tokens: -1 at the first, +1 at the last.
+Positions are times: each token's timestamp (seconds from the window's start, from its
+stream's own rate, as its encoder gives it in `EncoderOutput.times`), scaled by the fixed window
+`max_seconds` to [-1, 1] (0 s -> -1, max_seconds -> +1), then Fourier features. A token keeps
+its position whichever other tokens are masked, and in a shorter window cut from the same
+stream, so positions are comparable across samples and windows.
 
 Shape letters: B batch, S_m tokens of sensor m, D latent width, R latents, C classes, L text
 length, V the LM's vocabulary.
@@ -66,6 +69,9 @@ class FusionConfig(FamilyConfig):
     # the start, whatever its token count (nn.perceiver)
     balance_modalities: bool = False
     fourier_bands: int = 8
+    # the window that token times (seconds) are scaled by: [0, max_seconds] -> [-1, 1], fixed so
+    # that a time means the same position in every sample; a token past it is an error
+    max_seconds: float = 3.0
     class_names: list[str] = field(default_factory=list)  # a classification head when not empty
     modality_dropout: float = 0.0
     fuse: str = "perceiver"  # or "late": concatenation of pooled sensors + MLP (the baseline)
@@ -91,6 +97,7 @@ class FusionConfig(FamilyConfig):
         self.check_positive(where, "dim", "num_latents", "depth", "heads", "dim_head", "cross_heads", "cross_dim_head",
                             "ff_mult", "num_blocks")
         check_number(self.modality_dropout, f"{where}modality_dropout", at_least=0, below=1)
+        check_number(self.max_seconds, f"{where}max_seconds", above=0)
         check_choice(self.fuse, FUSE, f"{where}fuse")
         for name, spec in self.sensors.items():
             if not isinstance(spec, dict) or "encoder" not in spec:
@@ -123,13 +130,6 @@ class FusionOutput(NamedTuple):
     attention: dict[str, torch.Tensor] | None = None  # sensor -> [B, R] share of the cross-attention mass
 
 
-def relative_times(mask: torch.Tensor) -> torch.Tensor:
-    """[B, S] bool -> [B, S, 1] in [-1, 1]: each real token's place among the sample's real tokens."""
-    index = mask.long().cumsum(-1) - 1  # 0 .. n-1 on real tokens
-    count = mask.sum(-1, keepdim=True).clamp(min=2) - 1
-    return (index.clamp(min=0) / count * 2 - 1).unsqueeze(-1).float()
-
-
 class FusionModel(ModelConventions, nn.Module):
     """Sensors -> Perceiver latents -> a class (the head), or an answer in words (`lm`).
 
@@ -159,6 +159,8 @@ class FusionModel(ModelConventions, nn.Module):
         if with_lm and config.class_names:
             raise ValueError(f"class_names: {config.class_names}, but with lm={config.lm!r} the model answers in "
                              "words, through the LM; give one or the other")
+        if not (isinstance(config.max_seconds, (int, float)) and config.max_seconds > 0):
+            raise ValueError(f"max_seconds: expected the window's length in seconds (> 0), got {config.max_seconds!r}")
         if not 0.0 <= config.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout: expected a probability in [0, 1), got {config.modality_dropout}")
         self.config = config
@@ -222,19 +224,53 @@ class FusionModel(ModelConventions, nn.Module):
         return self.flamingo is not None
 
     def encode(self, sensors: dict[str, dict]) -> tuple[dict, dict, dict]:
-        """Each sensor's encoder: (tokens, masks, positions), name -> [B, S, D_m] / [B, S] / [B, S, 1]."""
+        """Each sensor's encoder: (tokens, masks, positions), name -> [B, S, D_m] / [B, S] / [B, S, 1];
+        positions are the tokens' times scaled by max_seconds to [-1, 1]."""
+        tokens, masks, times, _ = self._encode(sensors)
+        return tokens, masks, self.positions(times)
+
+    def positions(self, times: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """name -> times [B, S] in seconds -> positions [B, S, 1]: 0 s -> -1, max_seconds -> +1."""
+        return {name: (t * (2.0 / self.config.max_seconds) - 1.0).unsqueeze(-1) for name, t in times.items()}
+
+    def _encode(self, sensors: dict[str, dict]) -> tuple[dict, dict, dict, float | None]:
+        """(tokens, masks, times [B, S] seconds) per sensor and the longest stream's duration (None
+        where no encoder gives one)."""
         unknown = [n for n in sensors if n not in self.encoders]
         if unknown:
             raise ValueError(f"sensors: no sensor named {unknown[0]!r}; this model was built for {list(self.encoders)}")
-        tokens, masks, positions = {}, {}, {}
+        tokens, masks, times, durations = {}, {}, {}, []
         for name, inputs in sensors.items():
+            encoder = self.encoders[name]
             if not isinstance(inputs, dict):
                 raise TypeError(f"sensors[{name!r}]: expected the encoder's keyword inputs as a dict "
-                                f"({type(self.encoders[name]).layout}), got {type(inputs).__name__}")
-            out = self.encoders[name](**inputs)
+                                f"({type(encoder).layout}), got {type(inputs).__name__}")
+            try:
+                out = encoder(**inputs)
+            except ValueError as e:  # which sensor: two sensors may share an encoder type
+                raise ValueError(f"sensors[{name!r}]: {e}") from e
+            if out.times is None:
+                raise ValueError(f"sensors[{name!r}]: its {type(encoder).__name__} gives no token times "
+                                 "(EncoderOutput.times, seconds from the window's start); positions are times")
             mask = out.mask if out.mask is not None else out.tokens.new_ones(out.tokens.shape[:2], dtype=torch.bool)
-            tokens[name], masks[name], positions[name] = out.tokens, mask, relative_times(mask)
-        return tokens, masks, positions
+            tokens[name], masks[name], times[name] = out.tokens, mask, out.times.to(torch.float32)
+            if out.duration is not None:
+                durations.append(float(out.duration))
+        self._check_window(times, masks)
+        return tokens, masks, times, max(durations, default=None)
+
+    def _check_window(self, times: dict, masks: dict) -> None:
+        """A real token past max_seconds would alias an earlier time in the Fourier features."""
+        if not times:
+            return
+        last = torch.stack([t.masked_fill(~masks[n], 0.0).amax() if t.numel() else t.new_zeros(())
+                            for n, t in times.items()])
+        limit = self.config.max_seconds * (1 + 1e-6)
+        if float(last.max()) > limit:
+            name, worst = next((n, float(v)) for n, v in zip(times, last) if float(v) > limit)
+            raise ValueError(f"sensors[{name!r}]: tokens at up to {worst:g} s, past max_seconds="
+                             f"{self.config.max_seconds:g} (the window that positions are scaled by); give a "
+                             "window of at most max_seconds or build the model with a larger max_seconds")
 
     def drop_sensors(self, masks: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
         """Modality dropout: mask all of an optional sensor's tokens in a sample with probability p,
@@ -364,10 +400,13 @@ class FusionModel(ModelConventions, nn.Module):
         return FusionOutput(features, logits, loss, None)
 
     @torch.no_grad()
-    def attention_over_time(self, sensors: dict[str, dict], bins: int = 12) -> torch.Tensor:
+    def attention_over_time(self, sensors: dict[str, dict], bins: int = 12, *,
+                            seconds: float | None = None) -> torch.Tensor:
         """[B, bins, M] the first cross-attention's mass on each sensor's tokens (sorted names, as
-        `self.perceiver.names`, the sensors given) in each of `bins` equal slices of the window,
-        mean over latents and heads.
+        `self.perceiver.names`, the sensors given) in each of `bins` equal slices of the window
+        [0, seconds] by the tokens' times, mean over latents and heads. `seconds`: by default the
+        longest given stream's duration (max_seconds where no encoder gives one); a token past it
+        counts in the last slice.
 
         One softmax over the whole window (`Perceiver.attention_weights`), its weights summed per
         slice: together the slices and sensors hold all of a sample's attention (1), and each
@@ -379,14 +418,17 @@ class FusionModel(ModelConventions, nn.Module):
             raise ValueError("attention_over_time: the late-fusion baseline has no attention (fuse='late')")
         if not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins: expected a positive number of time slices, got {bins!r}")
-        tokens, masks, positions = self.encode(sensors)
-        weights = self.perceiver.attention_weights(tokens, mask=masks, positions=positions)
-        inner_edges = torch.linspace(-1, 1, bins + 1)[1:-1]
+        if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
+            raise ValueError(f"seconds: expected the window's length in seconds (> 0), got {seconds!r}")
+        tokens, masks, times, duration = self._encode(sensors)
+        weights = self.perceiver.attention_weights(tokens, mask=masks, positions=self.positions(times))
+        window = seconds or duration or self.config.max_seconds
+        inner_edges = torch.linspace(0, window, bins + 1)[1:-1]
         out = []
         for name in self.perceiver.names:
             if name not in weights:
                 continue
-            t = positions[name][..., 0]  # [B, S]
+            t = times[name].contiguous()  # [B, S] seconds
             # slice b holds edges[b] <= t < edges[b + 1]; the last one also t = 1
             slot = torch.bucketize(t, inner_edges.to(t.device, t.dtype), right=True)
             per_slice = F.one_hot(slot, bins).to(weights[name].dtype)  # [B, S, bins]
