@@ -64,7 +64,7 @@ def _options(config_class, argv: list[str], prog: str, description: str):
 
 def _bench(argv: list[str]) -> int:
     if argv[:1] == ["training"]:
-        from .bench.training import main as training
+        from .bench.throughput import main as training
 
         return training(argv[1:], prog="multisense bench training") or 0
     if argv[:1] == ["perceiver"]:

@@ -24,10 +24,10 @@ import transformers
 from . import backbones
 from .data import scenes
 from .data.images import to_pixel_values
-from .data.scene_tasks import KINDS, OBJECT_CLASSES, evaluation_set, training_batches
+from .data.tasks.captions import KINDS, OBJECT_CLASSES, evaluation_set, training_batches
 from .encoders import load_vision_encoder
 from .eval import report
-from .eval.generation import exact_match, generate_answers
+from .eval.answers import exact_match, generate_answers
 from .models import FlamingoModel
 from .train.loop import fit
 from .train.optim import build_optimizer, warmup_cosine

@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, CLIPVis
 
 from multisense import backbones
 from multisense.backbones import build, language, vision
-from multisense.backbones.training import SUMMARY_FILE
+from multisense.backbones.pretraining import SUMMARY_FILE
 from multisense.data import scenes
 from multisense.data.tokenizer import train_word_tokenizer
 

@@ -10,7 +10,7 @@ import torch
 
 from multisense.data import scenes, tasks
 from multisense.data.collate import Document, Sample
-from multisense.data.scene_tasks import MARKER
+from multisense.data.tasks.captions import MARKER
 
 ENGLISH = [name for name in tasks.TASKS if name != "multilingual"]  # multilingual: tests/data/test_multilingual.py
 VARIANTS = [

@@ -42,7 +42,7 @@ def test_every_experiment_runs_end_to_end_and_writes_its_report(tiny, tmp_path, 
         assert len(run["accuracy"]) == len(run["any_language"]) == 12  # 3 languages x 4 question kinds
         for cell in ("aa/colour", "aa/count"):  # in the pivot both scorings are the same choice
             assert run["accuracy"][cell] == run["any_language"][cell]
-        from multisense.data import multilingual as ml
+        from multisense.data import languages as ml
 
         kinds = ml.QUESTION_KINDS
         assert result["chance"]["bb"] == pytest.approx(sum(1 / len(ml.ANSWER_SETS["bb"][k]) for k in kinds) / 4)

@@ -7,7 +7,7 @@ nothing is pretrained unless asked. They load through `from_pretrained` like any
     lm=default   lm       GPT-2, 4 layers x 128, the procedural language's word tokenizer
     vision=default vision CLIP vision tower, 4 layers x 128, 32-pixel images, 4-pixel patches
     lm=icl       icl      Llama, 2 layers x 64, with the induction heads in-context learning needs
-    lm=t5        t5       T5 (mT5 layout), 2+2 layers x 128, on text in data.multilingual's three languages
+    lm=t5        t5       T5 (mT5 layout), 2+2 layers x 128, on text in data.languages's three languages
 
 `multisense backbones build --out DIR` rebuilds the set (DIR/lm, DIR/vision, DIR/icl, DIR/t5 and
 DIR/manifest.json, which records the recipe, the seeds, the time and the probes);

@@ -32,8 +32,8 @@ from ..files import atomic_directory, atomic_file
 from ..machine import machine
 from . import MANIFEST, WEIGHTS, Backbones, probes
 from .language import ICL_STEPS, LM_STEPS, default_tokenizer, pretrain_icl_lm, pretrain_lm
+from .pretraining import SUMMARY_FILE
 from .seq2seq import T5_STEPS, pretrain_t5
-from .training import SUMMARY_FILE
 from .vision import VISION_STEPS, pretrain_vision
 
 # Bump on any change to what the backbones learn; the shipped manifest must carry it (tests).

@@ -25,7 +25,7 @@ from ..data.tasks import FewShotMapped
 from ..data.tasks import text_corpus as tasks_corpus
 from ..data.tokenizer import train_word_tokenizer
 from ..tokens import IGNORE_INDEX
-from .training import pretrain, save
+from .pretraining import pretrain, save
 
 BLOCK = 128  # tokens per packed row
 LM_STEPS = 700

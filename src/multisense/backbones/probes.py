@@ -80,7 +80,7 @@ def heldout_loss(model, tokenizer, *, lines: int = 2000, seed: int = 12345) -> f
 def denoising_accuracy(model, tokenizer, *, lines: int = 512, seed: int = 12345) -> float:
     """Share of the hidden spans' tokens (sentinels and eos included) the T5 predicts, teacher-forced,
     on corrupted lines it was not trained on."""
-    from ..data.multilingual import text_corpus
+    from ..data.languages import text_corpus
     from .seq2seq import denoising_batches
 
     batch = next(denoising_batches(tokenizer, text_corpus(lines, seed), batch_size=lines, seed=seed))

@@ -3,7 +3,7 @@ embeddings, which transformers 5 ties for every T5, with mT5's unscaled decoder 
 `tie_word_embeddings=False` still selects there) that PaLI's demo and experiments start from,
 pretrained as mT5 is, on monolingual text only.
 
-Its text is `data.multilingual.text_corpus`: captions and questions with answers in the three
+Its text is `data.languages.text_corpus`: captions and questions with answers in the three
 invented languages, each line in one language; no line pairs two languages, so whatever it knows
 of translation it learns later, from the translation pairs PaLI trains on. The objective is T5's
 span corruption (Raffel et al. 2020): about 15% of a line's words, in spans of about 3, are each
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 
-from ..data.multilingual import text_corpus, train_tokenizer
+from ..data.languages import text_corpus, train_tokenizer
 from ..tokens import IGNORE_INDEX
-from .training import pretrain, save
+from .pretraining import pretrain, save
 
 T5_STEPS = 1200
 T5_BATCH = 64

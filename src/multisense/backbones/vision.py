@@ -17,7 +17,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from ..data.images import to_pixel_values
 from ..data.scenes import COLOURS, MAX_OBJECTS, SHAPES, SceneObject, object_masks, render, sample_objects
-from .training import pretrain, save
+from .pretraining import pretrain, save
 
 # Shape is what the tower learns last; for the same compute, more and smaller steps learn it
 # sooner (measured: docs/results.md).

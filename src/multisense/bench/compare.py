@@ -37,8 +37,8 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import backbones
-from ..data import scene_tasks
 from ..data.collate import Sample, collate
+from ..data.tasks import captions
 from ..encoders import load_vision_encoder
 from ..machine import loadavg, machine
 from ..markdown import Table, fmt, write_section
@@ -229,13 +229,13 @@ def scene_accuracy(cfg: CompareConfig, family: str, lm, vision, tokenizer, optio
     """The demo's captions and questions: trained `scene_steps` steps, then exact match per kind.
     `options`: the family's own keywords over FAMILY_OPTIONS (a second recipe)."""
     from ..demo import CHANCE
-    from ..eval.generation import exact_match, generate_answers
+    from ..eval.answers import exact_match, generate_answers
     from ..train.loop import fit
     from ..train.optim import build_optimizer, warmup_cosine
 
     model, tok = build(family, lm, vision, tokenizer, cfg.seed, options)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    batches = scene_tasks.training_batches(tok, batch_size=cfg.batch_size, seed=cfg.seed)
+    batches = captions.training_batches(tok, batch_size=cfg.batch_size, seed=cfg.seed)
     optimizer = build_optimizer(model, lr=2e-3, gate_lr=0.1)
     scheduler = warmup_cosine(optimizer, warmup_steps=min(30, cfg.scene_steps), total_steps=cfg.scene_steps)
     start = time.perf_counter()
@@ -243,8 +243,8 @@ def scene_accuracy(cfg: CompareConfig, family: str, lm, vision, tokenizer, optio
     seconds = time.perf_counter() - start
     model.eval()
     results = {}
-    for i, kind in enumerate(scene_tasks.KINDS):
-        samples = scene_tasks.evaluation_set(kind, cfg.eval_samples, seed=10_000 + cfg.seed + i)
+    for i, kind in enumerate(captions.KINDS):
+        samples = captions.evaluation_set(kind, cfg.eval_samples, seed=10_000 + cfg.seed + i)
         results[kind] = {"exact_match": exact_match(generate_answers(model, tok, samples), [s.target for s in samples]),
                          "chance": CHANCE[kind], "n": len(samples)}
     return {"train_seconds": seconds, "steps": cfg.scene_steps, "kinds": results, "trainable_parameters": trainable,

@@ -25,7 +25,7 @@ SPECIAL_TOKENS = (PAD, EOS, UNK)
 def train_word_tokenizer(corpus: list[str], *, extra_words: Iterable[str] = (),
                          vocabulary: Iterable[str] = VOCABULARY) -> PreTrainedTokenizerFast:
     """Train a WordLevel tokenizer on `corpus`, always covering every word of `vocabulary`
-    (by default every word `scenes` can produce; `data.multilingual` passes its three languages').
+    (by default every word `scenes` can produce; `data.languages` passes its three languages').
 
     The corpus only orders the vocabulary by frequency; the full `vocabulary` and
     `extra_words` are added so that no sampled corpus can leave a reachable word unknown.

@@ -3,7 +3,7 @@
 The lecture's design question 3 (and PaLI, Chen et al. 2022): a model trained on image captions
 and questions in one language, plus text-only translation pairs, answers questions about images
 asked in another language it never saw paired with an image. Three invented languages
-(`data.multilingual`: aa subject-verb-object, bb subject-object-verb, cc verb-subject-object with
+(`data.languages`: aa subject-verb-object, bb subject-object-verb, cc verb-subject-object with
 adjectives after nouns; no shared word forms), the `pali` preset (the embedded T5, trained
 whole, reading the embedded vision tower's tokens through a trained projector; the tower, already
 trained on these scenes, is kept frozen), three training conditions at each training seed of
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import multilingual as ml
+from ..data import languages as ml
 from ..data.tasks import get_task
 from . import fewshot
 
@@ -74,7 +74,7 @@ def multilingual_lm(out: Path, *, steps: int = 400, seed: int = 0) -> Path:
     import transformers
 
     from ..backbones.language import lm_batches
-    from ..backbones.training import pretrain, save
+    from ..backbones.pretraining import pretrain, save
     from ..files import atomic_directory
 
     if (out / "config.json").is_file():
@@ -112,7 +112,7 @@ def _evaluate(model_dir: Path, samples: int, seed: int = 0, pivot: str = "aa") -
     import transformers
 
     from ..models import AutoModel
-    from .generation import exact_match, generate_answers
+    from .answers import exact_match, generate_answers
 
     model = AutoModel.from_pretrained(model_dir).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)

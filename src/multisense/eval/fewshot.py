@@ -24,7 +24,7 @@ from ..data.tasks import SEPARATOR, Task
 from ..models.conventions import context_limit
 from ..models.scoring import is_encoder_decoder, label_layout, scored_forward
 from ..tokens import IGNORE_INDEX
-from .generation import generate_answers
+from .answers import generate_answers
 
 EVAL_SEED = 10_000  # episode seeds are (EVAL_SEED, seed, i): disjoint from training's (seed, i)
 

@@ -48,7 +48,7 @@ from .io import (
     save_checkpoint,
     saved_tokenizer,
 )
-from .splicing import SELECT_STRATEGIES, SplicedMedia, measure_tokens
+from .spliced_media import SELECT_STRATEGIES, SplicedMedia, measure_tokens
 
 
 @dataclass

@@ -4,7 +4,7 @@ A vision encoder's patch tokens, projected linearly to the LM's width, take the 
 media marker in the prompt (`SplicedMedia`, shared with LLaVA), and the *encoder* of a Hugging
 Face encoder-decoder LM (T5, mT5, ...) reads image and prompt together, bidirectionally; the
 decoder writes the answer with transformers' `generate` and its cache. Prompts take PaLI's form,
-"<image> caption aa", "<image> answer bb <question>" (`data.multilingual`): the image's tokens
+"<image> caption aa", "<image> answer bb <question>" (`data.languages`): the image's tokens
 come first, as PaLI places them, because the marker is written first. Unlike the frozen-backbone
 families, every parameter trains by default (vision encoder, projector, LM);
 `freeze_vision` / `freeze_lm` keep either fixed.
@@ -48,7 +48,7 @@ from ..nn.projector import PROJECTORS
 from ..tokens import IGNORE_INDEX
 from .conventions import ModelConventions, check_text_inputs, generation_options
 from .io import attach_identities, load_backbones, load_into, read_checkpoint, save_checkpoint, saved_tokenizer
-from .splicing import SELECT_STRATEGIES, SplicedMedia, measure_tokens
+from .spliced_media import SELECT_STRATEGIES, SplicedMedia, measure_tokens
 
 
 @dataclass

@@ -30,7 +30,7 @@ Tasks (`TASKS`, `get_task(name, **kwargs)`):
 - `digits`: scikit-learn's handwritten digit scans (real, shipped with the package), upsampled;
 - `digit_sum`: "<image> plus <image> is 12" on two scans;
 - `multilingual`: captions and questions in three invented languages and translation pairs
-  between them (`data.multilingual`), in PaLI's prompt forms.
+  between them (`data.languages`), in PaLI's prompt forms.
 
 Splits: digits hold out a fixed seeded 30% of the scans ("eval"), so evaluation never shows a
 training scan. Procedural tasks draw one distribution for both splits: keep the seeds disjoint.

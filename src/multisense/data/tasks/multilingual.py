@@ -1,8 +1,8 @@
-"""Captions, questions and translations in the three invented languages of `data.multilingual`,
+"""Captions, questions and translations in the three invented languages of `data.languages`,
 as a task the trainer and `multisense eval` draw from (PaLI's prompts: "<image> caption aa",
 "<image> answer bb <question>", "translate aa cc <sentence>").
 
-(`data.multilingual` imports this package's base: its names are read when a task is built, not
+(`data.languages` imports this package's base: its names are read when a task is built, not
 at import.) Each shot is a fresh procedural scene with one caption or question in one language of `langs`,
 its kind drawn from `kinds`; in training, with probability `translation`, a text-only
 translation pair between `pivot` and another language instead (both directions), and with
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import multilingual as ml
+from .. import languages as ml
 from .. import scenes
 from ..images import to_pixel_values
 from .base import MARKER, Shot, Task

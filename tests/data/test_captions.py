@@ -6,7 +6,7 @@ import torch
 
 from multisense.backbones.language import default_tokenizer
 from multisense.data import scenes
-from multisense.data.scene_tasks import OBJECT_CLASSES, PLACES, object_labels, training_batches
+from multisense.data.tasks.captions import OBJECT_CLASSES, PLACES, object_labels, training_batches
 
 
 def test_object_labels_name_each_object_left_to_right_then_none():

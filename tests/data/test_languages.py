@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from multisense.data import multilingual as ml
-from multisense.data import scenes
-from multisense.data import tasks as scene_tasks
+from multisense.data import languages as ml
+from multisense.data import scenes, tasks
 from multisense.data.collate import Sample, collate
 
 SPLIT_SIZES = dict(train_scenes=12, eval_scenes=8, translations=20)
@@ -60,7 +59,7 @@ def test_each_language_uses_its_own_sounds_and_every_concept_once():
 
 
 def test_languages_share_exactly_the_punctuation():
-    reserved = {*scenes.VOCABULARY, *scene_tasks.VOCABULARY, *ml.TASK_WORDS, *ml.LANGUAGES, "five"}
+    reserved = {*scenes.VOCABULARY, *tasks.VOCABULARY, *ml.TASK_WORDS, *ml.LANGUAGES, "five"}
     for a, b in itertools.combinations(ml.LANGUAGES, 2):
         assert set(ml.WORDS[a]) & set(ml.WORDS[b]) == set(ml.PUNCTUATION)
         assert not set(ml.LEXICONS[a].values()) & set(ml.LEXICONS[b].values())

@@ -15,8 +15,8 @@ Cases, each in a fresh child process (so that peak memory is the case's own):
 Peak memory on CPU is the growth of the peak resident set size over the timed steps (the peak
 mark is reset first); on CUDA torch.cuda.max_memory_allocated.
 
-    python -m multisense.bench.training               # writes its section of docs/benchmarks.md
-    python -m multisense.bench.training --quick --out ''
+    python -m multisense.bench.throughput               # writes its section of docs/benchmarks.md
+    python -m multisense.bench.throughput --quick --out ''
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def child(spec: dict) -> dict:
 
 
 def run_child(spec: dict, procs: int = 1) -> dict:
-    cmd = [sys.executable, "-m", "multisense.bench.training", "--child", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "multisense.bench.throughput", "--child", json.dumps(spec)]
     if procs > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
                *cmd[1:]]
@@ -124,7 +124,7 @@ def run_child(spec: dict, procs: int = 1) -> dict:
     return json.loads(lines[0])
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m multisense.bench.training") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m multisense.bench.throughput") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few steps, small batch; writes no file unless --out")

@@ -1,4 +1,4 @@
-from multisense.bench import training
+from multisense.bench import throughput as training
 
 
 def test_training_bench_quick_run_prints_every_case(capsys):

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..tokens import MEDIA_MARKER
-from . import scenes
-from .collate import Sample, collate
-from .images import to_pixel_values
+from ...tokens import MEDIA_MARKER
+from .. import scenes
+from ..collate import Sample, collate
+from ..images import to_pixel_values
 
 MARKER = MEDIA_MARKER
 KINDS = ("caption", "colour", "shape", "count", "position")
