@@ -111,7 +111,7 @@ def _generate(argv: list[str]) -> int:
 
 
 def _experiment(argv: list[str]) -> int:
-    from .eval.experiments import main
+    from .experiments.runner import main
 
     return main(argv)
 
@@ -129,7 +129,7 @@ def _cost(argv: list[str]) -> int:
 
 
 def _compare(argv: list[str]) -> int:
-    from .bench.compare import main
+    from .experiments.compare import main
 
     return main(argv)
 

@@ -24,7 +24,7 @@ import json
 import numpy as np
 
 from ..data.world.tasks import world_dataset
-from .touch import accuracy, attention_shift, evaluate, with_occlusion
+from ..eval.touch import accuracy, attention_shift, evaluate, with_occlusion
 
 # variant -> (the preset's sensors it keeps, fusion); single-sensor models are Perceivers over one sensor
 VARIANTS = {"camera only": (("camera",), "perceiver"), "touch only": (("touch",), "perceiver"),
@@ -138,7 +138,7 @@ def touch_attention(r, *, bins: int = 15) -> dict:
 
 
 def _one_batch(dataset):
-    from .touch import batches
+    from ..eval.touch import batches
 
     return next(batches(dataset, 1))["sensors"]
 

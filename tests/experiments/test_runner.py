@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from multisense.eval import experiments, touch_experiments
+from multisense.experiments import runner as experiments
+from multisense.experiments import touch as touch_experiments
 from tests.train.backbones import save_tiny_backbones
 
 TINY = ["model.flamingo.num_latents=4", "model.flamingo.resampler_depth=1", "model.flamingo.resampler_heads=2",
@@ -34,7 +35,7 @@ def test_every_experiment_runs_end_to_end_and_writes_its_report(tiny, tmp_path, 
     if name == "frame_embeddings":
         assert "max_frames" in result["without_interpolation"] or "interpolat" in result["without_interpolation"]
     if name == "crosslingual":
-        from multisense.eval import crosslingual
+        from multisense.experiments import crosslingual
 
         assert set(result["summary"]) == {*crosslingual.CONDITIONS, *crosslingual.PROBES, *crosslingual.FAMILIES,
                                           *crosslingual.PROBE_FAMILIES}
@@ -49,7 +50,7 @@ def test_every_experiment_runs_end_to_end_and_writes_its_report(tiny, tmp_path, 
 
 
 def test_crosslingual_runs_its_probes_only_when_asked(tiny, tmp_path):
-    from multisense.eval import crosslingual
+    from multisense.experiments import crosslingual
 
     argv = ["crosslingual", *tiny, "--out-dir", str(tmp_path / "runs"), "--steps", "2", "--samples", "2", "--seeds",
             "0", "--docs", "", "--no-progress"]

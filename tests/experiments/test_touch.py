@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from multisense.eval import experiments, touch_experiments
-from multisense.eval.experiments import Runner
+from multisense.experiments import runner as experiments
+from multisense.experiments import touch as touch_experiments
+from multisense.experiments.runner import Runner
 
 TINY = ["data.world.episodes=4", "data.world.seconds=1.0", "data.world.workers=1", "data.batch_size=2",
         "optim.warmup_steps=1"]

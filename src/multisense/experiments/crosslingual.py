@@ -37,7 +37,7 @@ import numpy as np
 
 from ..data import languages as ml
 from ..data.tasks import get_task
-from . import fewshot
+from ..eval import fewshot
 
 CONDITIONS = {
     "transfer": {"langs": ["aa"], "translation": 0.5},
@@ -111,8 +111,8 @@ def _evaluate(model_dir: Path, samples: int, seed: int = 0, pivot: str = "aa") -
     `in_pivot`: the share of those choices that were the pivot's words."""
     import transformers
 
+    from ..eval.answers import exact_match, generate_answers
     from ..models import AutoModel
-    from .answers import exact_match, generate_answers
 
     model = AutoModel.from_pretrained(model_dir).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)

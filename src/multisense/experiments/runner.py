@@ -7,12 +7,12 @@
                                              #   interpolation, truncation, or no embeddings
     multisense experiment masking            # `immediate` against `all_previous` media masking on
                                              #   cross-image questions and few-shot accuracy
-    multisense experiment touch_occlusion    # the touch world's experiments (eval/touch_experiments.py):
+    multisense experiment touch_occlusion    # the touch world's experiments (experiments/touch.py):
     multisense experiment touch_attention    #   accuracy as the camera is blocked, attention over time,
     multisense experiment touch_subsets      #   missing sensors, the Perceiver's cost against full
     multisense experiment perceiver_cost     #   self-attention up to 115,200 tokens
     multisense experiment crosslingual       # PaLI's zero-shot transfer to languages never seen with an
-                                             #   image (eval/crosslingual.py), against its controls
+                                             #   image (experiments/crosslingual.py), against its controls
 
 Every run trains through `multisense train` (`train.trainer.train`) from a shipped preset and
 evaluates through `multisense eval` (`eval.fewshot`). Each experiment writes
@@ -34,11 +34,13 @@ import torch
 
 from ..config import load_config
 from ..data.tasks import get_task, text_corpus
+from ..eval import fewshot
 from ..models.scoring import scored_forward
 from ..tokens import IGNORE_INDEX
 from ..train.loop import token_loss_sum
 from ..train.trainer import TrainConfig, resolve_preset, train
-from . import crosslingual, fewshot, touch_experiments
+from . import crosslingual
+from . import touch as touch_experiments
 
 # Runs on other data than few-shot episodes take the fewshot preset's blocks on the default LM,
 # without in-words distillation: their tasks carry no words, and the in-context LM the preset

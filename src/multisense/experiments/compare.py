@@ -37,6 +37,8 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import backbones
+from ..bench.memory import peak_allocated_mib
+from ..bench.timing import timeit
 from ..data.collate import Sample, collate
 from ..data.tasks import captions
 from ..encoders import load_vision_encoder
@@ -44,8 +46,6 @@ from ..machine import loadavg, machine
 from ..markdown import Table, fmt, write_section
 from ..models.registry import FAMILIES, get_family
 from ..tokens import MEDIA_MARKER
-from .memory import peak_allocated_mib
-from .timing import timeit
 
 IMAGES = (1, 2, 4, 8, 16, 32)
 FRAMES = (8, 16, 32, 64)

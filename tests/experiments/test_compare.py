@@ -1,7 +1,7 @@
 import json
 
-from multisense.bench.compare import FRAMES, IMAGES
 from multisense.cli import main as cli
+from multisense.experiments.compare import FRAMES, IMAGES
 
 
 def test_compare_quick_produces_every_cell_and_marks_context_overflow(tmp_path):
