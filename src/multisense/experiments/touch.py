@@ -1,4 +1,4 @@
-"""Experiments on the touch world (issue 16), each one `multisense experiment` command:
+"""Experiments on the touch world, each one `multisense experiment` command:
 
     touch_occlusion   material accuracy of camera-only, touch-only, late-fusion (concatenation
                       + MLP) and Perceiver-fusion models as the probability that the camera is
