@@ -50,7 +50,7 @@ class DemoConfig:
     warmup_steps: int = option(30, "steps of linear learning-rate warmup")
     # Scenes hold at most 3 objects: on ideal per-object features, 4 latents learned captions and
     # shapes as well as feeding the features to the gated blocks directly, 16 far more slowly
-    # (measured: docs/results.md).
+    # (measured: docs/history.md).
     num_latents: int = option(4, "Perceiver Resampler latents per image")
     resampler_depth: int = option(2, "Perceiver Resampler layers")
     cross_attn_every: int = option(1, "a gated cross-attention block before every n-th LM layer")
@@ -58,7 +58,7 @@ class DemoConfig:
     dim_head: int = option(32, "width of each attention head")
     # LayerNorm on the cross-attention's queries and keys per head. Without it the attention at a
     # question's last token saturates on one latent early and stays there, and questions that
-    # name an object are answered less reliably (measured: docs/results.md).
+    # name an object are answered less reliably (measured: docs/history.md).
     qk_norm: bool = option(True, "LayerNorm on the cross-attention's queries and keys, per head")
     # Weight of the object-slot loss (train/slots.py): latent k names the colour, shape and place
     # of the k-th object from the left. Without it, questions that name an object are answered

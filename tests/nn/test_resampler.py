@@ -122,7 +122,7 @@ def test_without_interpolation_padding_beyond_the_table_is_no_error_while_every_
 
 def test_frame_embeddings_start_at_the_scale_of_standardised_features():
     # OpenFlamingo's unit-scale table: at 0.02 the frames barely differed at step 0 and the video
-    # preset sat at chance for 1000+ steps on some seeds (docs/results.md, issue 14)
+    # preset sat at chance for 1000+ steps on some seeds (docs/history.md)
     torch.manual_seed(0)
     table = FrameEmbedding(64, 256).weight
     assert 0.9 < float(table.detach().std()) < 1.1

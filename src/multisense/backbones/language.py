@@ -38,7 +38,7 @@ def pretrain_corpus(n: int, seed: int) -> list[str]:
     comparisons, directions, digits and sums with the media described in words), half each, plus
     n / 5 lines of colours and shapes in their fixed order (`scenes.order_line`): the only text
     where the next word depends on which colour came before, which makes the LM tell colour words
-    apart (measured: docs/results.md)."""
+    apart (measured: docs/history.md)."""
     rng = np.random.default_rng(seed + 2)
     lines = scenes_corpus(n // 2, seed) + tasks_corpus(n - n // 2, seed + 1) + [order_line(rng) for _ in range(n // 5)]
     order = np.random.default_rng(seed).permutation(len(lines))
@@ -109,7 +109,7 @@ def pretrain_icl_lm(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, *, 
 
     Whether the lookup forms within the default steps depends on the seed at the same recipe,
     which is why the build checks it; at higher learning rates, or on colours, it stops at copying
-    *some* label present in the context (measured: docs/results.md)."""
+    *some* label present in the context (measured: docs/history.md)."""
     from .probes import in_words_accuracy  # evaluation builds on the training code: imported where used
 
     torch.manual_seed(seed)

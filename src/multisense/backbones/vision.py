@@ -20,7 +20,7 @@ from ..data.scenes import COLOURS, MAX_OBJECTS, SHAPES, SceneObject, object_mask
 from .pretraining import pretrain, save
 
 # Shape is what the tower learns last; for the same compute, more and smaller steps learn it
-# sooner (measured: docs/results.md).
+# sooner (measured: docs/history.md).
 VISION_STEPS = 4600
 VISION_BATCH = 16
 VISION_LR = 1e-3
@@ -72,7 +72,7 @@ class _PatchHeads(nn.Module):
     order only if each token holds the *conjunction*: hence one class per (colour, shape, rank).
     Shape is what the tower learns last and what the demo's captions failed on: hence its own
     head, and no contrastive loss (nor its text tower) to spend steps on in the same time
-    (measured: docs/results.md). Only the tower is saved; the heads are thrown away.
+    (measured: docs/history.md). Only the tower is saved; the heads are thrown away.
     """
 
     def __init__(self, tower: CLIPVisionModel):

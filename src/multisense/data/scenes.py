@@ -229,7 +229,7 @@ def order_line(rng: np.random.Generator) -> str:
     In every other line colours are interchangeable, and a tiny LM trained on those alone gives
     the six colour words nearly the same hidden states after its first layer, so no
     cross-attention query can tell "the red one" from "the blue one". Here the next word
-    depends on which colour (or shape) came before (measured: docs/results.md).
+    depends on which colour (or shape) came before (measured: docs/history.md).
     """
     words, name = (tuple(COLOURS), "colours") if rng.random() < 0.5 else (SHAPES, "shapes")
     start = int(rng.integers(len(words)))
@@ -257,7 +257,7 @@ def qa_prompt(question: str, subject: str = "") -> str:
     one query per token, and the frozen tiny LM carries little of a word to the tokens after it:
     its hidden state at "answer :" hardly varies with the named shape, at the shape word itself
     far more. Ending with "answer :", the demo's colour and shape questions were answered by
-    naming a random object present (measured: docs/results.md)."""
+    naming a random object present (measured: docs/history.md)."""
     return f"question : {question} answer :" + (f" {subject}" if subject else "")
 
 

@@ -223,7 +223,7 @@ def media_statistics(tokens_of, batches) -> tuple[torch.Tensor, torch.Tensor]:
     `frame_mask` [B, M, F], as `collate` makes them); only real frames count. `tokens_of(pixels,
     features, frame_mask)` -> [B, M, F, S, Dv] is the family's `media_tokens`. What a family's
     `standardize_media` measures once, before training: encoder features often share a large
-    offset across images, which trains slowly (measured: docs/results.md). A channel (nearly)
+    offset across images, which trains slowly (measured: docs/history.md). A channel (nearly)
     constant on the calibration media gets a floor on its std, so it is centred, not blown up."""
     count, total, squares = 0, 0.0, 0.0
     for batch in batches:

@@ -2,7 +2,7 @@
 
 An in-context run can end at chance with an unchanged recipe: the `fewshot` preset's images may
 come to read like their words on one machine or seed and never on another (measured:
-docs/results.md). A run that is checked measures closed-set accuracy on its
+docs/history.md). A run that is checked measures closed-set accuracy on its
 task's evaluation episodes (as `multisense eval` does, episode seed 0) at each of `check.shots`
 and passes if accuracy at the last shot count is at least `check.min_accuracy` and exceeds the
 first by at least `check.min_gain`. `check.task_args` override `data.task_args` for the check's

@@ -76,7 +76,7 @@ class FlamingoConfig(FamilyConfig):
     # Standardise each channel of the frozen encoder's features with statistics measured once on
     # training media (`calibrate_media`). Encoder features often share a large offset across
     # images that per-token LayerNorm keeps; removing it lets a fresh resampler tell images apart
-    # from the first steps; without it digits stayed at chance (measured: docs/results.md).
+    # from the first steps; without it digits stayed at chance (measured: docs/history.md).
     standardize_media: bool = False
     decoder_layers_attr: str | None = None
     dim_media: int | None = None

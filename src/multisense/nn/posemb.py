@@ -23,7 +23,7 @@ class FrameEmbedding(nn.Module):
             raise ValueError(f"max_frames: expected a positive number of frames, got {max_frames}")
         # unit scale, as OpenFlamingo initialises its frame table: the frames differ from step 0 by
         # as much as (standardised) features do. At 0.02 they barely differed at the first steps,
-        # and video training sat at chance while the table grew (measured: docs/results.md).
+        # and video training sat at chance while the table grew (measured: docs/history.md).
         self.weight = nn.Parameter(torch.randn(max_frames, dim))
 
     @property

@@ -10,7 +10,7 @@ write at a marker, which the next-token loss alone does not.
 Why the markers only: compared at every token, the loss also punishes whatever the opening
 gates change in the text after an image, and training closed the gates instead and left the
 marker states no closer to the right word than chance. At the markers only, the marker states
-name the class and few-shot accuracy rises with shots (measured: docs/results.md). The text
+name the class and few-shot accuracy rises with shots (measured: docs/history.md). The text
 after a marker is the LM's business: it reads the marker like the word, and the next-token loss
 still covers it.
 

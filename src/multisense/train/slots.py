@@ -8,7 +8,7 @@ has fewer; the mean cross-entropy, times `weight`, is added to the LM loss as `a
 Why: trained on captions and questions alone, the resampler's latents do not hold one object
 each, and "what colour is the triangle" is answered with some colour present in the scene. With
 one object per latent, and a query that names the object, the lookup forms (measured:
-docs/results.md).
+docs/history.md).
 
 Shape letters: B batch, M media items, R latents per item, K supervised latents (K <= R),
 A attributes, D latent width.

@@ -157,7 +157,7 @@ class CheckConfig:
     # A held-out check of the trained model before `model/` is written: closed-set accuracy on
     # data.task's evaluation episodes at each of `shots`, as `multisense eval` measures it. A run
     # that misses it says so and writes no model/ (its checkpoints stay): an in-context run can
-    # end at chance with the same recipe (measured: docs/results.md). model.family=fusion: accuracy on
+    # end at chance with the same recipe (measured: docs/history.md). model.family=fusion: accuracy on
     # `samples` held-out touch-world episodes with the camera blocked, checked when min_accuracy is set.
     shots: list[int] = field(default_factory=list)  # shot counts to evaluate; empty: no check
     samples: int = 100  # episodes per shot count

@@ -37,7 +37,7 @@ class Video(ClassificationTask):
     demo-size model stayed at chance on the order-only task, and a lead got it going, but some
     seeds then leaned on the hint and failed at lead 0. The `video` preset therefore trains on the
     task proper, with in-words distillation and unit-scale frame embeddings (measured:
-    docs/results.md).
+    docs/history.md).
     """
 
     name = "video"
