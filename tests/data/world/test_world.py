@@ -139,6 +139,28 @@ def test_the_pads_normal_force_is_the_load_the_wrist_loses(slides):
         assert normal.max() == pytest.approx(load.max(), rel=0.2), name
 
 
+def test_a_pressed_pad_rests_on_the_surface():
+    """Pressed into the surface and left there, the pads' load settles and stays: with a less damped
+    contact the pads bounce on their fingers' springs, the load swinging and lost for single steps,
+    and a pull drags a pad that friction should hold a little further each time."""
+    import mujoco
+
+    for name in NAMES:
+        world = _world(name)
+        m, d = world.model, world.data
+        mujoco.mj_resetData(m, d)
+        off, x, y = world.pad_body_offset, 0.004, -0.002
+        contact = max(world.surface_height(x, y), world.surface_height(x - 2 * off[0], y)) - off[2] - 0.06
+        d.qpos[:3] = [x - off[0], y, contact + 0.001]  # the pads 1 mm above the surface
+        d.ctrl[:3] = [x - off[0], y, contact - 0.002]  # the hand commanded 2 mm into it
+        loads = []
+        for _ in range(int(0.8 * PHYSICS_RATE)):
+            mujoco.mj_step(m, d)
+            loads.append(world.pad_forces()[:, 2].sum())
+        settled = np.array(loads[len(loads) // 2:])
+        assert settled.min() > 2 and settled.std() < 0.02, (name, settled.min(), settled.std())
+
+
 def test_pad_forces_are_the_contacts_forces_in_the_world_frame():
     import mujoco
 

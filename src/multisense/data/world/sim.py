@@ -49,14 +49,17 @@ HAND_MASS = 0.25  # kg: palm 0.15 and two fingers 0.05 each
 # takes the larger friction of the two geoms and averages their solref). The contact's damping
 # pushes back harder on the pad's leading edge, where the surface comes into it, than on its
 # trailing edge, and the dome's normals there lean back: a resistance that grows with the slide's
-# speed and adds to friction. At MuJoCo's default (0.02 s, 1) an episode's slide (2-4 cm/s) on the
-# smooth surface (mu 0.3) measured 0.37-0.38 tangential per unit normal force; twice the time constant
-# at a quarter of the damping ratio keeps the stiffness of (0.02 s, 0.5), a penetration of about
-# 0.1-0.4 mm, with half its damping, and measures 0.31.
-CONTACT_SOLREF = (0.04, 0.25)
+# speed and adds to friction: at MuJoCo's default (0.02 s, 1) the tests' slide (3 cm/s) on the
+# smooth surface (mu 0.3) measures 0.36 tangential per unit normal force at the pads (0.38 at the
+# wrist), at a damping ratio of 0.7 0.33 (0.35). Less damping lets the pads bounce: at 0.5, or at
+# (0.04 s, 0.25), a pad pressed on the surface and left there oscillates with its finger's spring at
+# about 30 Hz, its load swinging by 0.5-1 N of 3.5 N and, at (0.04 s, 0.25), gone for one step in
+# twenty; each time it goes, a sideways force slides the pad on: 0.4-0.8 of what friction holds
+# dragged the finger along the smooth surface at 2-4 mm/s.
+CONTACT_SOLREF = (0.02, 0.7)
 # Convex collision's tolerance (m). At MuJoCo's default, 1e-6, the dome's contact points and normals
-# against the height field's prisms are off by enough to measure 0.32-0.33 on that slide (1e-5:
-# 0.51-0.55); 1e-7 and 1e-8 both give 0.31, at the same cost.
+# against the height field's prisms are off by enough to measure 0.36 on that slide (1e-5: 0.72);
+# 1e-7 and 1e-8 both give 0.33, at the same cost.
 CCD_TOLERANCE = 1e-7
 # The pad collides as a flat dome, an ellipsoid GEL_HALF high under the pad's square. MuJoCo collides
 # a height field prism by prism, and a box pad, against a prism it only partly covers, got a contact
