@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from multisense import FusionConfig, FusionModel
 from multisense.data.world import generate
+from multisense.data.world.sim import AUDIO_RATE, PHASES, PHYSICS_RATE, TACTILE_RATE
 from multisense.data.world.tasks import EVENTS, SENSORS, TouchEpisodes, collate_touch, touch_batches
 from multisense.train.loop import fit
 
@@ -102,3 +104,44 @@ def test_batches_with_a_tokenizer_carry_the_questions_and_resume_at_their_step(p
         got = next(later)
         assert torch.equal(got["input_ids"], expected["input_ids"])
         assert torch.equal(got["sensors"]["wrist"]["mask"], expected["sensors"]["wrist"]["mask"])
+
+
+@pytest.fixture(scope="module")
+def pulled(tmp_path_factory):
+    """Eight short episodes on each surface, each pulled as its seed draws."""
+    return TouchEpisodes(generate(32, seed=1, seconds=1.0, cache_dir=tmp_path_factory.mktemp("pulled"), workers=1),
+                         task="slipping")
+
+
+def test_the_finger_slips_in_some_episodes_and_not_others_more_often_on_low_friction(pulled):
+    answers = np.array([pulled.question(i)[1] for i in range(len(pulled))])
+    materials = np.array([spec["material"] for _, spec in pulled.episodes])
+    assert 0.3 <= answers.mean() <= 0.7, answers
+    share = {name: answers[materials == name].mean() for name in ("smooth", "grass", "brick", "gravel")}
+    # the presses are drawn alike for every surface: the lower mu, the more slips
+    assert share["smooth"] > share["gravel"], share
+    assert share["smooth"] + share["grass"] > share["brick"] + share["gravel"], share
+
+
+def test_a_slip_shows_in_the_touch_sensor_and_the_microphone(pulled):
+    """On the textured surfaces: while pulled, a slipping pad's tactile frames change from frame to
+    frame (a held pad's only by their noise) and the texture sounds, louder than the hiss before
+    contact (the smooth surface's relief is too gentle for either)."""
+    change, loudness, answers = [], [], []
+    for i, (arrays, spec) in enumerate(pulled.episodes):
+        if spec["material"] == "smooth":
+            continue
+        sensors = pulled[i]["sensors"]
+        pull = np.flatnonzero(arrays["phase"] == PHASES.index("slide"))
+        frames = sensors["touch"]["frames"][int(np.ceil(pull[0] * TACTILE_RATE / PHYSICS_RATE)):
+                                            int(pull[-1] * TACTILE_RATE / PHYSICS_RATE) + 1]
+        change.append(float((frames[1:] - frames[:-1]).abs().mean()))
+        audio = sensors["microphone"]["waveform"].numpy()
+        sound = audio[int(pull[0] * AUDIO_RATE / PHYSICS_RATE): int(pull[-1] * AUDIO_RATE / PHYSICS_RATE)]
+        before = audio[: int(np.argmax(arrays["touching"]) * AUDIO_RATE / PHYSICS_RATE)]
+        loudness.append(float(sound.std() / before.std()))
+        answers.append(pulled.question(i)[1])
+    change, loudness, answers = np.array(change), np.array(loudness), np.array(answers, bool)
+    assert answers.any() and not answers.all()
+    assert change[answers].min() > change[~answers].max(), (change, answers)
+    assert loudness[answers].min() > loudness[~answers].max(), (loudness, answers)

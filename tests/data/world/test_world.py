@@ -19,6 +19,7 @@ from multisense.data.world.sim import (
     World,
     stream_layout,
 )
+from multisense.data.world.tasks import SLIP_DISTANCE, slid
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +35,25 @@ def test_streams_come_at_their_native_rates(episode):
     assert arrays["tactile"].shape == (int(s * TACTILE_RATE), 32, 32, 3)
     assert arrays["wrench"].shape == (int(s * PHYSICS_RATE), 6)
     assert arrays["audio"].shape == (int(s * AUDIO_RATE),) and np.abs(arrays["audio"]).max() <= 1
-    for key in ("touching", "slipping", "lifted", "phase", "normal_force", "tangential_force"):
+    for key in ("touching", "slipping", "lifted", "phase", "normal_force", "tangential_force", "pad_speed"):
         assert arrays[key].shape == (int(s * PHYSICS_RATE),)
     assert spec["material"] == NAMES[1]
     assert {k: (v.shape, v.dtype.type) for k, v in arrays.items()} == stream_layout(s)  # what the cache checks
 
 
-def test_the_episode_has_every_event_in_order(episode):
-    arrays, _ = episode
+def test_the_episode_has_every_event_in_order(episode, slides):
+    arrays, spec = episode
     touching, slipping, lifted, phase = arrays["touching"], arrays["slipping"], arrays["lifted"], arrays["phase"]
     assert set(np.unique(phase).tolist()) == set(range(len(PHASES)))
     assert not touching[phase == 0].any()  # approach: free motion
     assert touching[phase == 2].mean() > 0.9  # pressing
-    assert slipping[phase == 3].any() and not slipping[phase <= 2].any()
     first_touch, first_lift = np.argmax(touching), np.argmax(lifted)
     assert lifted.any() and first_lift > first_touch and not touching[-100:].any()
+    # its pull (1.7 N) is less than brick's friction holds (0.8 x about 3.5 N): the finger holds
+    # while pulled, and as the load comes off at lift-off
+    assert spec["pull"] < 2 and not slipping.any()
+    for pulled in slides.values():  # pulled past friction: the finger slips, once pulled
+        assert pulled["slipping"][pulled["phase"] == 3].any() and not pulled["slipping"][pulled["phase"] <= 2].any()
 
 
 def test_the_world_is_deterministic_for_a_seed(episode):
@@ -87,9 +92,10 @@ def _world(name):
     return episodes_module._WORLDS[name]
 
 
-# A 25 mm slide in 0.8 s (about 3 cm/s, an episode's speed), short of a whole episode
-SLIDE = dict(start=(-0.005, -0.003), direction=0.5, distance=0.025, press=0.002, times=(0.25, 0.35, 0.5, 1.3),
-             tint=(1.0, 1.0, 1.0), seconds=1.5)
+# A 25 mm slide in 0.8 s (about 3 cm/s, an episode's speed), short of a whole episode, pulled by up
+# to 50 N: more than any surface's friction holds
+SLIDE = dict(start=(-0.005, -0.003), direction=0.5, distance=0.025, press=0.002, pull=50.0,
+             times=(0.25, 0.35, 0.5, 1.3), tint=(1.0, 1.0, 1.0), seconds=1.5)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +165,30 @@ def test_a_pressed_pad_rests_on_the_surface():
             loads.append(world.pad_forces()[:, 2].sum())
         settled = np.array(loads[len(loads) // 2:])
         assert settled.min() > 2 and settled.std() < 0.02, (name, settled.min(), settled.std())
+
+
+def _pulled(name: str, press: float, pull: float) -> tuple[float, float]:
+    """(how far the pads slid over the surface (m), mu times their mean load while pulled (N)) in
+    the tests' slide on `name`, with this press and pull."""
+    arrays = _world(name).run(EpisodeSpec(material=name, **dict(SLIDE, press=press, pull=pull)),
+                              np.random.default_rng(0))
+    pulling = arrays["phase"] == PHASES.index("slide")
+    return slid(arrays), material(name).friction * float(arrays["normal_force"][pulling].mean())
+
+
+def test_a_pull_slides_the_finger_only_past_what_friction_holds():
+    runs = {(name, 0.002, 2.0): _pulled(name, 0.002, 2.0) for name in NAMES}  # one press, one pull
+    runs.update({("grass", press, 2.5): _pulled("grass", press, 2.5) for press in (0.001, 0.003)})
+    runs.update({(name, 0.002, 6.0): _pulled(name, 0.002, 6.0) for name in NAMES})
+    slips = {run: distance >= SLIP_DISTANCE for run, (distance, _) in runs.items()}
+    # at one press and pull the smooth surface lets the finger slip, the rougher ones hold it
+    assert [slips[(name, 0.002, 2.0)] for name in NAMES] == [name == "smooth" for name in NAMES], runs
+    assert slips[("grass", 0.001, 2.5)] and not slips[("grass", 0.003, 2.5)], runs  # a firmer press holds
+    assert all(slips[(name, 0.002, 6.0)] for name in NAMES), runs
+    for (name, press, pull), (distance, holds) in runs.items():
+        # the finger slides where the pull exceeds mu x the load, a long way; held, it gives < 0.5 mm
+        assert (pull > holds) == slips[(name, press, pull)], (name, press, pull, holds)
+        assert distance > 0.01 if pull > holds else distance < 0.0005, (name, press, pull, distance)
 
 
 def test_pad_forces_are_the_contacts_forces_in_the_world_frame():

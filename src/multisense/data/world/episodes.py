@@ -2,7 +2,7 @@
 
 Episode i of seed s is drawn from `numpy.random.default_rng([s, i])` and is the same on every
 run: its material cycles through MATERIALS (balanced classes), the rest (start, slide direction
-and length, press depth, timing, the camera's colour cast, sensor noise) comes from the rng.
+and length, press depth, pull, timing, the camera's colour cast, sensor noise) comes from the rng.
 One safetensors file per episode (arrays; the EpisodeSpec as JSON in its metadata), under
 `<cache>/touch-world/<key>/seed-<s>-<seconds>s/`. The key is VERSION and a hash of everything
 else an episode depends on (`parameters`: the materials and their height maps, each scene's
@@ -29,7 +29,7 @@ from . import materials
 
 # The generator's revision: bump it when a change to the code (not to a parameter that
 # `parameters` reads) changes the episodes.
-VERSION = "v3"
+VERSION = "v4"
 
 
 def default_cache_dir() -> Path:

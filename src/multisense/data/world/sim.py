@@ -1,5 +1,5 @@
 """The touch world on MuJoCo: a two-finger gripper approaches a patch of material, touches it,
-presses, slides across it and lifts off. Seeded and deterministic.
+presses, pulls along it and lifts off. Seeded and deterministic.
 
 The scene: a 10 cm square patch (MuJoCo height field, 64 x 64, the material's coarse map and
 friction), a gripper on an x-y-z carriage (position actuators; the carriage's own weight is
@@ -9,6 +9,13 @@ touch the surface, a scene camera, and an occluder plate on the hand that is dra
 "occluded" camera stream: the camera is blocked by the gripper from the first contact on. Shadows
 are off (100x per frame).
 
+The pull: the hand's x-y drive is a position servo whose force along the slide direction is
+limited to the episode's `pull` (N), as a force-limited drive is. If the pull exceeds what the
+surface's friction can hold, mu times the pads' load (which grows with the press), the finger
+slides across the patch; if not, it holds where it is while the drive pulls. Across the slide the
+servo stays stiff; at lift-off the drive stops pulling (its target is where the hand then is), so
+the load coming off does not let a held finger slide.
+
 Streams at their native rates (an episode of `seconds`):
   camera, camera_occluded  [30 Hz x s, 32, 32, 3] uint8
   tactile                  [60 Hz x s, 32, 32, 3] uint8 (left fingertip), tactile_reference [32, 32, 3]
@@ -16,6 +23,8 @@ Streams at their native rates (an episode of `seconds`):
   audio                    [16 kHz x s] float32
   normal_force, tangential_force [500 Hz x s] float32: the surface's force on both pads (N) along
                            the patch's normal and in its plane, summed over the contacts' forces
+  pad_speed                [500 Hz x s] float32: the pads' speed over the patch (m/s; the hand's,
+                           as the fingers move only up and down on the hand)
   touching, slipping, lifted [500 Hz x s] bool; phase [500 Hz x s] int8 (index into PHASES)
 """
 
@@ -43,6 +52,15 @@ IMAGE = 32
 VISUAL = 32
 TILES = 16  # the offscreen buffer holds TILES x TILES frames, read back in one go (TileRenderer)
 HAND_MASS = 0.25  # kg: palm 0.15 and two fingers 0.05 each
+XY_KP = 600.0  # N/m: the x-y drive's stiffness; its force is XY_KP times the target's distance
+# The most the drive pulls with along the slide (N), drawn per episode, log-uniform over PULL. The
+# pads' load while pulling is about 2.5-4.5 N (the hand's weight and the press), and a pull slides
+# the finger once it exceeds a little over mu times that: 1-2 N on the smooth surface (mu 0.3),
+# 3-5 N on gravel (mu 1). Over PULL the finger holds in some episodes and slides in others on every
+# surface, on the low-friction ones more often: of episodes 0-99 of seed 0 (3 s) 48 slip, of each
+# surface's 25 smooth 20, grass 13, brick 6, gravel 9.
+PULL = (0.8, 8.0)
+SLIP_SPEED = 0.005  # m/s: a pad sliding over the surface faster than this is slipping now (the stream)
 # The surface's contact with a pad: its friction (the material's), condim 3 (sliding friction, no
 # torsional or rolling) and its softness (MuJoCo's solref: time constant s, damping ratio) are the
 # pair's, whatever the pad's own, because the surface has the higher priority (by default MuJoCo
@@ -53,7 +71,7 @@ HAND_MASS = 0.25  # kg: palm 0.15 and two fingers 0.05 each
 # smooth surface (mu 0.3) measures 0.36 tangential per unit normal force at the pads (0.38 at the
 # wrist), at a damping ratio of 0.7 0.33 (0.35). Less damping lets the pads bounce: at 0.5, or at
 # (0.04 s, 0.25), a pad pressed on the surface and left there oscillates with its finger's spring at
-# about 30 Hz, its load swinging by 0.5-1 N of 3.5 N and, at (0.04 s, 0.25), gone for one step in
+# about 30 Hz, its load spread by 0.5-1.2 N (sd) of 3.5 N and, at (0.04 s, 0.25), gone one step in
 # twenty; each time it goes, a sideways force slides the pad on: 0.4-0.8 of what friction holds
 # dragged the finger along the smooth surface at 2-4 mm/s.
 CONTACT_SOLREF = (0.02, 0.7)
@@ -121,8 +139,8 @@ def scene_xml(relief: float, friction: float) -> str:
     </body>
   </worldbody>
   <actuator>
-    <position joint="x" kp="600"/>
-    <position joint="y" kp="600"/>
+    <position joint="x" kp="{XY_KP:g}"/>
+    <position joint="y" kp="{XY_KP:g}"/>
     <position joint="z" kp="1500"/>
   </actuator>
   <sensor>
@@ -141,7 +159,7 @@ def stream_layout(seconds: float) -> dict[str, tuple[tuple[int, ...], type]]:
             "wrench": ((steps, 6), np.float32), "audio": ((int(round(steps / PHYSICS_RATE * AUDIO_RATE)),), np.float32),
             "touching": ((steps,), np.bool_), "slipping": ((steps,), np.bool_), "lifted": ((steps,), np.bool_),
             "phase": ((steps,), np.int8), "normal_force": ((steps,), np.float32),
-            "tangential_force": ((steps,), np.float32)}
+            "tangential_force": ((steps,), np.float32), "pad_speed": ((steps,), np.float32)}
 
 
 def constants() -> dict:
@@ -155,6 +173,7 @@ def constants() -> dict:
 
     return {"rates": [PHYSICS_RATE, CAMERA_RATE, TACTILE_RATE, AUDIO_RATE], "patch_half": HALF, "pad": PAD,
             "image": IMAGE, "visual": VISUAL, "coarse": COARSE, "fingers": [FINGER_X, FINGER_Z, PAD_Z, PAD_HALF],
+            "pull": list(PULL), "slip_speed": SLIP_SPEED,
             "tactile": defaults(tactile_render.render_frame), "audio": defaults(audio_synth.synthesize)}
 
 
@@ -167,6 +186,7 @@ class EpisodeSpec:
     direction: float  # slide direction (rad)
     distance: float  # slide distance (m)
     press: float  # how far below the surface the hand is commanded while pressing (m)
+    pull: float  # the most the x-y drive pulls with along the slide (N)
     times: tuple[float, ...]  # phase starts (s): touch, press, slide, lift
     tint: tuple[float, float, float]  # the camera's colour cast (lighting varies between episodes)
     seconds: float
@@ -179,7 +199,8 @@ class EpisodeSpec:
         return cls(material=name, start=tuple(float(v) for v in rng.uniform(-0.015, 0.015, 2)),
                    direction=float(rng.uniform(0, 2 * np.pi)), distance=float(rng.uniform(0.015, 0.03)),
                    press=float(rng.uniform(0.001, 0.003)), times=times,
-                   tint=tuple(float(v) for v in rng.uniform(0.8, 1.2, 3)), seconds=seconds)
+                   tint=tuple(float(v) for v in rng.uniform(0.8, 1.2, 3)), seconds=seconds,
+                   pull=float(np.exp(rng.uniform(*np.log(PULL)))))
 
 
 def _smooth(a: float, b: float, s: float) -> float:
@@ -354,9 +375,19 @@ class World:
         tint = np.asarray(spec.tint, np.float32)
         contact_seen = False
         reference = None
+        along = np.array([np.cos(spec.direction), np.sin(spec.direction)])
+        reach = spec.pull / XY_KP  # the drive's force is XY_KP times the target's distance from the hand
+        released = None  # where the hand is when the drive stops pulling (the lift's start)
         for i in range(steps):
             t = i / PHYSICS_RATE
             tx, ty, tz, ph = target(t)
+            if ph == 3:  # the target's lead along the slide capped at the pull; across it, as commanded
+                lead = (tx - d.qpos[0]) * along[0] + (ty - d.qpos[1]) * along[1]
+                tx, ty = np.array([tx, ty]) + (np.clip(lead, -reach, reach) - lead) * along
+            elif ph == 4:
+                if released is None:
+                    released = d.qpos[:2].copy()
+                tx, ty = released
             d.ctrl[:3] = [tx, ty, tz]
             mj.mj_step(m, d)
             phase[i] = ph
@@ -385,7 +416,7 @@ class World:
                 tactile.append(frame)
         noise = np.concatenate([rng.normal(0, 0.02, (steps, 3)), rng.normal(0, 5e-4, (steps, 3))], 1)
         touching = force_both > 0.05
-        slipping = touching & (vel > 0.005)
+        slipping = touching & (vel > SLIP_SPEED)
         ever = np.maximum.accumulate(touching)
         lifted = ever & ~touching & (phase == 4)
         wave = audio_synth.synthesize(pad_xy, np.where(touching, force, 0.0) * (vel > 0.002), self.fine,
@@ -403,4 +434,5 @@ class World:
             "wrench": (wrench + noise).astype(np.float32), "audio": wave,
             "touching": touching, "slipping": slipping, "lifted": lifted, "phase": phase,
             "normal_force": force_both.astype(np.float32), "tangential_force": tangential.astype(np.float32),
+            "pad_speed": vel.astype(np.float32),
         }
