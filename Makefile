@@ -24,7 +24,7 @@ FLOORS = torch==2.13.0 transformers==5.0.0 tokenizers==0.22.1 safetensors==0.4.3
 PINS ?= $(FLOORS)
 COMPAT_TESTS ?= tests/nn tests/lm tests/models tests/encoders tests/data tests/eval
 
-.PHONY: setup demo demo-touch test test-slow test-compat lock bench clean
+.PHONY: setup demo demo-touch test lint test-slow test-compat lock bench clean
 
 $(STAMP): pyproject.toml $(LOCK) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,11 @@ demo-touch: $(STAMP)
 	$(PY) -m multisense demo touch
 
 test: $(STAMP)
+	$(PY) -m ruff check src tests
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

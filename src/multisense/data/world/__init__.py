@@ -10,8 +10,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, before anything imports mujoco
 
-from .episodes import (VERSION, cache_key, default_cache_dir, episode_dir, generate, load_episode,  # noqa: E402
-                       simulate)
+from .episodes import VERSION, cache_key, default_cache_dir, episode_dir, generate, load_episode, simulate  # noqa: E402
 from .materials import MATERIALS, NAMES, Material, height_maps, material  # noqa: E402
 
 __all__ = ["VERSION", "cache_key", "default_cache_dir", "episode_dir", "generate", "load_episode", "simulate",
