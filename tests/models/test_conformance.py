@@ -24,6 +24,7 @@ from multisense.data.collate import Sample, collate
 from multisense.data.tokenizer import train_word_tokenizer
 from multisense.encoders import ForceTorqueEncoder, TactileEncoder
 from multisense.eval.fewshot import _target_scores
+from multisense.eval.touch import sequence_log_likelihood
 from multisense.models.registry import FAMILIES
 from multisense.models.scoring import is_encoder_decoder
 from multisense.tokens import IGNORE_INDEX
@@ -301,9 +302,15 @@ def test_the_training_loss_is_the_evaluators_loss(built):
     torch.testing.assert_close(history[0]["loss"], (-loglik.sum() / tokens.sum()).item(), rtol=1e-5, atol=1e-6)
 
 
+@torch.no_grad()
 def _sensor_scores(model, batch):
-    logp = answer_logprobs(model, batch)
-    return torch.stack([r.sum() for r in logp]), None, torch.tensor([len(r) for r in logp])
+    """What `multisense eval` computes for a fusion model (`eval.touch.answer_scores`): the
+    sensors fused once, the LM scored directly over the latents, not through the model's forward."""
+    media = model.fuse(batch["sensors"]).unsqueeze(1)
+    logits = model.flamingo(batch["input_ids"], attention_mask=batch["attention_mask"], media_latents=media,
+                            use_cache=False).logits
+    loglik = sequence_log_likelihood(logits, batch["labels"])
+    return loglik, None, (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1)
 
 
 @params

@@ -120,7 +120,8 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
         # classifier) takes its labels itself and returns the loss
         token_mode = "labels" in micro[0] and getattr(getattr(model, "module", model), "token_labels", True)
         if token_mode:
-            tokens = torch.stack([target_count(b["labels"], shift_labels) for b in micro]).sum().to(device)
+            counts = torch.stack([target_count(b["labels"], shift_labels) for b in micro])  # on the host
+            tokens = counts.sum().to(device)
             if world > 1:
                 dist.all_reduce(tokens)
             denom = tokens.clamp(min=1).float()
@@ -139,12 +140,11 @@ def fit(model: nn.Module, batches: Iterator[dict], *, steps: int, optimizer: tor
                     else:
                         out = model(**batch)
                 if labels is not None:
-                    scored = target_count(labels, shift_labels)
-                    if scored != target_count(micro[i]["labels"], shift_labels):
-                        # the step's normaliser counted them: a budget that dropped some would skew it
-                        raise ValueError(f"step {step}: the model scored {int(scored)} of the batch's "
-                                         f"{int(target_count(micro[i]['labels'], shift_labels))} target tokens "
-                                         "(a sample over the LM's context lost its end); shorten the samples")
+                    # the step's normaliser counted the batch's targets: a budget that dropped some would skew it
+                    scored, given = int(target_count(labels, shift_labels)), int(counts[i])
+                    if scored != given:
+                        raise ValueError(f"step {step}: the model scored {scored} of the batch's {given} target "
+                                         "tokens (a sample over the LM's context lost its end); shorten the samples")
                     ce, z = token_loss_sum(out.logits, labels, z_loss, shift_labels)
                 else:
                     ce, z = out.loss.float(), out.loss.new_zeros((), dtype=torch.float32)
